@@ -1,0 +1,3 @@
+"""STTRL: single-sample test-time reinforcement learning for language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,235 @@
+"""The local engine: one process, Hugging Face transformers + PyTorch, on CPU or one GPU.
+
+Generation is a hand-written sampling loop rather than `model.generate`, for three reasons:
+the prompt is prefilled once and its KV cache shared by all n samples; finished samples leave
+the batch at once; and the per-token summaries the voting functions need (log-prob of the chosen
+token, logsumexp of the logits, mean top-k log-prob) come out of the same pass for free.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from sttrl.engines.base import Sample, TrainBatch
+from sttrl.engines.models import load_model
+
+TOP_K_CONFIDENCE = 20  # DeepConf's k for token confidence
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
+                generator: torch.Generator) -> torch.Tensor:
+    """Sample one token per row from logits [N, V] with temperature and nucleus (top-p) filtering."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)  # [N, V]
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Drop a token when the mass before it already reaches top_p; the top token always stays.
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class LocalEngine:
+    """Generate, train and reset one Hugging Face causal LM in this process."""
+
+    def __init__(self, model_path: str, device: str = "auto", lr: float = 1e-5,
+                 weight_decay: float = 0.0, grad_clip: float = 1.0, micro_batch_size: int = 8,
+                 gradient_checkpointing: bool = False, ref_device: str | None = None,
+                 trust_remote_code: bool = False):
+        self.device = pick_device(device)
+        self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.model, self.tokenizer = load_model(model_path, self.dtype, self.device,
+                                                trust_remote_code)
+        self.model.eval()  # no dropout in training either: rollouts and updates see one policy
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+            self.model.config.use_cache = False
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        self.grad_clip = grad_clip
+        self.micro_batch_size = micro_batch_size
+        self.ref_device = ref_device or self.device
+        self.ref_model = None  # built on first need from the initial weights
+        self.initial = self.snapshot()
+        self.pristine = True  # True while the weights equal the initial ones
+        self.stop_ids = self._stop_ids()
+
+    def _stop_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        return sorted(set(ids))
+
+    # ---- generation -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompt: str, n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, seed: int) -> list[Sample]:
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        prompt_ids = self.encode(prompt)
+        ids = torch.tensor([prompt_ids], device=self.device)  # [1, P]
+        out = self.model(input_ids=ids, use_cache=True)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)  # share the prompt's KV across all n samples
+        logits = out.logits[:, -1, :].float().expand(n, -1)  # [N, V]
+        stop = torch.tensor(self.stop_ids, device=self.device)
+        alive = torch.arange(n, device=self.device)  # original index of each row still running
+        tokens = [[] for _ in range(n)]
+        lps, lses, topks = [[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)]
+        finished = [False] * n
+        pos = len(prompt_ids)
+        for _ in range(max_new_tokens):
+            logp = torch.log_softmax(logits, dim=-1)  # [N, V], untempered
+            nxt = sample_next(logits, temperature, top_p, gen)  # [N]
+            chosen = logp.gather(-1, nxt[:, None]).squeeze(-1)
+            lse = torch.logsumexp(logits, dim=-1)
+            topk = logp.topk(min(TOP_K_CONFIDENCE, logp.shape[-1]), dim=-1).values.mean(-1)
+            done = torch.isin(nxt, stop)
+            # One host transfer per quantity per step, not one per row.
+            step = zip(alive.tolist(), nxt.tolist(), chosen.tolist(), lse.tolist(),
+                       topk.tolist(), done.tolist())
+            for i, tok, lp, ls, tk, dn in step:
+                tokens[i].append(tok)
+                lps[i].append(lp)
+                lses[i].append(ls)
+                topks[i].append(tk)
+                finished[i] = dn
+            keep = (~done).nonzero().squeeze(-1)
+            if keep.numel() == 0:
+                break
+            if keep.numel() < alive.numel():
+                cache.batch_select_indices(keep)
+                alive, nxt = alive[keep], nxt[keep]
+            pos_ids = torch.full((alive.numel(), 1), pos, device=self.device)
+            out = self.model(input_ids=nxt[:, None], past_key_values=cache, position_ids=pos_ids,
+                             use_cache=True)
+            logits = out.logits[:, -1, :].float()
+            pos += 1
+        return [Sample(text=self.tokenizer.decode(tokens[i], skip_special_tokens=True),
+                       token_ids=tokens[i], logprobs=lps[i], logsumexp=lses[i],
+                       topk_logprob_mean=topks[i], finished=finished[i]) for i in range(n)]
+
+    def encode(self, prompt: str) -> list[int]:
+        # Chat templates already hold the special tokens they need.
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    # ---- scoring and training ---------------------------------------------------------------
+    def _pad(self, prompt_ids: list[int], responses: list[list[int]], device: str):
+        """Right-pad prompt+response rows; returns input ids, attention mask and response mask."""
+        T = max(1, max(len(r) for r in responses))
+        P = len(prompt_ids)
+        ids = torch.full((len(responses), P + T), self.tokenizer.pad_token_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        resp_mask = torch.zeros(len(responses), T)
+        for i, r in enumerate(responses):
+            ids[i, :P + len(r)] = torch.tensor(prompt_ids + r)
+            attn[i, :P + len(r)] = 1
+            resp_mask[i, :len(r)] = 1
+        return ids.to(device), attn.to(device), resp_mask.to(device)  # [B, P+T], [B, P+T], [B, T]
+
+    def _response_logprobs(self, model, ids, attn, T: int) -> torch.Tensor:
+        # Only the last T+1 positions predict response tokens: skip the LM head on the prompt.
+        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=T + 1,
+                       use_cache=False).logits[:, :-1, :].float()  # [B, T, V]
+        targets = ids[:, -T:]  # [B, T]
+        return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+
+    @torch.no_grad()
+    def score(self, prompt_ids: list[int], responses: list[list[int]], model=None) -> torch.Tensor:
+        """Per-token log-probs [B, T] of responses (padding positions hold junk; mask them)."""
+        model = model or self.model
+        device = next(model.parameters()).device
+        out = []
+        for s in range(0, len(responses), self.micro_batch_size):
+            chunk = responses[s:s + self.micro_batch_size]
+            ids, attn, _ = self._pad(prompt_ids, chunk, device)
+            T = ids.shape[1] - len(prompt_ids)
+            lp = self._response_logprobs(model, ids, attn, T)
+            width = max(1, max(len(r) for r in responses))
+            out.append(torch.nn.functional.pad(lp, (0, width - T)).to(self.device))
+        return torch.cat(out)
+
+    def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        if self.ref_model is None:
+            self.ref_model = copy.deepcopy(self.model).to(self.ref_device)
+            with torch.no_grad():
+                for p, p0 in zip(self.ref_model.parameters(), self.initial["params"]):
+                    p.copy_(p0)
+            self.ref_model.requires_grad_(False)
+        return self.score(batch.prompt_ids, batch.responses, model=self.ref_model)
+
+    def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
+        B = len(batch.responses)
+        _, _, mask = self._pad(batch.prompt_ids, batch.responses, self.device)  # [B, T]
+        n_tokens = mask.sum().clamp(min=1)
+        adv = torch.tensor(batch.advantages, dtype=torch.float32, device=self.device)  # [B]
+        ref = None
+        if loss_kwargs.get("kl_coef", 0.0) > 0 and not self.pristine:
+            ref = self._reference_logprobs(batch)
+        old = None  # filled by the first step's own forward pass: that step is on-policy
+        history = []
+        for _ in range(steps):
+            self.optimizer.zero_grad(set_to_none=True)
+            new_all, stats_all = [], []
+            for s in range(0, B, self.micro_batch_size):
+                sl = slice(s, s + self.micro_batch_size)
+                rows = batch.responses[sl]
+                ids, attn, mb_mask = self._pad(batch.prompt_ids, rows, self.device)
+                T = ids.shape[1] - len(batch.prompt_ids)
+                new = self._response_logprobs(self.model, ids, attn, T)  # [b, T]
+                width = mask.shape[1]
+                mb_old = new.detach() if old is None else old[sl, :T]
+                mb_ref = None
+                if loss_kwargs.get("kl_coef", 0.0) > 0:
+                    # While pristine, the policy is the reference: no second model needed.
+                    mb_ref = mb_old if ref is None else ref[sl, :T]
+                loss_sum, stats = loss_fn(new, mb_old, mb_ref, adv[sl], mb_mask, **loss_kwargs)
+                (loss_sum / n_tokens).backward()
+                new_all.append(torch.nn.functional.pad(new.detach(), (0, width - T)))
+                stats_all.append(stats)
+            if old is None:
+                old = torch.cat(new_all)  # [B, T]
+                if ref is None and loss_kwargs.get("kl_coef", 0.0) > 0:
+                    ref = old
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            self.optimizer.step()
+            self.pristine = False
+            merged = {k: sum(st[k] for st in stats_all) / float(n_tokens) for k in stats_all[0]}
+            merged["grad_norm"] = float(grad_norm)
+            history.append(merged)
+        return history
+
+    # ---- reset ------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        return {"params": [p.detach().clone() for p in self.params],
+                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+
+    @torch.no_grad()
+    def restore(self, state: dict) -> None:
+        for p, saved in zip(self.params, state["params"]):
+            p.copy_(saved)
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.pristine = state is self.initial
+
+    def reset(self) -> None:
+        """Back to the weights and (empty) optimiser state the engine started with."""
+        self.restore(self.initial)
+
+    def state_dict(self) -> dict:
+        """Weights and optimiser state, for a continuous run's checkpoint."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.pristine = False
+

@@ -1,0 +1,63 @@
+"""math-verify in a child process, so that grade.py can kill it when a parse or comparison hangs.
+
+Run as a script (never imported by the package); it needs only math-verify. One JSON request
+per line on stdin, short reply lines on stdout:
+    ["grade", pred, ref] -> "g" once the reference is parsed, "p" once the prediction is,
+                            then "1" (equivalent) or "0"
+    ["clear"]            -> "ok" after dropping the parse caches (for cold benchmarks)
+The "g"/"p" steps tell the parent which string a timeout was stuck on.
+"""
+import json
+import logging
+import os
+import resource
+import sys
+from functools import lru_cache
+
+# A runaway parse should die of MemoryError (answered "0") before it can hurt the host.
+MEMORY_LIMIT_BYTES = 4 << 30
+
+
+def main() -> None:
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything a library prints goes to stderr, not into the reply stream
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
+    logging.disable(logging.CRITICAL)  # math-verify logs every failed parse and its timeout warning
+
+    import math_verify.parser
+    from math_verify import parse, verify
+
+    @lru_cache(maxsize=4096)
+    def parsed(s: str) -> list:
+        # math-verify's own timeouts use signal.alarm; the parent enforces the bound instead.
+        return parse("$" + s + "$", parsing_timeout=None)
+
+    def reply(line: str) -> None:
+        replies.write(line + "\n")
+        replies.flush()
+
+    reply("ready")
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request[0] == "clear":
+            parsed.cache_clear()
+            for name in ("parse_latex_cached", "parse_expr_cached"):  # math-verify's own caches
+                cached = getattr(math_verify.parser, name, None)
+                if hasattr(cached, "cache_clear"):
+                    cached.cache_clear()
+            reply("ok")
+            continue
+        _, pred, ref = request
+        try:
+            gold = parsed(ref)
+            reply("g")
+            target = parsed(pred)
+            reply("p")
+            ok = verify(gold, target, timeout_seconds=None)
+        except Exception:  # noqa: BLE001 - a hostile answer may break sympy in any way; it is just wrong
+            ok = False
+        reply("1" if ok else "0")
+
+
+if __name__ == "__main__":
+    main()
