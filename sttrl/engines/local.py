@@ -11,6 +11,7 @@ import copy
 
 import torch
 
+from sttrl.data.prompts import encode_prompt
 from sttrl.engines.base import Sample, TrainBatch
 from sttrl.engines.models import load_model
 
@@ -119,8 +120,7 @@ class LocalEngine:
                        topk_logprob_mean=topks[i], finished=finished[i]) for i in range(n)]
 
     def encode(self, prompt: str) -> list[int]:
-        # Chat templates already hold the special tokens they need.
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return encode_prompt(prompt, self.tokenizer)
 
     # ---- scoring and training ---------------------------------------------------------------
     def _pad(self, prompt_ids: list[int], responses: list[list[int]], device: str):

@@ -23,6 +23,7 @@ TASKS = ("math", "gpqa")
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _FINAL = re.compile(r"final answer(?: is)?\s*:?", re.IGNORECASE)
 _INLINE_MATH = re.compile(r"\$([^$]+)\$")
+_SENTENCE_END = re.compile(r"\.(?:\s|$)")  # "5. Check..." ends at the period; "3.5" does not
 # The minus sign and the first digit may not follow a word character, so "x2" and "3-4" do not
 # yield "2" and "-4"; commas only count as thousands separators in groups of three.
 _NUMBER = re.compile(r"(?<!\w)-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|(?<!\w)-?\.\d+")
@@ -65,7 +66,8 @@ def extract_answer(text: str | None, task: str = "math", boxed: bool = True,
             return answer
     if last_number:
         m = _last_match(_NUMBER, text)
-        return m.group(0).replace(",", "") if m else None
+        if m and len(m.group(0)) <= MAX_ANSWER_CHARS:
+            return m.group(0).replace(",", "")
     return None
 
 
@@ -132,9 +134,9 @@ def _final_answer(text: str) -> str | None:
             answer = rest[len(open_):end] if end > 0 else ""
             break
     else:
-        line = rest.split("\n", 1)[0]
-        inline = _INLINE_MATH.search(line)  # "is therefore $5$ apples"
-        answer = inline.group(1) if inline else line.strip().rstrip(".").strip("*")
+        sentence = _SENTENCE_END.split(rest.split("\n", 1)[0], maxsplit=1)[0]
+        inline = _INLINE_MATH.search(sentence)  # "is therefore $5$ apples"
+        answer = inline.group(1) if inline else sentence.strip("* ")
     answer = answer.strip()
     return answer if 0 < len(answer) <= MAX_ANSWER_CHARS else None
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sttrl.rewards.extract import MAX_ANSWER_CHARS, check_task, letter_of
 
-DEFAULT_TIMEOUT_S = 2.0
+DEFAULT_TIMEOUT_S = 2.0  # 10x the slowest real MATH grade on a cold worker (~0.16 s)
 STARTUP_TIMEOUT_S = 60.0  # importing sympy on a busy machine; not counted in the grade timeout
 MAX_DEPTH = 20  # bracket nesting; real answers stay under 6
 MAX_WORKERS = os.cpu_count() or 1  # concurrent graders beyond this wait for a free worker
@@ -97,7 +97,8 @@ def _grade_math(pred: str, ref: str) -> bool:
 _DOLLAR = re.compile(r"(?<!\\)\$")
 _TEXT = re.compile(r"\\(?:text|textbf|textrm|textit|mbox|mathrm|mathbf)\{([^{}]*)\}")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![A-Za-z])")
-_DROPPED = ("\\!", "\\,", "\\;", "\\:", "\\ ", "~", "^\\circ", "^{\\circ}", "\\circ", "°", "\\%", "%", "\\$")
+_SPACING = re.compile(r"(?<!\\)\\[!,;: ]")  # \! \, \; \: \<space>, but not the "\\" of "\\ 0"
+_DROPPED = ("~", "^\\circ", "^{\\circ}", "\\circ", "°", "\\%", "%", "\\$")
 _FRAC_DIGITS = re.compile(r"\\frac(\d)(\d)")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _ASSIGNMENT = re.compile(r"[A-Za-z]=([^=]+)")
@@ -111,6 +112,7 @@ def _normalize(s: str) -> str:
     s = _DOLLAR.sub("", s)
     s = _TEXT.sub(r"\1", s)
     s = _LEFT_RIGHT.sub("", s)
+    s = _SPACING.sub("", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     for junk in _DROPPED:
         s = s.replace(junk, "")

@@ -25,12 +25,19 @@ def main() -> None:
     logging.disable(logging.CRITICAL)  # math-verify logs every failed parse and its timeout warning
 
     import math_verify.parser
+    import sympy
     from math_verify import parse, verify
 
     @lru_cache(maxsize=4096)
     def parsed(s: str) -> list:
         # math-verify's own timeouts use signal.alarm; the parent enforces the bound instead.
-        return parse("$" + s + "$", parsing_timeout=None)
+        result = parse("$" + s + "$", parsing_timeout=None)
+        # verify() evaluates each side (doit) and hangs there on x + 9^{(9)^{9}}; doing it once
+        # here (well under a millisecond for real answers) blames the hang on this string alone.
+        for item in result:
+            if isinstance(item, sympy.Basic):
+                item.doit()
+        return result
 
     def reply(line: str) -> None:
         replies.write(line + "\n")

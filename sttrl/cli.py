@@ -1,0 +1,82 @@
+"""The command line: `sttrl [run flags]`, `sttrl prepare ...`, `sttrl report ...`.
+
+`python main.py` at the repo root is the same parser. Flags override a --config YAML file,
+which overrides the defaults in `sttrl.config.Config`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from sttrl.config import Config, field_help, load_yaml, validate
+from sttrl.errors import UserError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line saying what is allowed, not the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"sttrl: error: {message} (see --help)\n")
+
+
+def str2bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="sttrl", description="Single-sample test-time RL: adapt a model "
+                           "to each question with label-free rewards. Subcommands: prepare, report.")
+    parser.add_argument("--config", help="YAML file of option: value (flags override it)")
+    helps = field_help()
+    for f in dataclasses.fields(Config):
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        flag, default = f"--{f.name}", f.default
+        text = f"{helps.get(f.name, '')} (default: {default})"
+        if kind.startswith("bool"):
+            # `--continuous` alone means true; `--continuous false` is also accepted
+            parser.add_argument(flag, nargs="?", const=True, type=str2bool,
+                                default=argparse.SUPPRESS, help=text)
+        else:
+            caster = int if kind.startswith("int") else float if kind.startswith("float") else str
+            parser.add_argument(flag, type=caster, default=argparse.SUPPRESS, help=text,
+                                metavar=f.name.upper())
+    return parser
+
+
+def parse_config(argv: list[str]) -> Config:
+    args = vars(build_parser().parse_args(argv))
+    values = load_yaml(args.pop("config")) if args.get("config") else {}
+    args.pop("config", None)
+    values.update(args)
+    return validate(Config(**values))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] == "prepare":
+            from sttrl.data.prepare import main as prepare_main
+            return prepare_main(argv[1:])
+        if argv and argv[0] == "report":
+            from sttrl.reporting.report import main as report_main
+            return report_main(argv[1:])
+        cfg = parse_config(argv)
+        from sttrl.driver import run
+        summary = run(cfg)
+    except UserError as err:
+        print(f"sttrl: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sttrl: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    shown = {k: v for k, v in summary.items() if k != "config"}
+    print(json.dumps(shown, indent=2))
+    print(f"results: {summary['config']['output_dir']}/results.jsonl")
+    return 0

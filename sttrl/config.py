@@ -1,0 +1,222 @@
+"""The run configuration: one dataclass, every field documented; YAML files and flags fill it.
+
+Fields left as None take a device-dependent default in `resolve` (a GPU affords more samples).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from sttrl.errors import UserError
+
+ENGINES = ("local", "ray")
+METHODS = ("ttrl", "ttft", "slot", "memo")
+VOTING_FUNCTIONS = ("majority", "energy", "confidence")
+DEVICES_HELP = "auto, cpu, cuda or cuda:N"
+
+
+@dataclass
+class Config:
+    # what to run on
+    dataset: str = "ARITH-TTT"
+    """Registry name (AIME-TTT, AMC-TTT, MATH-TTT, GSM8K-TTT, GPQA-TTT, ARITH-TTT[-L2|-L3])."""
+    data_path: str | None = None
+    """A TTT-format JSON file to use instead of a registry name."""
+    data_dir: str | None = None
+    """Where registry names resolve (default: $STTRL_DATA_DIR, else the repo's data/)."""
+    num_questions: int | None = None
+    """How many questions from the start of the set (default: all; ARITH-TTT generates 5)."""
+    model: str = "SmolLM2-135M-Instruct"
+    """Hugging Face id or local directory; the default is the embedded offline model."""
+    prompt_family: str | None = None
+    """Prompt template family (qwen-math, qwen, llama, smollm, default); guessed from --model."""
+    trust_remote_code: bool = False
+    """Allow the model repository's own Python code to run."""
+    # how to run it
+    engine: str = "local"
+    """local (one process, transformers) or ray (Ray + vLLM + DeepSpeed)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N (local engine)."""
+    separate_ref_gpu: bool = False
+    """Keep the frozen reference model on its own device (the next GPU) instead of the actor's."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory in the training forward pass."""
+    micro_batch_size: int = 8
+    """Responses per forward/backward chunk in training and scoring."""
+    # the method
+    adaptation_method: str = "ttrl"
+    """ttrl (per-question GRPO), ttft, slot or memo."""
+    voting_function: str = "majority"
+    """majority, energy or confidence: how samples are weighted in the vote."""
+    energy_tau: float = 1.0
+    """Temperature of the softmax over negative energies (voting_function=energy)."""
+    confidence_keep: float = 1.0
+    """Share of most-confident traces that vote (voting_function=confidence)."""
+    continuous: bool = False
+    """Carry adapted weights and optimiser to the next question instead of resetting."""
+    n_votes: int | None = None
+    """Samples drawn for the vote (default 64 on GPU, 16 on CPU)."""
+    n_train: int | None = None
+    """The first n_train voted samples are trained on (default 32 on GPU, 8 on CPU)."""
+    n_eval: int | None = None
+    """Samples per question for pass@1 before and after (default 16 on GPU, 8 on CPU)."""
+    steps_per_question: int = 3
+    """Optimiser steps per question."""
+    lr: float | None = None
+    """Learning rate (default 1e-5 for ttrl and memo, 1e-4 for ttft, 0.1 for slot)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    clip_eps: float = 0.2
+    """PPO/GRPO ratio clip."""
+    kl_coef: float = 0.001
+    """Weight of the k3 KL penalty to the frozen initial model (0 turns it off)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip."""
+    temperature: float = 0.8
+    """Rollout temperature for the vote and training samples."""
+    top_p: float = 1.0
+    """Rollout nucleus sampling threshold."""
+    val_temp: float = 0.6
+    """Evaluation temperature for pass@1."""
+    val_top_p: float = 0.95
+    """Evaluation nucleus sampling threshold."""
+    max_new_tokens: int | None = None
+    """Response length limit (default 3072 on GPU, 128 on CPU)."""
+    seed: int = 0
+    """Seeds sampling; each question's seed derives from it and the question id."""
+    # where results go
+    output_dir: str | None = None
+    """Results folder (default runs/<dataset>_<model>_<method>[_continuous])."""
+    allow_config_change: bool = False
+    """Resume in an output_dir whose saved config differs."""
+    wandb: bool = False
+    """Log to Weights & Biases (offline unless WANDB_API_KEY is set)."""
+    tensorboard: bool = False
+    """Write TensorBoard scalars under output_dir/tb."""
+    ray_address: str | None = None
+    """Join this Ray cluster (engine=ray); default starts Ray on this machine."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def field_help() -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body), for --help."""
+    tree = ast.parse(inspect.getsource(Config))
+    body = tree.body[0].body
+    out = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) \
+                and isinstance(getattr(nxt, "value", None), ast.Constant):
+            out[node.target.id] = nxt.value.value
+    return out
+
+
+# Fields that do not change what a run computes: resuming may change them freely.
+NON_RESULT_FIELDS = {"num_questions", "output_dir", "allow_config_change", "wandb",
+                     "tensorboard", "progress", "ray_address", "device", "data_dir"}
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: invalid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of option: value")
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")
+    return data
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def validate(cfg: Config) -> Config:
+    """Type- and range-check every field; the first problem becomes a one-line UserError."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None:
+            continue
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if kind.startswith("bool"):
+            _check(isinstance(value, bool), f"--{f.name} must be true or false, got {value!r}")
+        elif kind.startswith("int"):
+            _check(isinstance(value, int) and not isinstance(value, bool),
+                   f"--{f.name} must be an integer, got {value!r}")
+        elif kind.startswith("float"):
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool)
+                   and math.isfinite(value), f"--{f.name} must be a finite number, got {value!r}")
+            setattr(cfg, f.name, float(value))
+        elif kind.startswith("str"):
+            _check(isinstance(value, str) and value != "", f"--{f.name} must be a non-empty string")
+    _check(cfg.engine in ENGINES, f"--engine must be one of {', '.join(ENGINES)}, got {cfg.engine!r}")
+    _check(cfg.adaptation_method in METHODS,
+           f"--adaptation_method must be one of {', '.join(METHODS)}, got {cfg.adaptation_method!r}")
+    _check(cfg.voting_function in VOTING_FUNCTIONS,
+           f"--voting_function must be one of {', '.join(VOTING_FUNCTIONS)}, got {cfg.voting_function!r}")
+    dev = cfg.device
+    _check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+           f"--device must be one of {DEVICES_HELP}, got {dev!r}")
+    for name in ("num_questions", "n_votes", "n_train", "n_eval", "max_new_tokens",
+                 "micro_batch_size"):
+        v = getattr(cfg, name)
+        _check(v is None or 1 <= v <= 1_000_000, f"--{name} must be an integer from 1 to 1000000, got {v}")
+    _check(0 <= cfg.steps_per_question <= 10_000,
+           f"--steps_per_question must be an integer from 0 to 10000, got {cfg.steps_per_question}")
+    _check(cfg.lr is None or 0 < cfg.lr <= 10, f"--lr must be > 0 and <= 10, got {cfg.lr}")
+    for name in ("temperature", "val_temp"):
+        v = getattr(cfg, name)
+        _check(0 <= v <= 10, f"--{name} must be from 0 to 10, got {v}")
+    for name in ("top_p", "val_top_p", "confidence_keep"):
+        v = getattr(cfg, name)
+        _check(0 < v <= 1, f"--{name} must be > 0 and <= 1, got {v}")
+    for name in ("weight_decay", "kl_coef", "clip_eps", "grad_clip"):
+        v = getattr(cfg, name)
+        _check(v >= 0, f"--{name} must be >= 0, got {v}")
+    _check(cfg.energy_tau > 0, f"--energy_tau must be > 0, got {cfg.energy_tau}")
+    _check(cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")
+    if cfg.n_votes is not None and cfg.n_train is not None:
+        _check(cfg.n_train <= cfg.n_votes,
+               f"--n_train ({cfg.n_train}) must not exceed --n_votes ({cfg.n_votes})")
+    return cfg
+
+
+DEFAULT_LR = {"ttrl": 1e-5, "memo": 1e-5, "ttft": 1e-4, "slot": 0.1}
+
+
+def resolve(cfg: Config, on_gpu: bool) -> Config:
+    """Fill device-dependent defaults; returns a new, fully specified config."""
+    cfg = dataclasses.replace(cfg)
+    big = on_gpu
+    if cfg.n_votes is None:
+        cfg.n_votes = 64 if big else 16
+    if cfg.n_train is None:
+        cfg.n_train = min(32 if big else 8, cfg.n_votes)
+    if cfg.n_eval is None:
+        cfg.n_eval = 16 if big else 8
+    if cfg.max_new_tokens is None:
+        cfg.max_new_tokens = 3072 if big else 128
+    if cfg.lr is None:
+        lr = DEFAULT_LR[cfg.adaptation_method]
+        cfg.lr = lr / 2 if cfg.adaptation_method == "ttft" and cfg.continuous else lr
+    if cfg.output_dir is None:
+        name = Path(cfg.data_path).stem if cfg.data_path else cfg.dataset
+        model = Path(cfg.model.rstrip("/")).name
+        suffix = "_continuous" if cfg.continuous else ""
+        cfg.output_dir = str(Path("runs") / f"{name}_{model}_{cfg.adaptation_method}{suffix}")
+    return validate(cfg)

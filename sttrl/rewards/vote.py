@@ -1,0 +1,138 @@
+"""Cluster equivalent answers, elect a pseudo-label, and the per-sample voting weights."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sttrl.errors import UserError
+from sttrl.rewards.grade import grade
+
+WEIGHTINGS = ("majority", "energy", "confidence")
+
+
+@dataclass
+class VoteStats:
+    label: str | None
+    """Representative (first member) of the winning cluster; None when no answer voted."""
+    majority_ratio: float
+    """Winning cluster weight / total weight of the voting answers (0 if none voted)."""
+    cluster_counts: dict[str, int]
+    """Representative -> number of members."""
+    cluster_weights: dict[str, float]
+    """Representative -> summed weight."""
+    n_voting: int
+    n_none: int
+    sample_cluster: list[int | None]
+    """Per input answer, the index of its cluster in `representatives` (None for a None answer)."""
+    representatives: list[str]
+    """Cluster index -> representative, in order of first appearance."""
+    winner: int | None
+    """Index of the winning cluster; rewards can read sample_cluster == winner without re-grading."""
+
+
+def vote(answers: list[str | None], weights: list[float] | None = None,
+         task: str = "math") -> tuple[str | None, VoteStats]:
+    """Weighted vote over clusters of equivalent answers.
+
+    Answers are taken in order; each joins the first existing cluster whose representative
+    (first member) it grades equal to, else starts a new cluster. Identical strings join without
+    a grade call. None answers do not vote. The winner has the highest total weight (sums within
+    1e-9 relative count as equal), then the most members, then the earliest first member.
+    If every voting weight is 0 the weights carry no information: the winner is then the plain
+    majority by that same rule and majority_ratio is the member share.
+    """
+    if weights is None:
+        weights = [1.0] * len(answers)
+    if len(weights) != len(answers):
+        raise ValueError(f"{len(answers)} answers but {len(weights)} weights")
+    if any(not w >= 0 or math.isinf(w) for w in weights):
+        raise ValueError("voting weights must be finite and >= 0")
+
+    reps: list[str] = []
+    counts: list[int] = []
+    sums: list[float] = []
+    sample_cluster: list[int | None] = []
+    seen: dict[str, int] = {}
+    for answer, weight in zip(answers, weights):
+        if answer is None:
+            sample_cluster.append(None)
+            continue
+        c = seen.get(answer)
+        if c is None:
+            c = next((j for j, rep in enumerate(reps) if grade(answer, rep, task)), None)
+            if c is None:
+                reps.append(answer)
+                counts.append(0)
+                sums.append(0.0)
+                c = len(reps) - 1
+            seen[answer] = c
+        counts[c] += 1
+        sums[c] += weight
+        sample_cluster.append(c)
+
+    n_voting = sum(counts)
+    winner, ratio = None, 0.0
+    if reps:
+        best = max(sums)
+        tied = [j for j in range(len(reps)) if sums[j] >= best - 1e-9 * max(1.0, best)]
+        winner = max(tied, key=lambda j: (counts[j], -j))
+        total = sum(sums)
+        ratio = sums[winner] / total if total > 0 else counts[winner] / n_voting
+    label = reps[winner] if winner is not None else None
+    stats = VoteStats(
+        label=label,
+        majority_ratio=ratio,
+        cluster_counts=dict(zip(reps, counts)),
+        cluster_weights=dict(zip(reps, sums)),
+        n_voting=n_voting,
+        n_none=len(answers) - n_voting,
+        sample_cluster=sample_cluster,
+        representatives=reps,
+        winner=winner,
+    )
+    return label, stats
+
+
+def voting_weights(name: str, samples: list, tau: float = 1.0, keep_frac: float = 1.0) -> list[float]:
+    """One non-negative weight per sample (sttrl.engines.base.Sample).
+
+    majority:   w_i = 1
+    energy:     E_i = -mean_t logsumexp_t,  w = softmax(-E / tau)   (lower energy, more weight)
+    confidence: C_i = mean_t(-topk_logprob_mean_t) (DeepConf; higher = more confident), w_i = C_i;
+                keep_frac < 1 keeps only the ceil(keep_frac * n) most confident samples (ties: earlier
+                sample first) and gives the rest weight 0.
+    A sample with no tokens (or a non-finite score) gets weight 0 and takes no part in the softmax
+    or the ranking. If that leaves every weight 0, vote() falls back to the plain majority.
+    """
+    if name not in WEIGHTINGS:
+        raise UserError(f"unknown voting weighting {name!r}; allowed: {', '.join(WEIGHTINGS)}")
+    if not tau > 0:
+        raise UserError(f"voting temperature tau must be > 0, got {tau!r}")
+    if not 0 < keep_frac <= 1:
+        raise UserError(f"keep_frac must be in (0, 1], got {keep_frac!r}")
+    if name == "majority":
+        return [1.0] * len(samples)
+
+    if name == "energy":
+        scores = [_mean(s.logsumexp) for s in samples]
+        scores = [None if x is None else x / tau for x in scores]  # -E_i / tau = mean logsumexp / tau
+        top = max((x for x in scores if x is not None), default=0.0)
+        exps = [0.0 if x is None else math.exp(x - top) for x in scores]  # minus the max: no overflow
+        total = sum(exps)
+        return [e / total if total > 0 else 0.0 for e in exps]
+
+    conf = [_mean([-v for v in s.topk_logprob_mean]) for s in samples]
+    weights = [0.0 if c is None else max(c, 0.0) for c in conf]
+    if keep_frac < 1:
+        keep = math.ceil(keep_frac * len(samples) - 1e-9)  # 0.1 * 10 is 1.0000000000000002
+        ranked = sorted((i for i, c in enumerate(conf) if c is not None), key=lambda i: -conf[i])
+        kept = set(ranked[:keep])
+        weights = [w if i in kept else 0.0 for i, w in enumerate(weights)]
+    return weights
+
+
+def _mean(values: list[float]) -> float | None:
+    if not values:
+        return None
+    m = math.fsum(values) / len(values)
+    return m if math.isfinite(m) else None

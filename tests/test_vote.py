@@ -1,0 +1,133 @@
+import inspect
+import math
+
+import pytest
+
+from sttrl.engines.base import Sample
+from sttrl.errors import UserError
+from sttrl.rewards import ttrl_rewards, vote, voting_weights
+
+
+def test_equivalent_answers_vote_together():
+    label, stats = vote(["0.5", "\\frac{1}{2}", "3", "1/2", None, "3"])
+    assert label == "0.5"  # the representative is the cluster's first member
+    assert stats.cluster_counts == {"0.5": 3, "3": 2}
+    assert stats.sample_cluster == [0, 0, 1, 0, None, 1]
+    assert stats.representatives == ["0.5", "3"] and stats.winner == 0
+    assert (stats.n_voting, stats.n_none) == (5, 1)
+    assert stats.majority_ratio == pytest.approx(3 / 5)
+
+
+def test_none_answers_do_not_vote():
+    label, stats = vote([None, None])
+    assert label is None and stats.winner is None
+    assert stats.majority_ratio == 0 and stats.n_voting == 0 and stats.n_none == 2
+    assert vote([])[0] is None
+
+
+def test_weights_sum_per_cluster():
+    label, stats = vote(["1", "2", "2"], weights=[0.7, 0.2, 0.1])
+    assert label == "1"
+    assert stats.cluster_weights == pytest.approx({"1": 0.7, "2": 0.3})
+    assert stats.majority_ratio == pytest.approx(0.7)
+
+
+def test_tie_break_rule():
+    # equal weight -> more members wins
+    assert vote(["1", "2", "2"], weights=[2.0, 1.0, 1.0])[0] == "2"
+    # equal weight and members -> earliest first member wins, whatever the order of later samples
+    assert vote(["2", "1", "1", "2"])[0] == "2"
+    assert vote(["1", "2", "2", "1"])[0] == "1"
+    # float noise does not decide a tie: 0.1 + 0.2 is 0.30000000000000004 > 0.15 + 0.15
+    assert vote(["2", "2", "1"], weights=[0.15, 0.15, 0.1 + 0.2])[0] == "2"
+
+
+def test_zero_weights_fall_back_to_majority():
+    label, stats = vote(["1", "2", "2"], weights=[0.0, 0.0, 0.0])
+    assert label == "2" and stats.majority_ratio == pytest.approx(2 / 3)
+
+
+def test_bad_weights():
+    with pytest.raises(ValueError):
+        vote(["1", "2"], weights=[1.0])
+    with pytest.raises(ValueError):
+        vote(["1"], weights=[-1.0])
+    with pytest.raises(ValueError):
+        vote(["1"], weights=[math.nan])
+
+
+def test_gpqa_vote():
+    label, stats = vote(["C", "(C)", "\\text{B}", None], task="gpqa")
+    assert label == "C" and stats.cluster_counts == {"C": 2, "\\text{B}": 1}
+
+
+def _sample(lse, topk):
+    return Sample(text="", token_ids=[0] * len(lse), logsumexp=lse, topk_logprob_mean=topk)
+
+
+SAMPLES = [
+    _sample([1.0, 3.0], [-2.0, -4.0]),  # mean lse 2, confidence 3
+    _sample([0.0], [-1.0]),             # mean lse 0, confidence 1
+    _sample([], []),                    # no tokens
+    _sample([4.0], [-5.0]),             # mean lse 4, confidence 5
+]
+
+
+def test_majority_weights():
+    assert voting_weights("majority", SAMPLES) == [1.0] * 4
+
+
+def test_energy_weights():
+    w = voting_weights("energy", SAMPLES, tau=2.0)
+    expected = [math.exp(1.0), math.exp(0.0), 0.0, math.exp(2.0)]  # exp(-E / tau), E = -mean lse
+    assert w == pytest.approx([x / sum(expected) for x in expected])
+    assert sum(w) == pytest.approx(1.0)
+    # huge logits: the max is subtracted before exp
+    big = voting_weights("energy", [_sample([1e4], []), _sample([1e4 - 1], [])])
+    assert big == pytest.approx([1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1))])
+
+
+def test_confidence_weights():
+    assert voting_weights("confidence", SAMPLES) == pytest.approx([3.0, 1.0, 0.0, 5.0])
+    # keep the ceil(0.5 * 4) = 2 most confident
+    assert voting_weights("confidence", SAMPLES, keep_frac=0.5) == pytest.approx([3.0, 0.0, 0.0, 5.0])
+    # 0.1 * 10 is 1.0000000000000002 in floats; it must keep 1, not 2
+    ten = [_sample([0.0], [-float(i)]) for i in range(1, 11)]
+    assert sum(w > 0 for w in voting_weights("confidence", ten, keep_frac=0.1)) == 1
+
+
+def test_empty_samples_do_not_crash():
+    empty = [_sample([], []), _sample([], [])]
+    assert voting_weights("energy", empty) == [0.0, 0.0]
+    assert voting_weights("confidence", empty, keep_frac=0.5) == [0.0, 0.0]
+    assert voting_weights("energy", []) == []
+
+
+def test_weighting_errors():
+    with pytest.raises(UserError, match="majority, energy, confidence"):
+        voting_weights("entropy", SAMPLES)
+    with pytest.raises(UserError):
+        voting_weights("energy", SAMPLES, tau=0)
+    with pytest.raises(UserError):
+        voting_weights("confidence", SAMPLES, keep_frac=0)
+
+
+def test_weighted_vote_end_to_end():
+    answers = ["1", "2", "1", "2"]
+    samples = [_sample([0.0], [-1.0]), _sample([5.0], [-9.0]), _sample([0.0], [-1.0]), _sample([5.0], [-9.0])]
+    assert vote(answers, voting_weights("majority", samples))[0] == "1"  # tie -> earliest
+    assert vote(answers, voting_weights("energy", samples))[0] == "2"
+    assert vote(answers, voting_weights("confidence", samples))[0] == "2"
+
+
+def test_rewards():
+    assert ttrl_rewards(["0.5", "\\frac12", "3", None], "1/2") == [1.0, 1.0, 0.0, 0.0]
+    assert ttrl_rewards(["1", None], None) == [0.0, 0.0]
+    assert ttrl_rewards(["B", "(B)", "C"], "B", task="gpqa") == [1.0, 1.0, 0.0]
+
+
+def test_reward_never_sees_a_reference():
+    params = list(inspect.signature(ttrl_rewards).parameters)
+    assert params == ["answers", "label", "task"]
+    for name in params:
+        assert not any(word in name for word in ("ref", "gold", "truth", "target", "solution"))
