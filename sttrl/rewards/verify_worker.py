@@ -7,21 +7,29 @@ per line on stdin, short reply lines on stdout:
     ["clear"]            -> "ok" after dropping the parse caches (for cold benchmarks)
 The "g"/"p" steps tell the parent which string a timeout was stuck on.
 """
-import json
-import logging
 import os
-import resource
 import sys
-from functools import lru_cache
+
+# Running as a script puts this directory first on sys.path, where a sibling module (say a future
+# types.py) would shadow the library of that name. os and sys are already loaded, so this is safe.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import resource  # noqa: E402
+import signal  # noqa: E402
+from functools import lru_cache  # noqa: E402
 
 # A runaway parse should die of MemoryError (answered "0") before it can hurt the host.
-MEMORY_LIMIT_BYTES = 4 << 30
+MEMORY_LIMIT_BYTES = 2 << 30  # a worker normally needs under 100 MB
 
 
 def main() -> None:
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the reply stream
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which kills us if need be
     logging.disable(logging.CRITICAL)  # math-verify logs every failed parse and its timeout warning
 
     import math_verify.parser

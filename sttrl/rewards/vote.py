@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 
 from sttrl.errors import UserError
+from sttrl.rewards.extract import check_task
 from sttrl.rewards.grade import grade
 
 WEIGHTINGS = ("majority", "energy", "confidence")
@@ -41,6 +42,7 @@ def vote(answers: list[str | None], weights: list[float] | None = None,
     If every voting weight is 0 the weights carry no information: the winner is then the plain
     majority by that same rule and majority_ratio is the member share.
     """
+    check_task(task)
     if weights is None:
         weights = [1.0] * len(answers)
     if len(weights) != len(answers):
