@@ -117,7 +117,7 @@ def test_worker_timeout_from_a_thread():
         result, seconds = out["r"]
         assert result is False and seconds < 5
         # Its parse hung, so every later comparison refuses it without asking a worker.
-        assert _timed(grade, HANGS, "6")[1] < 0.1
+        assert _timed(grade, HANGS, "6")[1] < 0.5
         # The replacement worker still grades.
         assert grade("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}")
     finally:

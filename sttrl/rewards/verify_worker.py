@@ -32,9 +32,32 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which kills us if need be
     logging.disable(logging.CRITICAL)  # math-verify logs every failed parse and its timeout warning
 
+    import math_verify.grader
     import math_verify.parser
     import sympy
     from math_verify import parse, verify
+
+    # verify() ends with simplify(a - b).is_zero, by far its slowest step for answers that differ
+    # (most comparisons in a vote). Expressions whose values differ at one generic point cannot
+    # simplify to equal, so evaluate there first and only simplify when the values agree or the
+    # evaluation fails. This changes speed, not results.
+    symbolic_eq = getattr(math_verify.grader, "sympy_symbolic_eq", None)
+
+    def quick_symbolic_eq(a, b) -> bool:
+        if isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr):
+            try:
+                symbols = sorted(a.free_symbols | b.free_symbols, key=str)
+                point = {x: sympy.Rational(618034 + 1000 * k, 10**6) for k, x in enumerate(symbols)}
+                va, vb = complex(a.evalf(30, subs=point)), complex(b.evalf(30, subs=point))
+                finite = abs(va) < 1e300 and abs(vb) < 1e300  # also False for nan
+                if finite and abs(va - vb) > 1e-9 * (1 + abs(va) + abs(vb)):
+                    return False
+            except Exception:  # noqa: BLE001 - not evaluable here; let simplify decide
+                pass
+        return symbolic_eq(a, b)
+
+    if symbolic_eq is not None:
+        math_verify.grader.sympy_symbolic_eq = quick_symbolic_eq
 
     @lru_cache(maxsize=4096)
     def parsed(s: str) -> list:
@@ -43,8 +66,11 @@ def main() -> None:
         # verify() evaluates each side (doit) and hangs there on x + 9^{(9)^{9}}; doing it once
         # here (well under a millisecond for real answers) blames the hang on this string alone.
         for item in result:
-            if isinstance(item, sympy.Basic):
-                item.doit()
+            try:
+                if isinstance(item, sympy.Basic):
+                    item.doit()
+            except Exception:  # noqa: BLE001 - verify() copes with it (safe_sympy_doit); only time matters here
+                pass
         return result
 
     def reply(line: str) -> None:
