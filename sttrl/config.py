@@ -47,6 +47,8 @@ class Config:
     """Trade compute for memory in the training forward pass."""
     micro_batch_size: int = 8
     """Responses per forward/backward chunk in training and scoring."""
+    generation_threads: int = 1
+    """CPU threads while decoding (0: torch's default); training always uses torch's default."""
     # the method
     adaptation_method: str = "ttrl"
     """ttrl (per-question GRPO), ttft, slot or memo."""
@@ -116,7 +118,7 @@ def field_help() -> dict[str, str]:
 
 
 # Fields that do not change what a run computes: resuming may change them freely.
-NON_RESULT_FIELDS = {"num_questions", "output_dir", "allow_config_change", "wandb",
+NON_RESULT_FIELDS = {"num_questions", "output_dir", "generation_threads", "allow_config_change", "wandb",
                      "tensorboard", "progress", "ray_address", "device", "data_dir"}
 
 
@@ -172,6 +174,8 @@ def validate(cfg: Config) -> Config:
     dev = cfg.device
     _check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
            f"--device must be one of {DEVICES_HELP}, got {dev!r}")
+    _check(0 <= cfg.generation_threads <= 1024,
+           f"--generation_threads must be an integer from 0 to 1024, got {cfg.generation_threads}")
     for name in ("num_questions", "n_votes", "n_train", "n_eval", "max_new_tokens",
                  "micro_batch_size"):
         v = getattr(cfg, name)

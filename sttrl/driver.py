@@ -136,7 +136,8 @@ def build_engine(cfg: Config):
                        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
                        micro_batch_size=cfg.micro_batch_size,
                        gradient_checkpointing=cfg.gradient_checkpointing,
-                       ref_device=ref_device, trust_remote_code=cfg.trust_remote_code)
+                       ref_device=ref_device, trust_remote_code=cfg.trust_remote_code,
+                       generation_threads=cfg.generation_threads or None)
 
 
 def on_gpu(cfg: Config) -> bool:

@@ -45,8 +45,11 @@ class LocalEngine:
     def __init__(self, model_path: str, device: str = "auto", lr: float = 1e-5,
                  weight_decay: float = 0.0, grad_clip: float = 1.0, micro_batch_size: int = 8,
                  gradient_checkpointing: bool = False, ref_device: str | None = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, generation_threads: int | None = 1):
         self.device = pick_device(device)
+        # Decoding a few rows at a time is latency-bound: on CPU one thread beats two, and by far
+        # when the other core is busy (benchmarks/). Training keeps torch's default thread count.
+        self.generation_threads = generation_threads
         self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.model, self.tokenizer = load_model(model_path, self.dtype, self.device,
                                                 trust_remote_code)
@@ -72,9 +75,19 @@ class LocalEngine:
         return sorted(set(ids))
 
     # ---- generation -------------------------------------------------------------------------
-    @torch.inference_mode()
     def generate(self, prompt: str, n: int, temperature: float, top_p: float,
                  max_new_tokens: int, seed: int) -> list[Sample]:
+        threads = torch.get_num_threads()
+        if self.device == "cpu" and self.generation_threads:
+            torch.set_num_threads(self.generation_threads)
+        try:
+            return self._generate(prompt, n, temperature, top_p, max_new_tokens, seed)
+        finally:
+            torch.set_num_threads(threads)
+
+    @torch.inference_mode()
+    def _generate(self, prompt: str, n: int, temperature: float, top_p: float,
+                  max_new_tokens: int, seed: int) -> list[Sample]:
         gen = torch.Generator(device=self.device).manual_seed(seed)
         prompt_ids = self.encode(prompt)
         ids = torch.tensor([prompt_ids], device=self.device)  # [1, P]
