@@ -10,7 +10,7 @@ PROMPT = "<|user|>What is 2 + 3?<|end|><|assistant|>"
 
 def seq_logprob(engine, prompt_ids, text):
     ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
-    lp = engine.score(prompt_ids, [ids])
+    lp = engine.score([prompt_ids], [ids])
     return float(lp[0, :len(ids)].sum())
 
 
@@ -31,7 +31,7 @@ def test_generate_is_seeded_and_records_token_stats(tiny_model):
 def test_generation_logprobs_match_a_full_forward(tiny_model):
     engine = LocalEngine(tiny_model)
     samples = engine.generate(PROMPT, 4, 1.0, 1.0, 12, seed=0)
-    scored = engine.score(engine.encode(PROMPT), [s.token_ids for s in samples])  # [4, T]
+    scored = engine.score([engine.encode(PROMPT)] * 4, [s.token_ids for s in samples])  # [4, T]
     for i, s in enumerate(samples):
         got = scored[i, :len(s.token_ids)]
         assert torch.allclose(got, torch.tensor(s.logprobs), atol=1e-4)
@@ -51,7 +51,7 @@ def test_grpo_steps_raise_the_majority_answer(tiny_model):
     good = tok("5", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     bad = tok("7", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     rewards = [1.0] * 5 + [0.0] * 3  # the vote's majority answer is "5"
-    batch = TrainBatch(pid, [good] * 5 + [bad] * 3, group_advantages(rewards))
+    batch = TrainBatch.shared(pid, [good] * 5 + [bad] * 3, group_advantages(rewards))
     before_good, before_bad = seq_logprob(engine, pid, "5</s>"), seq_logprob(engine, pid, "7</s>")
     history = engine.train(batch, grpo_loss, {"clip_eps": 0.2, "kl_coef": 0.001}, steps=4)
     assert len(history) == 4 and history[0]["clip_frac"] == 0.0  # step 1 is on-policy
@@ -64,7 +64,7 @@ def test_reset_restores_weights_and_optimizer_bit_exactly(tiny_model):
     initial = [p.detach().clone() for p in engine.params]
     before = engine.generate(PROMPT, 4, 1.0, 1.0, 8, seed=1)
     pid = engine.encode(PROMPT)
-    batch = TrainBatch(pid, [s.token_ids for s in before], [1.0, -1.0, 1.0, -1.0])
+    batch = TrainBatch.shared(pid, [s.token_ids for s in before], [1.0, -1.0, 1.0, -1.0])
     engine.train(batch, grpo_loss, {"clip_eps": 0.2, "kl_coef": 0.0}, steps=2)
     assert any(not torch.equal(p, q) for p, q in zip(engine.params, initial))
     assert len(engine.optimizer.state) > 0
@@ -79,7 +79,7 @@ def test_kl_uses_the_initial_model_once_weights_moved(tiny_model):
     engine = LocalEngine(tiny_model, lr=1e-2)
     pid = engine.encode(PROMPT)
     samples = engine.generate(PROMPT, 4, 1.0, 1.0, 8, seed=2)
-    batch = TrainBatch(pid, [s.token_ids for s in samples], [1.0, -1.0, 1.0, -1.0])
+    batch = TrainBatch.shared(pid, [s.token_ids for s in samples], [1.0, -1.0, 1.0, -1.0])
     first = engine.train(batch, grpo_loss, {"clip_eps": 0.2, "kl_coef": 0.1}, steps=1)
     assert first[0]["kl"] == 0.0  # pristine: the policy is the reference
     second = engine.train(batch, grpo_loss, {"clip_eps": 0.2, "kl_coef": 0.1}, steps=1)
@@ -94,3 +94,14 @@ def test_group_advantages_and_k3():
     lp = torch.tensor([[-1.0, -2.0]])
     assert torch.all(kl_k3(lp, lp) == 0)
     assert torch.all(kl_k3(lp, lp - 0.5) > 0)
+
+
+def test_batches_mixing_prompts_score_like_each_prompt_alone(tiny_model):
+    engine = LocalEngine(tiny_model)
+    short = engine.encode("<|user|>2+3?<|end|><|assistant|>")
+    long = engine.encode("<|user|>What is the sum of 2 and 3?<|end|><|assistant|>")
+    r1 = engine.tokenizer("5 is it", add_special_tokens=False)["input_ids"]
+    r2 = engine.tokenizer("5", add_special_tokens=False)["input_ids"]
+    mixed = engine.score([short, long], [r1, r2])
+    assert torch.allclose(mixed[0, :len(r1)], engine.score([short], [r1])[0], atol=1e-5)
+    assert torch.allclose(mixed[1, :len(r2)], engine.score([long], [r2])[0, :len(r2)], atol=1e-5)

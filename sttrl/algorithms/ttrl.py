@@ -40,9 +40,8 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
     reason = skip_reason(label, rewards)
     history = []
     if reason is None and cfg.steps_per_question > 0:
-        batch = TrainBatch(prompt_ids=engine.encode(prompt),
-                           responses=[s.token_ids for s in train],
-                           advantages=group_advantages(rewards))
+        batch = TrainBatch.shared(engine.encode(prompt), [s.token_ids for s in train],
+                                  group_advantages(rewards))
         with timer("train"):
             history = engine.train(batch, grpo_loss,
                                    {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef},

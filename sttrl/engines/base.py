@@ -61,11 +61,17 @@ class Engine(Protocol):
 
 @dataclass
 class TrainBatch:
-    """What one question's update trains on: a shared prompt and scored responses."""
+    """What an update trains on: responses, each continuing its own prompt, with advantages."""
 
-    prompt_ids: list[int]
-    """Token ids of the prompt every response continues."""
+    prompts: list[list[int]]
+    """Prompt token ids, one list per response (per-question methods repeat one prompt)."""
     responses: list[list[int]]
     """Token ids of each response, as generated."""
     advantages: list[float]
-    """One scalar per response (GRPO: group-normalised reward; SFT: 1 keeps a response, 0 drops it)."""
+    """One scalar per response (GRPO: group-normalised reward; SFT: 1 keeps a response)."""
+
+    @classmethod
+    def shared(cls, prompt_ids: list[int], responses: list[list[int]],
+               advantages: list[float]) -> "TrainBatch":
+        """All responses continue the same prompt."""
+        return cls([prompt_ids] * len(responses), responses, advantages)

@@ -136,39 +136,44 @@ class LocalEngine:
         return encode_prompt(prompt, self.tokenizer)
 
     # ---- scoring and training ---------------------------------------------------------------
-    def _pad(self, prompt_ids: list[int], responses: list[list[int]], device: str):
-        """Right-pad prompt+response rows; returns input ids, attention mask and response mask."""
+    def _pad(self, prompts: list[list[int]], responses: list[list[int]], device: str):
+        """Left-pad prompts and right-pad responses so every prompt ends at the same column.
+
+        Returns input ids and attention mask [B, P+T], position ids [B, P+T] and the response
+        mask [B, T]; the last T+1 logits of every row then predict exactly the response tokens.
+        """
+        P = max(len(p) for p in prompts)
         T = max(1, max(len(r) for r in responses))
-        P = len(prompt_ids)
         ids = torch.full((len(responses), P + T), self.tokenizer.pad_token_id, dtype=torch.long)
         attn = torch.zeros_like(ids)
         resp_mask = torch.zeros(len(responses), T)
-        for i, r in enumerate(responses):
-            ids[i, :P + len(r)] = torch.tensor(prompt_ids + r)
-            attn[i, :P + len(r)] = 1
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            ids[i, P - len(p):P + len(r)] = torch.tensor(p + r)
+            attn[i, P - len(p):P + len(r)] = 1
             resp_mask[i, :len(r)] = 1
-        return ids.to(device), attn.to(device), resp_mask.to(device)  # [B, P+T], [B, P+T], [B, T]
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+        return ids.to(device), attn.to(device), pos.to(device), resp_mask.to(device)
 
-    def _response_logprobs(self, model, ids, attn, T: int) -> torch.Tensor:
+    def _response_logprobs(self, model, ids, attn, pos, T: int) -> torch.Tensor:
         # Only the last T+1 positions predict response tokens: skip the LM head on the prompt.
-        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=T + 1,
-                       use_cache=False).logits[:, :-1, :].float()  # [B, T, V]
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
+                       logits_to_keep=T + 1, use_cache=False).logits[:, :-1, :].float()  # [B, T, V]
         targets = ids[:, -T:]  # [B, T]
         return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
 
     @torch.no_grad()
-    def score(self, prompt_ids: list[int], responses: list[list[int]], model=None) -> torch.Tensor:
+    def score(self, prompts: list[list[int]], responses: list[list[int]],
+              model=None) -> torch.Tensor:
         """Per-token log-probs [B, T] of responses (padding positions hold junk; mask them)."""
         model = model or self.model
         device = next(model.parameters()).device
+        width = max(1, max(len(r) for r in responses))
         out = []
         for s in range(0, len(responses), self.micro_batch_size):
-            chunk = responses[s:s + self.micro_batch_size]
-            ids, attn, _ = self._pad(prompt_ids, chunk, device)
-            T = ids.shape[1] - len(prompt_ids)
-            lp = self._response_logprobs(model, ids, attn, T)
-            width = max(1, max(len(r) for r in responses))
-            out.append(torch.nn.functional.pad(lp, (0, width - T)).to(self.device))
+            sl = slice(s, s + self.micro_batch_size)
+            ids, attn, pos, mask = self._pad(prompts[sl], responses[sl], device)
+            lp = self._response_logprobs(model, ids, attn, pos, mask.shape[1])
+            out.append(torch.nn.functional.pad(lp, (0, width - mask.shape[1])).to(self.device))
         return torch.cat(out)
 
     def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
@@ -178,11 +183,11 @@ class LocalEngine:
                 for p, p0 in zip(self.ref_model.parameters(), self.initial["params"]):
                     p.copy_(p0)
             self.ref_model.requires_grad_(False)
-        return self.score(batch.prompt_ids, batch.responses, model=self.ref_model)
+        return self.score(batch.prompts, batch.responses, model=self.ref_model)
 
     def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
         B = len(batch.responses)
-        _, _, mask = self._pad(batch.prompt_ids, batch.responses, self.device)  # [B, T]
+        _, _, _, mask = self._pad(batch.prompts, batch.responses, self.device)  # [B, T]
         n_tokens = mask.sum().clamp(min=1)
         adv = torch.tensor(batch.advantages, dtype=torch.float32, device=self.device)  # [B]
         ref = None
@@ -195,10 +200,10 @@ class LocalEngine:
             new_all, stats_all = [], []
             for s in range(0, B, self.micro_batch_size):
                 sl = slice(s, s + self.micro_batch_size)
-                rows = batch.responses[sl]
-                ids, attn, mb_mask = self._pad(batch.prompt_ids, rows, self.device)
-                T = ids.shape[1] - len(batch.prompt_ids)
-                new = self._response_logprobs(self.model, ids, attn, T)  # [b, T]
+                ids, attn, pos, mb_mask = self._pad(batch.prompts[sl], batch.responses[sl],
+                                                    self.device)
+                T = mb_mask.shape[1]
+                new = self._response_logprobs(self.model, ids, attn, pos, T)  # [b, T]
                 width = mask.shape[1]
                 mb_old = new.detach() if old is None else old[sl, :T]
                 mb_ref = None
