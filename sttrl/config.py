@@ -58,6 +58,8 @@ class Config:
     """Temperature of the softmax over negative energies (voting_function=energy)."""
     confidence_keep: float = 1.0
     """Share of most-confident traces that vote (voting_function=confidence)."""
+    memo_variants: int = 2
+    """Prompt phrasings pooled into MEMO's marginal (adaptation_method=memo; 1 to 4)."""
     continuous: bool = False
     """Carry adapted weights and optimiser to the next question instead of resetting."""
     n_votes: int | None = None
@@ -66,8 +68,8 @@ class Config:
     """The first n_train voted samples are trained on (default 32 on GPU, 8 on CPU)."""
     n_eval: int | None = None
     """Samples per question for pass@1 before and after (default 16 on GPU, 8 on CPU)."""
-    steps_per_question: int = 3
-    """Optimiser steps per question."""
+    steps_per_question: int | None = None
+    """Optimiser steps per question (default 3; 5 for slot)."""
     lr: float | None = None
     """Learning rate (default 1e-5 for ttrl and memo, 1e-4 for ttft, 0.1 for slot)."""
     weight_decay: float = 0.0
@@ -180,7 +182,7 @@ def validate(cfg: Config) -> Config:
                  "micro_batch_size"):
         v = getattr(cfg, name)
         _check(v is None or 1 <= v <= 1_000_000, f"--{name} must be an integer from 1 to 1000000, got {v}")
-    _check(0 <= cfg.steps_per_question <= 10_000,
+    _check(cfg.steps_per_question is None or 0 <= cfg.steps_per_question <= 10_000,
            f"--steps_per_question must be an integer from 0 to 10000, got {cfg.steps_per_question}")
     _check(cfg.lr is None or 0 < cfg.lr <= 10, f"--lr must be > 0 and <= 10, got {cfg.lr}")
     for name in ("temperature", "val_temp"):
@@ -192,6 +194,7 @@ def validate(cfg: Config) -> Config:
     for name in ("weight_decay", "kl_coef", "clip_eps", "grad_clip"):
         v = getattr(cfg, name)
         _check(v >= 0, f"--{name} must be >= 0, got {v}")
+    _check(1 <= cfg.memo_variants <= 4, f"--memo_variants must be from 1 to 4, got {cfg.memo_variants}")
     _check(cfg.energy_tau > 0, f"--energy_tau must be > 0, got {cfg.energy_tau}")
     _check(cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")
     if cfg.n_votes is not None and cfg.n_train is not None:
@@ -215,6 +218,11 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
         cfg.n_eval = 16 if big else 8
     if cfg.max_new_tokens is None:
         cfg.max_new_tokens = 3072 if big else 128
+    if cfg.steps_per_question is None:
+        cfg.steps_per_question = 5 if cfg.adaptation_method == "slot" else 3
+    if cfg.prompt_family is None:
+        from sttrl.data.prompts import model_family
+        cfg.prompt_family = model_family(cfg.model)
     if cfg.lr is None:
         lr = DEFAULT_LR[cfg.adaptation_method]
         cfg.lr = lr / 2 if cfg.adaptation_method == "ttft" and cfg.continuous else lr

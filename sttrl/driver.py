@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sttrl.config import NON_RESULT_FIELDS, Config, resolve
-from sttrl.data import format_prompt, load_dataset, model_family
+from sttrl.data import format_prompt, load_dataset
 from sttrl.errors import UserError
 from sttrl.reporting.results import ResultsFile, summarize, write_json_atomic
 from sttrl.rewards import extract_answer
@@ -47,11 +47,9 @@ def question_seed(seed: int, question_id: str) -> int:
 
 
 def method_adapt(name: str):
-    if name == "ttrl":
-        from sttrl.algorithms.ttrl import adapt
-        return adapt
-    from sttrl.algorithms import baselines
-    return baselines.METHODS[name]
+    """The method's `adapt(engine, question, prompt, cfg, seed, timer)`; imported on use."""
+    import importlib
+    return importlib.import_module(f"sttrl.algorithms.{name}").adapt
 
 
 def sample_answers(engine, prompt: str, task: str, n: int, temperature: float, top_p: float,
@@ -77,11 +75,11 @@ def cut(answers: list) -> list:
     return [a if a is None else a[:MAX_ANSWER_CHARS] for a in answers]
 
 
-def run_question(engine, example, index: int, cfg: Config, family: str) -> dict:
+def run_question(engine, example, index: int, cfg: Config) -> dict:
     """Evaluate, adapt and evaluate again; the caller resets or carries the weights on."""
     q = example.question
     timer = Timer()
-    prompt = format_prompt(q, engine.tokenizer, family)
+    prompt = format_prompt(q, engine.tokenizer, cfg.prompt_family)
     seed = question_seed(cfg.seed, q.id)
     eval_args = (prompt, q.task, cfg.n_eval, cfg.val_temp, cfg.val_top_p, cfg.max_new_tokens)
     with timer("eval"):
@@ -152,6 +150,9 @@ def check_saved_config(out: Path, config: dict, allow_change: bool) -> None:
     path = out / "config.json"
     if path.exists():
         saved = json.loads(path.read_text())
+        # an option added since the run started counts as unchanged if it has its default
+        defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
         diff = sorted(k for k in set(saved) | set(config)
                       if k not in NON_RESULT_FIELDS and saved.get(k) != config.get(k))
         if diff and not allow_change:
@@ -182,7 +183,6 @@ def run(cfg: Config) -> dict:
         recover_pending(results, checkpoint)
     done = results.done_ids()
     todo = [(i, ex) for i, ex in enumerate(examples) if ex.question.id not in done]
-    family = cfg.prompt_family or model_family(cfg.model)
     if todo:
         engine = build_engine(cfg)
         if cfg.continuous and checkpoint.exists():
@@ -190,7 +190,7 @@ def run(cfg: Config) -> dict:
         loggers = open_loggers(cfg, out)
         bar = progress(cfg, len(examples), len(done))
         for i, ex in todo:
-            record = run_question(engine, ex, i, cfg, family)
+            record = run_question(engine, ex, i, cfg)
             if not cfg.continuous:
                 start = time.perf_counter()
                 engine.reset()

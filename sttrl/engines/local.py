@@ -57,6 +57,9 @@ class LocalEngine:
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
             self.model.config.use_cache = False
+        # SLOT's vector, added to the final hidden states before the LM head when set.
+        self.hidden_delta: torch.Tensor | None = None
+        self.model.get_output_embeddings().register_forward_pre_hook(self._add_hidden_delta)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
         self.grad_clip = grad_clip
@@ -73,6 +76,26 @@ class LocalEngine:
         if self.tokenizer.eos_token_id is not None:
             ids.append(self.tokenizer.eos_token_id)
         return sorted(set(ids))
+
+    def _add_hidden_delta(self, module, inputs):
+        if self.hidden_delta is None:
+            return None
+        return (inputs[0] + self.hidden_delta.to(inputs[0].dtype),) + tuple(inputs[1:])
+
+    @torch.no_grad()
+    def prompt_hidden(self, prompt_ids: list[int]) -> torch.Tensor:
+        """The final hidden states [P, d] that enter the LM head, without any delta."""
+        captured = []
+        head = self.model.get_output_embeddings()
+        hook = head.register_forward_pre_hook(lambda m, inp: captured.append(inp[0]))
+        saved, self.hidden_delta = self.hidden_delta, None
+        try:
+            ids = torch.tensor([prompt_ids], device=self.device)
+            self.model(input_ids=ids, logits_to_keep=0, use_cache=False)
+        finally:
+            hook.remove()
+            self.hidden_delta = saved
+        return captured[0][0].float()
 
     # ---- generation -------------------------------------------------------------------------
     def generate(self, prompt: str, n: int, temperature: float, top_p: float,
@@ -229,13 +252,15 @@ class LocalEngine:
     # ---- reset ------------------------------------------------------------------------------
     def snapshot(self) -> dict:
         return {"params": [p.detach().clone() for p in self.params],
-                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "hidden_delta": self.hidden_delta}
 
     @torch.no_grad()
     def restore(self, state: dict) -> None:
         for p, saved in zip(self.params, state["params"]):
             p.copy_(saved)
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.hidden_delta = state["hidden_delta"]
         self.pristine = state is self.initial
 
     def reset(self) -> None:
@@ -244,10 +269,12 @@ class LocalEngine:
 
     def state_dict(self) -> dict:
         """Weights and optimiser state, for a continuous run's checkpoint."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "hidden_delta": self.hidden_delta}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.hidden_delta = state.get("hidden_delta")
         self.pristine = False
 

@@ -1,0 +1,70 @@
+"""MEMO (Zhang, Levine, Finn, 2021), marginal entropy minimisation, carried to text.
+
+The marginal p(a) is the share of sampled answers that fall in answer cluster a, pooled over B
+phrasings of the prompt. Minimising its entropy H = -sum_a p(a) log p(a) by policy gradient gives
+each sample the reward log p(a(y)) (the +1 in the exact gradient is absorbed by the baseline):
+answers the model already favours across phrasings are pushed up, stray ones down.
+"""
+from __future__ import annotations
+
+import math
+
+from sttrl.algorithms.grpo import group_advantages, grpo_loss
+from sttrl.algorithms.ttrl import skip_reason
+from sttrl.data.prompts import format_prompt
+from sttrl.engines.base import TrainBatch
+from sttrl.rewards import ttrl_rewards, vote, voting_weights, extract_answer
+
+
+def marginal_rewards(answers: list[str | None], task: str) -> tuple[list[float], float]:
+    """Per-sample reward log p(a) under the pooled marginal, and that marginal's entropy.
+
+    An unanswered sample counts as a cluster of its own (probability 1/N): it is never the mode.
+    """
+    _, stats = vote(answers, None, task)
+    n = len(answers)
+    shares = [stats.cluster_counts[rep] / n for rep in stats.representatives]
+    rewards = [math.log(shares[c]) if c is not None else math.log(1 / n)
+               for c in stats.sample_cluster]
+    entropy = -sum(p * math.log(p) for p in shares if p > 0)
+    n_none = stats.n_none
+    if n_none:
+        entropy -= n_none * (1 / n) * math.log(1 / n)
+    return rewards, entropy
+
+
+def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
+    B = cfg.memo_variants
+    per = max(1, cfg.n_votes // B)
+    prompts, samples = [], []
+    with timer("generate"):
+        for v in range(B):
+            text = prompt if v == 0 else format_prompt(question, engine.tokenizer,
+                                                       cfg.prompt_family, variant=v)
+            got = engine.generate(text, per, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
+                                  seed + 1000 * v)
+            prompts += [engine.encode(text)] * len(got)
+            samples += got
+    with timer("vote"):
+        answers = [extract_answer(s.text, question.task) for s in samples]
+        weights = voting_weights(cfg.voting_function, samples, tau=cfg.energy_tau,
+                                 keep_frac=cfg.confidence_keep)
+        label, stats = vote(answers, weights, question.task)
+        memo_rewards, entropy = marginal_rewards(answers, question.task)
+        # train on an equal share of each phrasing's samples
+        take = [v * per + i for v in range(B) for i in range(max(1, cfg.n_train // B))]
+        rewards = ttrl_rewards([answers[i] for i in take], label, question.task)
+    reason = skip_reason(label, [memo_rewards[i] for i in take])
+    history = []
+    if reason is None and cfg.steps_per_question > 0:
+        batch = TrainBatch([prompts[i] for i in take], [samples[i].token_ids for i in take],
+                           group_advantages([memo_rewards[i] for i in take]))
+        with timer("train"):
+            history = engine.train(batch, grpo_loss,
+                                   {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef},
+                                   cfg.steps_per_question)
+    # trained samples first, so answers[:len(rewards)] lines up with rewards for the metrics
+    rest = sorted(set(range(len(answers))) - set(take))
+    return {"answers": [answers[i] for i in take + rest],
+            "label": label, "vote": stats, "rewards": rewards, "skip_reason": reason,
+            "train": history, "extra": {"marginal_entropy": entropy, "variants": B}}

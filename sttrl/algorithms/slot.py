@@ -1,0 +1,56 @@
+"""SLOT (Hu et al., 2025): one vector added to the final hidden states, fitted to the prompt.
+
+For each question a delta in R^hidden starts at zero, is optimised by next-token cross-entropy
+on the prompt tokens alone (the hidden states come from one prefill and stay fixed, so each step
+costs only the LM head), and is then added before the LM head at every decoding step. The
+model's weights never change; reset sets the delta back to None (zero).
+"""
+from __future__ import annotations
+
+import torch
+
+from sttrl.algorithms.ttrl import pseudo_label
+from sttrl.rewards import ttrl_rewards
+
+WEIGHT_DECAY = 1e-8
+ADAM_EPS = 1e-5
+
+
+def fit_delta(engine, prompt_ids: list[int], lr: float, steps: int,
+              start: torch.Tensor | None = None) -> tuple[torch.Tensor, list[dict]]:
+    hidden = engine.prompt_hidden(prompt_ids)  # [P, d], fixed
+    head = engine.model.get_output_embeddings()
+    targets = torch.tensor(prompt_ids[1:], device=hidden.device)  # [P-1]
+    delta = torch.zeros(hidden.shape[-1], device=hidden.device, dtype=torch.float32)
+    if start is not None:
+        delta = start.detach().clone().float()
+    delta.requires_grad_(True)
+    opt = torch.optim.AdamW([delta], lr=lr, weight_decay=WEIGHT_DECAY, eps=ADAM_EPS)
+    history = []
+    for _ in range(steps):
+        logits = head(hidden[:-1] + delta.to(hidden.dtype)).float()  # [P-1, V]
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append({"loss": float(loss.detach()), "delta_norm": float(delta.detach().norm())})
+    return delta.detach(), history
+
+
+def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
+    with timer("generate"):
+        samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p,
+                                  cfg.max_new_tokens, seed)
+    with timer("vote"):
+        # SLOT does not use the vote; it is computed so every method reports the same metrics.
+        answers, label, stats = pseudo_label(samples, question.task, cfg)
+        rewards = ttrl_rewards(answers[:cfg.n_train], label, question.task)
+    history = []
+    if cfg.steps_per_question > 0:
+        with timer("train"):
+            # continuous mode starts from the delta the previous questions left behind
+            delta, history = fit_delta(engine, engine.encode(prompt), cfg.lr,
+                                       cfg.steps_per_question, engine.hidden_delta)
+            engine.hidden_delta = delta
+    return {"answers": answers, "label": label, "vote": stats, "rewards": rewards,
+            "skip_reason": None, "train": history}

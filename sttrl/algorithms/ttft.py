@@ -1,0 +1,36 @@
+"""TTFT, test-time fine-tuning: cross-entropy on the samples that agree with the vote.
+
+Self-consistency filtering turns the vote into supervised data: the responses whose answer
+matches the pseudo-label are treated as demonstrations. Unlike GRPO there is no negative signal,
+so a unanimous vote still trains (it sharpens what the model already says).
+"""
+from __future__ import annotations
+
+from sttrl.algorithms.ttrl import pseudo_label
+from sttrl.engines.base import TrainBatch
+from sttrl.rewards import ttrl_rewards
+
+
+def sft_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask):
+    """Negative log-likelihood summed over response tokens, each response weighted by advantages."""
+    nll = -(logprobs * mask * advantages[:, None]).sum()
+    return nll, {"loss": float(nll.detach())}
+
+
+def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
+    with timer("generate"):
+        samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p,
+                                  cfg.max_new_tokens, seed)
+    with timer("vote"):
+        answers, label, stats = pseudo_label(samples, question.task, cfg)
+        rewards = ttrl_rewards(answers[:cfg.n_train], label, question.task)
+    keep = [s.token_ids for s, r in zip(samples, rewards) if r > 0]
+    reason = None if keep else ("no answer could be extracted from any sample" if label is None
+                                else "no trained sample agrees with the vote")
+    history = []
+    if keep and cfg.steps_per_question > 0:
+        batch = TrainBatch.shared(engine.encode(prompt), keep, [1.0] * len(keep))
+        with timer("train"):
+            history = engine.train(batch, sft_loss, {}, cfg.steps_per_question)
+    return {"answers": answers, "label": label, "vote": stats, "rewards": rewards,
+            "skip_reason": reason, "train": history}

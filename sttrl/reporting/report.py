@@ -1,0 +1,378 @@
+"""`sttrl report RUN_DIR [RUN_DIR ...] --out DIR`: one results table over finished runs.
+
+Each run directory (a run's --output_dir) becomes one cell: its row is the method, its column
+the data set. Writes DIR/table.md, DIR/table.csv and, with matplotlib installed, one
+DIR/<dataset>_per_question.png per data set (pass@1 before vs after, one point per question).
+
+Every number in the table is read from a summary.json; a cell with no run stays empty.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from sttrl.errors import UserError
+
+METHODS = ("ttrl", "ttft", "slot", "memo")
+BASE = "base model"
+# Table order: the base model, the original dataset-level TTRL, our per-question method, baselines.
+ROWS = ("TTRL", "STTRL (reset)", "STTRL (continuous)", "ttft", "ttft (continuous)",
+        "slot", "slot (continuous)", "memo", "memo (continuous)")
+MARKERS = "os^DvP*Xh"  # one filled shape per row of ROWS; drawn hollow so overlaps stay visible
+
+
+@dataclass
+class Run:
+    dir: str
+    row: str
+    dataset: str
+    model: str
+    before: float | None  # the run's own pass@1 before adaptation, on its own questions
+    after: float | None
+    questions: int | None  # None: the summary does not say
+    per_question: bool  # False for a dataset-level TTRL run, which has no per-question records
+
+    @property
+    def gain(self) -> float | None:
+        if self.before is None or self.after is None:
+            return None
+        return self.after - self.before
+
+
+# ---- reading run directories -----------------------------------------------------------------
+
+def parse_json(text: str, path: Path, first_line: int = 1):
+    """json.loads, but a syntax error names the file, line and column (first_line: where
+    `text` starts in the file, for one line of a .jsonl)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        line = err.lineno + first_line - 1
+        raise UserError(f"{path}: invalid JSON at line {line}, column {err.colno} "
+                        f"({err.msg})") from None
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+
+
+def read_results(path: Path) -> list[dict]:
+    """results.jsonl, read-only. A torn last line (a run killed mid-write) is left out, as the
+    driver does on resume; any other bad line is an error naming it."""
+    records = []
+    for i, line in enumerate(read_text(path).splitlines(keepends=True), start=1):
+        if not line.endswith("\n"):
+            break
+        if not line.strip():
+            continue
+        rec = parse_json(line, path, first_line=i)
+        if not isinstance(rec, dict) or not all(is_number(rec.get(k)) for k in
+                                                ("pass@1_before", "pass@1_after")):
+            raise UserError(f"{path} line {i}: expected an object with numeric pass@1_before "
+                            "and pass@1_after")
+        records.append(rec)
+    return records
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def row_name(config: dict, where: Path) -> str:
+    mode = config.get("mode", "question")
+    if mode == "dataset":
+        return "TTRL"
+    if mode != "question":
+        raise UserError(f"{where}: config mode must be question or dataset, got {mode!r}")
+    method = config.get("adaptation_method")
+    if method not in METHODS:
+        raise UserError(f"{where}: config adaptation_method must be one of {', '.join(METHODS)}, "
+                        f"got {method!r}")
+    continuous = config.get("continuous", False)
+    if method == "ttrl":
+        return "STTRL (continuous)" if continuous else "STTRL (reset)"
+    return f"{method} (continuous)" if continuous else method
+
+
+def load_run(run_dir: str) -> Run:
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError(f"{run_dir}: no such directory; pass run output directories")
+    summary_path = path / "summary.json"
+    if not summary_path.is_file():
+        raise UserError(f"{run_dir} has no summary.json; pass run output directories "
+                        "(a run's --output_dir)")
+    summary = parse_json(read_text(summary_path), summary_path)
+    config = summary.get("config") if isinstance(summary, dict) else None
+    if not isinstance(config, dict):
+        raise UserError(f"{summary_path}: expected an object with a \"config\" object")
+    for key in ("pass@1_before", "pass@1_after"):
+        # None is what an unfinished run with no questions yet writes
+        if summary.get(key) is not None and not is_number(summary[key]):
+            raise UserError(f"{summary_path}: {key} must be a number, got {summary[key]!r}")
+    dataset = Path(config["data_path"]).stem if config.get("data_path") else config.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        raise UserError(f"{summary_path}: config has neither dataset nor data_path")
+    questions = summary.get("questions")
+    row = row_name(config, summary_path)
+    return Run(dir=run_dir, row=row, dataset=dataset, model=str(config.get("model", "?")),
+               before=summary.get("pass@1_before"), after=summary.get("pass@1_after"),
+               questions=questions if type(questions) is int else None,
+               per_question=row != "TTRL")
+
+
+# ---- the table -------------------------------------------------------------------------------
+
+@dataclass
+class Table:
+    datasets: list[str]  # columns, in the order first given
+    rows: list[str]  # method rows that have at least one run, in ROWS order
+    cells: dict[tuple[str, str], Run]
+    base: dict[str, Run]  # per data set, the run whose pass@1_before is the base model's
+    models: list[str]
+    notes: list[str]
+
+    def counts(self, dataset: str) -> set:
+        return {run.questions for (_, d), run in self.cells.items() if d == dataset}
+
+
+def build_table(runs: list[Run], allow_mixed_models: bool = False) -> Table:
+    models = list(dict.fromkeys(run.model for run in runs))
+    if len(models) > 1 and not allow_mixed_models:
+        by_model = "; ".join(f"{m}: {', '.join(r.dir for r in runs if r.model == m)}"
+                             for m in models)
+        raise UserError(f"runs use different models ({by_model}); report one model at a time "
+                        "or pass --allow-mixed-models")
+    cells = {}
+    for run in runs:
+        key = (run.row, run.dataset)
+        if key in cells:
+            raise UserError(f"{cells[key].dir} and {run.dir} are both {run.row} on {run.dataset}; "
+                            "a table cell holds one run, pass only one of them")
+        cells[key] = run
+    datasets = list(dict.fromkeys(run.dataset for run in runs))
+    rows = [row for row in ROWS if any(r == row for r, _ in cells)]
+
+    base, notes = {}, []
+    for dataset in datasets:
+        column = [run for run in runs if run.dataset == dataset]
+        # All runs on a data set start from the same model, so their before-numbers should agree;
+        # the reset run is preferred because its before-number is measured per question on the
+        # untouched model, exactly like its after-number.
+        chosen = cells.get(("STTRL (reset)", dataset), column[0])
+        base[dataset] = chosen
+        if any(r.before != chosen.before or r.questions != chosen.questions for r in column):
+            listed = ", ".join(f"{r.row} {fmt(r.before)} (n={count(r.questions)}, {r.dir})"
+                               for r in column)
+            notes.append(f"{dataset}: the runs disagree on base pass@1: {listed}. The base row "
+                         f"shows {chosen.row}'s; each gain is over its own run's before-number.")
+    for run in runs:
+        if run.after is None:
+            notes.append(f"{run.dir}: no questions finished yet, so no pass@1.")
+    return Table(datasets, rows, cells, base, models, notes)
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def fmt_gain(gain: float) -> str:
+    gain = round(gain, 3) + 0.0  # + 0.0 turns -0.0 into 0.0, so no gain prints as +0.000
+    return f"{gain:+.3f}"
+
+
+def count(questions: int | None) -> str:
+    return "?" if questions is None else str(questions)
+
+
+def cell_text(table: Table, row: str, dataset: str) -> str:
+    run = table.base.get(dataset) if row == BASE else table.cells.get((row, dataset))
+    if run is None:
+        return ""  # no run: never a number we did not measure
+    value = run.before if row == BASE else run.after
+    text = fmt(value) if value is not None else "no results"
+    if row != BASE and run.gain is not None:
+        text += f" ({fmt_gain(run.gain)})"
+    if len(table.counts(dataset)) > 1:  # the column mixes question counts: say which per cell
+        text += f", n={count(run.questions)}"
+    return text
+
+
+def header_line(table: Table) -> str:
+    label = "Model" if len(table.models) == 1 else "Models (mixed)"
+    parts = []
+    for dataset in table.datasets:
+        counts = table.counts(dataset)
+        if len(counts) == 1:
+            parts.append(f"{dataset} {count(counts.pop())}")
+        else:
+            shown = ", ".join(count(c) for c in sorted(counts, key=lambda c: (c is None, c or 0)))
+            parts.append(f"{dataset} varies by run ({shown}; shown in each cell)")
+    return f"{label}: {', '.join(table.models)}. Questions: {'; '.join(parts)}."
+
+
+def to_markdown(table: Table, title: str) -> str:
+    def line(cells):
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    out = [f"# {title}", "", header_line(table),
+           "Cells: pass@1 after adaptation (gain over the same run's pass@1 before adaptation); "
+           "an empty cell means no run.", "",
+           line(["method"] + table.datasets),
+           line(["---"] * (len(table.datasets) + 1))]
+    for row in [BASE] + table.rows:
+        out.append(line([row] + [cell_text(table, row, d) for d in table.datasets]))
+    if table.notes:
+        out += ["", "Notes:", ""] + [f"{i}. {note}" for i, note in enumerate(table.notes, 1)]
+    return "\n".join(out) + "\n"
+
+
+def csv_number(value: float | None) -> str:
+    # full precision, less the float noise of a subtraction (0.034000000000000003)
+    return "" if value is None else repr(round(value, 9))
+
+
+def write_csv(table: Table, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", "dataset", "pass@1", "gain", "questions", "run_dir"])
+        for row in [BASE] + table.rows:
+            for dataset in table.datasets:
+                run = table.base[dataset] if row == BASE else table.cells.get((row, dataset))
+                if run is None:
+                    writer.writerow([row, dataset, "", "", "", ""])
+                    continue
+                value = run.before if row == BASE else run.after
+                gain = None if row == BASE else run.gain
+                writer.writerow([row, dataset, csv_number(value), csv_number(gain),
+                                 "" if run.questions is None else run.questions, run.dir])
+
+
+# ---- plots -----------------------------------------------------------------------------------
+
+def plot_dataset(plt, dataset: str, runs: list[Run], records: dict[str, list[dict]],
+                 path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="no change (y = x)")
+    for run in runs:
+        recs = records[run.dir]
+        # pass@1 takes few distinct values (k / n_eval), so many questions share a point:
+        # draw each point once, its area proportional to how many questions landed there.
+        points = Counter((r["pass@1_before"], r["pass@1_after"]) for r in recs)
+        up = sum(r["pass@1_after"] > r["pass@1_before"] for r in recs)
+        down = sum(r["pass@1_after"] < r["pass@1_before"] for r in recs)
+        i = ROWS.index(run.row)
+        ax.scatter([b for b, _ in points], [a for _, a in points],
+                   s=[30 * n for n in points.values()], marker=MARKERS[i], facecolors="none",
+                   edgecolors=f"C{i}", linewidths=1.5,
+                   label=f"{run.row}: {up} up, {down} down of {len(recs)}")
+    ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), aspect="equal",
+           xlabel="pass@1 before adaptation", ylabel="pass@1 after adaptation",
+           title=f"{dataset}: per question (marker area = questions)")
+    # below the axes: inside, it would hide points in whichever corner it took
+    legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize="small")
+    for handle in getattr(legend, "legend_handles", []):
+        if hasattr(handle, "set_sizes"):
+            handle.set_sizes([30])  # legend markers at one size, not the first point's
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_file(dataset: str) -> str:
+    return dataset.replace("/", "_").replace("\\", "_") + "_per_question.png"
+
+
+def import_pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is absent."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")  # no display needed, and none on a server
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def read_all_results(runs: list[Run]) -> dict[str, list[dict]]:
+    records = {}
+    for run in runs:
+        if not run.per_question:
+            continue  # a dataset-level run has no per-question before/after
+        path = Path(run.dir) / "results.jsonl"
+        if path.is_file():
+            records[run.dir] = read_results(path)
+        else:
+            print(f"{run.dir} has no results.jsonl; it is left out of the plots")
+    return records
+
+
+def write_plots(plt, table: Table, runs: list[Run], records: dict, out: Path) -> list[Path]:
+    written = []
+    for dataset in table.datasets:
+        plotted = [r for r in runs if r.dataset == dataset and records.get(r.dir)]
+        plotted.sort(key=lambda r: ROWS.index(r.row))
+        if not plotted:
+            print(f"no per-question results on {dataset}; no plot")
+            continue
+        path = out / plot_file(dataset)
+        plot_dataset(plt, dataset, plotted, records, path)
+        written.append(path)
+    return written
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag gets one line saying what is allowed, not the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="sttrl report", description="Tabulate finished runs: pass@1 per "
+                           "method (rows) and data set (columns), with per-question plots.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="a run's output directory (holds summary.json)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="folder for table.md, table.csv and the plots")
+    parser.add_argument("--title", default="STTRL results", help="heading of table.md")
+    parser.add_argument("--no-plots", action="store_true", help="write only the tables")
+    parser.add_argument("--allow-mixed-models", action="store_true",
+                        help="allow runs of different models in one table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runs = [load_run(d) for d in args.run_dirs]
+    table = build_table(runs, args.allow_mixed_models)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {args.out} is a file; give a folder")
+
+    # Read everything the plots need before writing anything, so an error leaves no half report.
+    plt = None if args.no_plots else import_pyplot()
+    records = read_all_results(runs) if plt else {}
+
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = to_markdown(table, args.title)
+    (out / "table.md").write_text(markdown)
+    write_csv(table, out / "table.csv")
+    print(markdown)
+    written = [out / "table.md", out / "table.csv"]
+    if plt is not None:
+        written += write_plots(plt, table, runs, records, out)
+    elif not args.no_plots:
+        print("plots skipped: matplotlib is not installed (pip install matplotlib, "
+              "or pip install 'sttrl[plot]')")
+    for path in written:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,225 @@
+"""`sttrl report`: fake run directories in, tables (and plots) out; no number is ever invented."""
+import csv
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from sttrl.cli import main as cli_main
+from sttrl.errors import UserError
+from sttrl.reporting.report import build_table, load_run, main
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def make_run(root, name, before=0.4, after=0.5, dataset="ARITH-TTT", method="ttrl",
+             continuous=False, mode=None, questions=4, model=MODEL, data_path=None,
+             results=True):
+    """A run directory as the driver leaves it: summary.json and, per question, results.jsonl."""
+    run = root / name
+    run.mkdir(parents=True)
+    config = {"dataset": dataset, "data_path": data_path, "adaptation_method": method,
+              "continuous": continuous, "model": model}
+    if mode is not None:
+        config["mode"] = mode
+    summary = {"questions": questions, "pass@1_before": before, "pass@1_after": after,
+               "config": config}
+    (run / "summary.json").write_text(json.dumps(summary))
+    if results:
+        # questions that average to exactly `before` and `after`
+        lines = [{"index": i, "id": f"q{i}", "pass@1_before": before, "pass@1_after": after}
+                 for i in range(questions)]
+        (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return str(run)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def table_rows(markdown):
+    """{first cell: [other cells]} for each row of the markdown table."""
+    rows = {}
+    for line in markdown.splitlines():
+        if line.startswith("| ") and not line.startswith("| ---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.mark.parametrize("kwargs,row", [
+    (dict(method="ttrl"), "STTRL (reset)"),
+    (dict(method="ttrl", continuous=True), "STTRL (continuous)"),
+    (dict(method="ttrl", mode="question"), "STTRL (reset)"),
+    (dict(method="ttrl", mode="dataset"), "TTRL"),
+    (dict(method="ttft"), "ttft"),
+    (dict(method="slot"), "slot"),
+    (dict(method="memo"), "memo"),
+    (dict(method="memo", continuous=True), "memo (continuous)"),
+])
+def test_row_classification(tmp_path, kwargs, row):
+    assert load_run(make_run(tmp_path, "r", **kwargs)).row == row
+
+
+def test_column_is_data_path_stem_when_set(tmp_path):
+    run = load_run(make_run(tmp_path, "r", data_path="/data/my_questions.json"))
+    assert run.dataset == "my_questions"
+
+
+def test_table_base_row_gain_and_csv(tmp_path, capsys):
+    runs = [make_run(tmp_path, "reset", before=0.478, after=0.512),
+            make_run(tmp_path, "cont", before=0.478, after=0.45, continuous=True),
+            make_run(tmp_path, "ttft", before=0.478, after=0.478, method="ttft")]
+    assert main(runs + ["--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    md = (tmp_path / "out" / "table.md").read_text()
+    rows = table_rows(md)
+    assert rows["method"] == ["ARITH-TTT"]
+    assert rows["base model"] == ["0.478"]
+    assert rows["STTRL (reset)"] == ["0.512 (+0.034)"]
+    assert rows["STTRL (continuous)"] == ["0.450 (-0.028)"]
+    assert rows["ttft"] == ["0.478 (+0.000)"]  # no change is +0.000, never -0.000
+    assert f"Model: {MODEL}. Questions: ARITH-TTT 4." in md
+    assert md in capsys.readouterr().out  # the table is printed too
+
+    by_row = {r["row"]: r for r in read_csv(tmp_path / "out" / "table.csv")}
+    assert by_row["base model"] == {"row": "base model", "dataset": "ARITH-TTT", "pass@1": "0.478",
+                                    "gain": "", "questions": "4", "run_dir": runs[0]}
+    assert by_row["STTRL (reset)"]["pass@1"] == "0.512"
+    assert by_row["STTRL (reset)"]["gain"] == "0.034"
+    assert by_row["STTRL (continuous)"]["gain"] == "-0.028"
+
+
+def test_one_run_fills_exactly_one_method_cell(tmp_path):
+    run = make_run(tmp_path, "only", method="slot", before=0.25, after=0.5)
+    main([run, "--out", str(tmp_path / "out"), "--no-plots"])
+    rows = table_rows((tmp_path / "out" / "table.md").read_text())
+    assert list(rows) == ["method", "base model", "slot"]
+    assert rows["slot"] == ["0.500 (+0.250)"]
+    filled = [r for r in read_csv(tmp_path / "out" / "table.csv") if r["pass@1"]]
+    assert [(r["row"], r["pass@1"]) for r in filled] == [("base model", "0.25"), ("slot", "0.5")]
+
+
+def test_missing_runs_are_empty_cells(tmp_path):
+    runs = [make_run(tmp_path, "a_reset", dataset="A-TTT"),
+            make_run(tmp_path, "b_reset", dataset="B-TTT"),
+            make_run(tmp_path, "a_memo", dataset="A-TTT", method="memo", after=0.75)]
+    main(runs + ["--out", str(tmp_path / "out"), "--no-plots"])
+    rows = table_rows((tmp_path / "out" / "table.md").read_text())
+    assert rows["method"] == ["A-TTT", "B-TTT"]
+    assert rows["memo"] == ["0.750 (+0.350)", ""]
+    memo_b = [r for r in read_csv(tmp_path / "out" / "table.csv")
+              if r["row"] == "memo" and r["dataset"] == "B-TTT"]
+    assert memo_b == [{"row": "memo", "dataset": "B-TTT", "pass@1": "", "gain": "",
+                       "questions": "", "run_dir": ""}]
+
+
+def test_dataset_level_run_lands_in_ttrl_row(tmp_path):
+    run = make_run(tmp_path, "ttrl", mode="dataset", before=0.3, after=0.6, results=False)
+    main([run, "--out", str(tmp_path / "out")])  # plots on: a run without results.jsonl is fine
+    rows = table_rows((tmp_path / "out" / "table.md").read_text())
+    assert rows["base model"] == ["0.300"]
+    assert rows["TTRL"] == ["0.600 (+0.300)"]
+    assert not list((tmp_path / "out").glob("*.png"))  # nothing per question to plot
+
+
+def test_base_disagreement_prefers_reset_and_footnotes(tmp_path):
+    runs = [make_run(tmp_path, "ttft", method="ttft", before=0.5, after=0.6, questions=10),
+            make_run(tmp_path, "reset", before=0.4, after=0.45, questions=4)]
+    main(runs + ["--out", str(tmp_path / "out"), "--no-plots"])
+    md = (tmp_path / "out" / "table.md").read_text()
+    rows = table_rows(md)
+    assert rows["base model"] == ["0.400, n=4"]  # the reset run's, with counts per cell
+    assert rows["ttft"] == ["0.600 (+0.100), n=10"]  # gain over its own before-number
+    assert "ARITH-TTT varies by run (4, 10; shown in each cell)" in md  # sorted as numbers
+    assert "the runs disagree on base pass@1" in md and "ttft 0.500 (n=10" in md
+
+
+def test_duplicate_cell_is_an_error_naming_both(tmp_path):
+    a = make_run(tmp_path, "first", after=0.5)
+    b = make_run(tmp_path, "second", after=0.6)
+    with pytest.raises(UserError, match=r"first and .*second are both STTRL \(reset\) on ARITH"):
+        main([a, b, "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_missing_summary_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="empty has no summary.json"):
+        main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+
+
+def test_malformed_json_names_file_line_and_column(tmp_path):
+    run = tmp_path / "bad"
+    run.mkdir()
+    (run / "summary.json").write_text('{\n  "questions": 3,\n  "pass@1_before": ,\n}')
+    with pytest.raises(UserError, match=r"bad/summary.json: invalid JSON at line 3, column 20"):
+        load_run(str(run))
+
+
+def test_malformed_results_line_is_an_error(tmp_path):
+    run = make_run(tmp_path, "r")
+    with open(f"{run}/results.jsonl", "a") as f:
+        f.write("{oops\n")
+    pytest.importorskip("matplotlib")  # results.jsonl is only read for the plots
+    with pytest.raises(UserError, match=r"results.jsonl: invalid JSON at line 5, column 2"):
+        main([run, "--out", str(tmp_path / "out")])
+
+
+def test_torn_last_results_line_is_left_out(tmp_path):
+    pytest.importorskip("matplotlib")
+    run = make_run(tmp_path, "r")
+    with open(f"{run}/results.jsonl", "a") as f:
+        f.write('{"index": 4, "pass@1_')  # a run killed mid-write
+    assert main([run, "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "ARITH-TTT_per_question.png").exists()
+    # the report never edits a run (resuming it drops the torn line)
+    assert (tmp_path / "r" / "results.jsonl").read_text().endswith('"pass@1_')
+
+
+def test_mixed_models_are_an_error_unless_allowed(tmp_path):
+    runs = [make_run(tmp_path, "small", model="small-model"),
+            make_run(tmp_path, "big", model="big-model", method="ttft")]
+    with pytest.raises(UserError, match="small-model.*big-model.*--allow-mixed-models"):
+        build_table([load_run(r) for r in runs])
+    assert main(runs + ["--out", str(tmp_path / "out"), "--no-plots", "--allow-mixed-models"]) == 0
+    assert "Models (mixed): small-model, big-model." in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_cli_prints_user_errors_as_one_line(tmp_path, capsys):
+    assert cli_main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "nope: no such directory" in err and err.count("\n") == 1
+
+
+def test_bad_flag_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--out", str(tmp_path / "out"), "--colour"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --colour" in err and err.count("\n") == 1
+
+
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+@pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib not installed")
+def test_plots_written_per_dataset(tmp_path, capsys):
+    runs = [make_run(tmp_path, "a_reset", dataset="A-TTT", before=0.25, after=0.5),
+            make_run(tmp_path, "a_slot", dataset="A-TTT", method="slot"),
+            make_run(tmp_path, "b_ttrl", dataset="B-TTT", mode="dataset", results=False)]
+    main(runs + ["--out", str(tmp_path / "out")])
+    png = tmp_path / "out" / "A-TTT_per_question.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "out" / "B-TTT_per_question.png").exists()
+    assert f"wrote {png}" in capsys.readouterr().out
+
+
+def test_without_matplotlib_tables_are_written_and_plots_skipped(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    main([make_run(tmp_path, "r"), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "table.md").exists() and (tmp_path / "out" / "table.csv").exists()
+    assert not list((tmp_path / "out").glob("*.png"))
+    out = capsys.readouterr().out
+    assert "plots skipped: matplotlib is not installed (pip install matplotlib" in out
