@@ -50,6 +50,16 @@ class Config:
     generation_threads: int = 1
     """CPU threads while decoding (0: torch's default); training always uses torch's default."""
     # the method
+    mode: str = "question"
+    """question (single-sample TTRL, per question) or dataset (the original TTRL over the whole set)."""
+    episodes: int = 1
+    """mode=dataset: passes over the test set."""
+    prompts_per_step: int = 8
+    """mode=dataset: questions per optimiser step."""
+    eval_every: int = 5
+    """mode=dataset: evaluate mean pass@1 every this many steps (and before and after)."""
+    warmup_ratio: float = 0.03
+    """mode=dataset: share of steps with linear lr warm-up before the cosine decay."""
     adaptation_method: str = "ttrl"
     """ttrl (per-question GRPO), ttft, slot or memo."""
     voting_function: str = "majority"
@@ -168,6 +178,11 @@ def validate(cfg: Config) -> Config:
             setattr(cfg, f.name, float(value))
         elif kind.startswith("str"):
             _check(isinstance(value, str) and value != "", f"--{f.name} must be a non-empty string")
+    _check(cfg.mode in ("question", "dataset"), f"--mode must be question or dataset, got {cfg.mode!r}")
+    for name in ("episodes", "prompts_per_step", "eval_every"):
+        v = getattr(cfg, name)
+        _check(1 <= v <= 1_000_000, f"--{name} must be an integer from 1 to 1000000, got {v}")
+    _check(0 <= cfg.warmup_ratio < 1, f"--warmup_ratio must be from 0 to below 1, got {cfg.warmup_ratio}")
     _check(cfg.engine in ENGINES, f"--engine must be one of {', '.join(ENGINES)}, got {cfg.engine!r}")
     _check(cfg.adaptation_method in METHODS,
            f"--adaptation_method must be one of {', '.join(METHODS)}, got {cfg.adaptation_method!r}")
@@ -224,11 +239,12 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
         from sttrl.data.prompts import model_family
         cfg.prompt_family = model_family(cfg.model)
     if cfg.lr is None:
-        lr = DEFAULT_LR[cfg.adaptation_method]
+        lr = 5e-7 if cfg.mode == "dataset" else DEFAULT_LR[cfg.adaptation_method]
         cfg.lr = lr / 2 if cfg.adaptation_method == "ttft" and cfg.continuous else lr
     if cfg.output_dir is None:
         name = Path(cfg.data_path).stem if cfg.data_path else cfg.dataset
         model = Path(cfg.model.rstrip("/")).name
         suffix = "_continuous" if cfg.continuous else ""
-        cfg.output_dir = str(Path("runs") / f"{name}_{model}_{cfg.adaptation_method}{suffix}")
+        method = "ttrl-dataset" if cfg.mode == "dataset" else cfg.adaptation_method
+        cfg.output_dir = str(Path("runs") / f"{name}_{model}_{method}{suffix}")
     return validate(cfg)

@@ -177,6 +177,9 @@ def run(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     config = dataclasses.asdict(cfg)
     check_saved_config(out, config, cfg.allow_config_change)
+    if cfg.mode == "dataset":
+        from sttrl.dataset_driver import run_dataset
+        return run_dataset(cfg, examples, build_engine(cfg))
     results = ResultsFile(out)
     checkpoint = out / "checkpoint.pt"
     if cfg.continuous:

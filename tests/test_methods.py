@@ -88,3 +88,27 @@ def test_every_method_runs_and_reports_the_same_metrics(tiny_model, tmp_path, me
         assert all(len(r["train"]) == 5 for r in lines)  # SLOT's default: 5 steps
     if method == "memo":
         assert all(r["extra"]["variants"] == 2 for r in lines)
+
+
+def test_dataset_level_ttrl_runs_an_episode_and_evaluates(tiny_model, tmp_path):
+    from sttrl.dataset_driver import lr_at
+
+    rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1), "source": "toy", "id": i}
+            for i in range(5)]
+    (tmp_path / "q.json").write_text(json.dumps(rows))
+    out = tmp_path / "out"
+    cfg = Config(model=tiny_model, data_path=str(tmp_path / "q.json"), output_dir=str(out),
+                 device="cpu", mode="dataset", episodes=2, prompts_per_step=2, eval_every=2,
+                 n_votes=8, n_train=4, n_eval=2, max_new_tokens=6, temperature=1.0, lr=1e-3,
+                 progress=False)
+    summary = run(cfg)
+    assert summary["mode"] == "dataset" and summary["steps"] == 6
+    evals = [json.loads(x) for x in (out / "evals.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 2, 4, 6]
+    steps = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
+    assert summary["pass@1_before"] == evals[0]["pass@1"]
+    assert summary["pass@1_after"] == evals[-1]["pass@1"]
+    # warm-up then cosine decay
+    lrs = [lr_at(i, 100, 1.0, 0.03) for i in range(100)]
+    assert lrs[0] < lrs[2] == 1.0 and lrs[49] > 0.5 > lrs[52] and lrs[-1] < 0.01

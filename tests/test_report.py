@@ -124,6 +124,16 @@ def test_dataset_level_run_lands_in_ttrl_row(tmp_path):
     assert not list((tmp_path / "out").glob("*.png"))  # nothing per question to plot
 
 
+def test_mode_written_only_at_the_top_level_counts(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    summary = {"mode": "dataset", "questions": 5, "pass@1_before": 0.2, "pass@1_after": 0.4,
+               "evals": [{"step": 0, "pass@1": 0.2}, {"step": 5, "pass@1": 0.4}],
+               "config": {"dataset": "ARITH-TTT", "adaptation_method": "ttrl", "model": MODEL}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert load_run(str(run)).row == "TTRL"
+
+
 def test_base_disagreement_prefers_reset_and_footnotes(tmp_path):
     runs = [make_run(tmp_path, "ttft", method="ttft", before=0.5, after=0.6, questions=10),
             make_run(tmp_path, "reset", before=0.4, after=0.45, questions=4)]

@@ -249,6 +249,10 @@ class LocalEngine:
             history.append(merged)
         return history
 
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     # ---- reset ------------------------------------------------------------------------------
     def snapshot(self) -> dict:
         return {"params": [p.detach().clone() for p in self.params],

@@ -19,7 +19,7 @@ from sttrl.errors import UserError
 
 METHODS = ("ttrl", "ttft", "slot", "memo")
 BASE = "base model"
-# Table order: the base model, the original dataset-level TTRL, our per-question method, baselines.
+# Order of the rows under "base model": original dataset-level TTRL, per-question STTRL, baselines.
 ROWS = ("TTRL", "STTRL (reset)", "STTRL (continuous)", "ttft", "ttft (continuous)",
         "slot", "slot (continuous)", "memo", "memo (continuous)")
 MARKERS = "os^DvP*Xh"  # one filled shape per row of ROWS; drawn hollow so overlaps stay visible
@@ -85,8 +85,10 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def row_name(config: dict, where: Path) -> str:
-    mode = config.get("mode", "question")
+def row_name(summary: dict, where: Path) -> str:
+    config = summary["config"]
+    # runs from before the mode option have none: they are per question
+    mode = config.get("mode") or summary.get("mode") or "question"
     if mode == "dataset":
         return "TTRL"
     if mode != "question":
@@ -121,7 +123,7 @@ def load_run(run_dir: str) -> Run:
     if not isinstance(dataset, str) or not dataset:
         raise UserError(f"{summary_path}: config has neither dataset nor data_path")
     questions = summary.get("questions")
-    row = row_name(config, summary_path)
+    row = row_name(summary, summary_path)
     return Run(dir=run_dir, row=row, dataset=dataset, model=str(config.get("model", "?")),
                before=summary.get("pass@1_before"), after=summary.get("pass@1_after"),
                questions=questions if type(questions) is int else None,
@@ -184,7 +186,7 @@ def fmt(value: float | None) -> str:
 
 
 def fmt_gain(gain: float) -> str:
-    gain = round(gain, 3) + 0.0  # + 0.0 turns -0.0 into 0.0, so no gain prints as +0.000
+    gain = round(gain, 3) + 0.0  # + 0.0 turns -0.0 into 0.0: no change prints +0.000, not -0.000
     return f"{gain:+.3f}"
 
 
