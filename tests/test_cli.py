@@ -75,3 +75,16 @@ def test_main_py_and_module_share_the_parser():
     bad = subprocess.run([sys.executable, "main.py", "--lr", "0"], cwd=REPO, capture_output=True,
                          text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("sttrl: error:")
+
+
+def test_launch_scripts_use_valid_flags():
+    import shlex
+
+    scripts = sorted((REPO / "examples" / "ttrl").glob("*/*.sh"))
+    assert len(scripts) == 20
+    for script in scripts:
+        text = script.read_text().replace("\\\n", " ")
+        line = next(x for x in text.splitlines() if x.startswith("python main.py"))
+        args = [a for a in shlex.split(line)[2:] if a != "$@"]
+        cfg = parse_config(args)
+        assert cfg.mode == "dataset" and cfg.lr == 5e-7
