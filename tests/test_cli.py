@@ -77,8 +77,10 @@ def test_main_py_and_module_share_the_parser():
     assert bad.returncode == 2 and bad.stderr.strip().startswith("sttrl: error:")
 
 
-def test_launch_scripts_use_valid_flags():
+def test_launch_scripts_use_valid_flags(monkeypatch):
     import shlex
+
+    monkeypatch.chdir(REPO)  # the scripts cd to the repo root before running
 
     scripts = sorted((REPO / "examples" / "ttrl").glob("*/*.sh"))
     assert len(scripts) == 20
