@@ -34,6 +34,16 @@ GPQA_INSTRUCTIONS = (
     "Solve this one step at a time and give the letter of the correct option (A, B, C or D) inside \\boxed{}.",
     "Explain your reasoning step by step. Put the letter of the final answer (A, B, C or D) in \\boxed{}.",
 )
+# ARITH-TTT (generated arithmetic) asks for the boxed answer with no "reason step by step": a
+# one-digit sum needs no reasoning, and the 135M default model's step-by-step text wanders off
+# to other numbers (on the first 10 questions, pass@1 drops from 0.50 to about 0.1 and the vote
+# goes wrong) - the regime where test-time RL can help is the short-answer one.
+ARITH_INSTRUCTIONS = (
+    "Put your final answer within \\boxed{}.",
+    "Write the final answer within \\boxed{}.",
+    "Give only the result, inside \\boxed{}.",
+    "Answer with the number in \\boxed{}.",
+)
 NUM_VARIANTS = len(MATH_INSTRUCTIONS)
 
 # family -> where the instruction goes: "system" prompt, appended to the "user" turn, or "plain" text
@@ -59,7 +69,9 @@ def instruction(question: Question, variant: int = 0) -> str:
     """The instruction text for a question's task, in the given wording."""
     if isinstance(variant, bool) or not isinstance(variant, int) or not 0 <= variant < NUM_VARIANTS:
         raise UserError(f"prompt variant must be an integer from 0 to {NUM_VARIANTS - 1}, got {variant!r}")
-    return (GPQA_INSTRUCTIONS if question.task == "gpqa" else MATH_INSTRUCTIONS)[variant]
+    if question.task == "gpqa":
+        return GPQA_INSTRUCTIONS[variant]
+    return (ARITH_INSTRUCTIONS if question.source == "arith" else MATH_INSTRUCTIONS)[variant]
 
 
 def format_prompt(question: Question, tokenizer, family: str, variant: int = 0) -> str:
