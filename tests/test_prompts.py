@@ -105,3 +105,12 @@ def test_encode_prompt_gives_one_bos():
     assert ids[0] == 1 and ids.count(1) == 1
     no_bos = tiny_tokenizer(CHATML)
     assert 1 not in encode_prompt(format_prompt(MATH_Q, no_bos, "qwen-math"), no_bos)
+
+
+def test_arith_questions_ask_for_the_boxed_answer_without_step_by_step():
+    from sttrl.data import load_dataset
+    from sttrl.data.prompts import instruction
+
+    q = load_dataset("ARITH-TTT", arith_n=1)[0].question
+    assert "boxed" in instruction(q) and "step by step" not in instruction(q)
+    assert len({instruction(q, v) for v in range(4)}) == 4
