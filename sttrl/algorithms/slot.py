@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from sttrl.algorithms.ttrl import pseudo_label
-from sttrl.rewards import ttrl_rewards
+from sttrl.algorithms.ttrl import sample_and_vote
 
 WEIGHT_DECAY = 1e-8
 ADAM_EPS = 1e-5
@@ -38,13 +37,8 @@ def fit_delta(engine, prompt_ids: list[int], lr: float, steps: int,
 
 
 def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
-    with timer("generate"):
-        samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p,
-                                  cfg.max_new_tokens, seed)
-    with timer("vote"):
-        # SLOT does not use the vote; it is computed so every method reports the same metrics.
-        answers, label, stats = pseudo_label(samples, question.task, cfg)
-        rewards = ttrl_rewards(answers[:cfg.n_train], label, question.task)
+    # SLOT does not use the vote; it is taken so every method reports the same metrics.
+    _, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg, seed, timer)
     history = []
     if cfg.steps_per_question > 0:
         with timer("train"):

@@ -6,9 +6,8 @@ so a unanimous vote still trains (it sharpens what the model already says).
 """
 from __future__ import annotations
 
-from sttrl.algorithms.ttrl import pseudo_label
+from sttrl.algorithms.ttrl import sample_and_vote
 from sttrl.engines.base import TrainBatch
-from sttrl.rewards import ttrl_rewards
 
 
 def sft_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask):
@@ -18,12 +17,8 @@ def sft_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask):
 
 
 def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
-    with timer("generate"):
-        samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p,
-                                  cfg.max_new_tokens, seed)
-    with timer("vote"):
-        answers, label, stats = pseudo_label(samples, question.task, cfg)
-        rewards = ttrl_rewards(answers[:cfg.n_train], label, question.task)
+    samples, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg,
+                                                              seed, timer)
     keep = [s.token_ids for s, r in zip(samples, rewards) if r > 0]
     reason = None if keep else ("no answer could be extracted from any sample" if label is None
                                 else "no trained sample agrees with the vote")

@@ -19,6 +19,20 @@ def pseudo_label(samples, task: str, cfg):
     return answers, label, stats
 
 
+def sample_and_vote(engine, question, prompt: str, cfg, seed: int, timer):
+    """Steps 1-2 of every method: sample n_votes, vote, reward the first n_train against the label.
+
+    Returns (samples, answers, label, vote stats, rewards of the first n_train).
+    """
+    with timer("generate"):
+        samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p,
+                                  cfg.max_new_tokens, seed)
+    with timer("vote"):
+        answers, label, stats = pseudo_label(samples, question.task, cfg)
+        rewards = ttrl_rewards(answers[:cfg.n_train], label, question.task)
+    return samples, answers, label, stats, rewards
+
+
 def skip_reason(label, rewards: list[float]) -> str | None:
     """Why an update would teach nothing: no label, or every reward the same (zero advantages)."""
     if label is None:
@@ -30,13 +44,9 @@ def skip_reason(label, rewards: list[float]) -> str | None:
 
 def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
     """One question's test-time update; returns what happened, for the results line."""
-    with timer("generate"):
-        samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p,
-                                  cfg.max_new_tokens, seed)
-    with timer("vote"):
-        answers, label, stats = pseudo_label(samples, question.task, cfg)
-        train = samples[:cfg.n_train]
-        rewards = ttrl_rewards(answers[:cfg.n_train], label, question.task)
+    samples, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg,
+                                                              seed, timer)
+    train = samples[:cfg.n_train]
     reason = skip_reason(label, rewards)
     history = []
     if reason is None and cfg.steps_per_question > 0:
