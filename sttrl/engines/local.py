@@ -51,6 +51,7 @@ class LocalEngine:
         # when the other core is busy (benchmarks/). Training keeps torch's default thread count.
         self.generation_threads = generation_threads
         self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.model_path, self.trust_remote_code = model_path, trust_remote_code
         self.model, self.tokenizer = load_model(model_path, self.dtype, self.device,
                                                 trust_remote_code)
         self.model.eval()  # no dropout in training either: rollouts and updates see one policy
@@ -201,11 +202,11 @@ class LocalEngine:
 
     def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         if self.ref_model is None:
-            self.ref_model = copy.deepcopy(self.model).to(self.ref_device)
-            with torch.no_grad():
-                for p, p0 in zip(self.ref_model.parameters(), self.initial["params"]):
-                    p.copy_(p0)
-            self.ref_model.requires_grad_(False)
+            # The initial weights are the ones on disk; loading them again is simpler than
+            # deep-copying a model that carries this engine's hooks.
+            self.ref_model, _ = load_model(self.model_path, self.dtype, self.ref_device,
+                                           self.trust_remote_code)
+            self.ref_model.eval().requires_grad_(False)
         return self.score(batch.prompts, batch.responses, model=self.ref_model)
 
     def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
