@@ -11,7 +11,7 @@ import json
 import sys
 
 from sttrl.config import Config, field_help, load_yaml, validate
-from sttrl.errors import UserError
+from sttrl.errors import EngineError, UserError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"sttrl: error: {err}", file=sys.stderr)
         return 2
+    except EngineError as err:
+        print(f"sttrl: engine error: {err}; finished questions are saved, re-run the same "
+              "command to resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("sttrl: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

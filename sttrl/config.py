@@ -16,6 +16,7 @@ from sttrl.errors import UserError
 ENGINES = ("local", "ray")
 METHODS = ("ttrl", "ttft", "slot", "memo")
 VOTING_FUNCTIONS = ("majority", "energy", "confidence")
+ADVANTAGE_ESTIMATORS = ("grpo", "gae")
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 
 
@@ -49,6 +50,21 @@ class Config:
     """Responses per forward/backward chunk in training and scoring."""
     generation_threads: int = 1
     """CPU threads while decoding (0: torch's default); training always uses torch's default."""
+    # ---- the scale engine (--engine ray): Ray placement, vLLM rollouts, DeepSpeed ZeRO-3 ------
+    vllm_num_engines: int | None = None
+    """engine=ray: vLLM rollout engines; samples are split across them (default 2 on GPU, 1 on CPU)."""
+    vllm_tensor_parallel_size: int = 1
+    """engine=ray: GPUs per vLLM engine (tensor parallel)."""
+    actor_num_gpus: int | None = None
+    """engine=ray: DeepSpeed ZeRO-3 training ranks, one GPU each (default 2 on GPU, 1 on CPU)."""
+    advantage_estimator: str = "grpo"
+    """engine=ray: grpo (group-normalised, no critic) or gae (PPO; places a critic group, training not implemented yet)."""
+    colocate: bool = False
+    """engine=ray: vLLM engines share the actor's GPUs (vLLM sleeps while the actor trains)."""
+    sync_timeout: float = 600.0
+    """engine=ray: seconds any Ray call (start-up, sampling, training, weight sync) may take before a clear error."""
+    ray_num_cpus: int | None = None
+    """engine=ray: CPUs a locally started Ray may use (default: all of this machine's)."""
     # the method
     mode: str = "question"
     """question (single-sample TTRL, per question) or dataset (the original TTRL over the whole set)."""
@@ -131,7 +147,8 @@ def field_help() -> dict[str, str]:
 
 # Fields that do not change what a run computes: resuming may change them freely.
 NON_RESULT_FIELDS = {"num_questions", "output_dir", "generation_threads", "allow_config_change", "wandb",
-                     "tensorboard", "progress", "ray_address", "device", "data_dir"}
+                     "tensorboard", "progress", "ray_address", "device", "data_dir",
+                     "colocate", "sync_timeout", "ray_num_cpus"}
 
 
 def load_yaml(path: str) -> dict:
@@ -212,6 +229,22 @@ def validate(cfg: Config) -> Config:
     _check(1 <= cfg.memo_variants <= 4, f"--memo_variants must be from 1 to 4, got {cfg.memo_variants}")
     _check(cfg.energy_tau > 0, f"--energy_tau must be > 0, got {cfg.energy_tau}")
     _check(cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")
+    # the scale engine
+    for name, top in (("vllm_num_engines", 1024), ("vllm_tensor_parallel_size", 64),
+                      ("actor_num_gpus", 1024), ("ray_num_cpus", 100_000)):
+        v = getattr(cfg, name)
+        _check(v is None or 1 <= v <= top, f"--{name} must be an integer from 1 to {top}, got {v}")
+    _check(cfg.advantage_estimator in ADVANTAGE_ESTIMATORS,
+           f"--advantage_estimator must be one of {', '.join(ADVANTAGE_ESTIMATORS)}, "
+           f"got {cfg.advantage_estimator!r}")
+    _check(cfg.sync_timeout > 0, f"--sync_timeout must be > 0 seconds, got {cfg.sync_timeout}")
+    _check(not (cfg.engine == "ray" and cfg.adaptation_method == "slot"),
+           "--adaptation_method slot needs --engine local (it edits the local model's hidden states)")
+    if cfg.colocate and cfg.vllm_num_engines is not None and cfg.actor_num_gpus is not None:
+        vllm_gpus = cfg.vllm_num_engines * cfg.vllm_tensor_parallel_size
+        _check(vllm_gpus == cfg.actor_num_gpus,
+               f"--colocate needs vllm_num_engines x vllm_tensor_parallel_size ({vllm_gpus}) "
+               f"to equal --actor_num_gpus ({cfg.actor_num_gpus})")
     if cfg.n_votes is not None and cfg.n_train is not None:
         _check(cfg.n_train <= cfg.n_votes,
                f"--n_train ({cfg.n_train}) must not exceed --n_votes ({cfg.n_votes})")
@@ -233,6 +266,12 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
         cfg.n_eval = 16 if big else 8
     if cfg.max_new_tokens is None:
         cfg.max_new_tokens = 3072 if big else 128
+    if cfg.actor_num_gpus is None:
+        cfg.actor_num_gpus = 2 if big else 1
+    if cfg.vllm_num_engines is None:
+        # colocated engines fill the actor's GPUs; otherwise one GPU per rank and per engine
+        cfg.vllm_num_engines = (cfg.actor_num_gpus // cfg.vllm_tensor_parallel_size
+                                if cfg.colocate else 2 if big else 1)
     if cfg.steps_per_question is None:
         cfg.steps_per_question = 5 if cfg.adaptation_method == "slot" else 3
     if cfg.prompt_family is None:

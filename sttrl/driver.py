@@ -138,6 +138,12 @@ def build_engine(cfg: Config):
                        generation_threads=cfg.generation_threads or None)
 
 
+def shutdown_engine(engine) -> None:
+    """Scale engine: release its Ray actors, vLLM engines and (if it started it) Ray itself."""
+    if hasattr(engine, "shutdown"):
+        engine.shutdown()
+
+
 def on_gpu(cfg: Config) -> bool:
     if cfg.device == "cpu":
         return False
@@ -179,7 +185,11 @@ def run(cfg: Config) -> dict:
     check_saved_config(out, config, cfg.allow_config_change)
     if cfg.mode == "dataset":
         from sttrl.dataset_driver import run_dataset
-        return run_dataset(cfg, examples, build_engine(cfg))
+        engine = build_engine(cfg)
+        try:
+            return run_dataset(cfg, examples, engine)
+        finally:
+            shutdown_engine(engine)
     results = ResultsFile(out)
     checkpoint = out / "checkpoint.pt"
     if cfg.continuous:
@@ -188,29 +198,32 @@ def run(cfg: Config) -> dict:
     todo = [(i, ex) for i, ex in enumerate(examples) if ex.question.id not in done]
     if todo:
         engine = build_engine(cfg)
-        if cfg.continuous and checkpoint.exists():
-            load_checkpoint(engine, checkpoint)
-        loggers = open_loggers(cfg, out)
-        bar = progress(cfg, len(examples), len(done))
-        for i, ex in todo:
-            record = run_question(engine, ex, i, cfg)
-            if not cfg.continuous:
-                start = time.perf_counter()
-                engine.reset()
-                record["seconds"]["reset"] = time.perf_counter() - start
-            record["seconds"]["total"] = sum(record["seconds"].values())
-            if cfg.continuous:
-                save_checkpoint(engine, checkpoint, record)
-            results.append(record)
-            s = summarize(results.records, config)
-            write_json_atomic(out / "summary.json", s)
-            log_question(loggers, record, len(results.records))
+        try:
+            if cfg.continuous and checkpoint.exists():
+                load_checkpoint(engine, checkpoint)
+            loggers = open_loggers(cfg, out)
+            bar = progress(cfg, len(examples), len(done))
+            for i, ex in todo:
+                record = run_question(engine, ex, i, cfg)
+                if not cfg.continuous:
+                    start = time.perf_counter()
+                    engine.reset()
+                    record["seconds"]["reset"] = time.perf_counter() - start
+                record["seconds"]["total"] = sum(record["seconds"].values())
+                if cfg.continuous:
+                    save_checkpoint(engine, checkpoint, record)
+                results.append(record)
+                s = summarize(results.records, config)
+                write_json_atomic(out / "summary.json", s)
+                log_question(loggers, record, len(results.records))
+                if bar is not None:
+                    bar.set_postfix_str(f"pass@1 {s['pass@1_before']:.3f} -> {s['pass@1_after']:.3f}")
+                    bar.update(1)
             if bar is not None:
-                bar.set_postfix_str(f"pass@1 {s['pass@1_before']:.3f} -> {s['pass@1_after']:.3f}")
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        close_loggers(loggers)
+                bar.close()
+            close_loggers(loggers)
+        finally:
+            shutdown_engine(engine)
     summary = summarize(results.records, config)
     write_json_atomic(out / "summary.json", summary)
     return summary

@@ -39,6 +39,47 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def stop_token_ids(generation_config, tokenizer) -> list[int]:
+    """Token ids that end a response: the generation config's EOS ids and the tokenizer's."""
+    ids = generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+def pad_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int, device: str):
+    """Left-pad prompts and right-pad responses so every prompt ends at the same column.
+
+    Returns input ids and attention mask [B, P+T], position ids [B, P+T] and the response
+    mask [B, T]; the last T+1 logits of every row then predict exactly the response tokens.
+    Shared with the scale engine's trainer ranks, so both engines score the same way.
+    """
+    P = max(len(p) for p in prompts)
+    T = max(1, max(len(r) for r in responses))
+    ids = torch.full((len(responses), P + T), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    resp_mask = torch.zeros(len(responses), T)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        ids[i, P - len(p):P + len(r)] = torch.tensor(p + r)
+        attn[i, P - len(p):P + len(r)] = 1
+        resp_mask[i, :len(r)] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+    return ids.to(device), attn.to(device), pos.to(device), resp_mask.to(device)
+
+
+def response_logprobs(model, ids, attn, pos, T: int, with_logsumexp: bool = False):
+    """log p(response token) [B, T] (and, if asked, logsumexp of the raw logits [B, T])."""
+    # Only the last T+1 positions predict response tokens: skip the LM head on the prompt.
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
+                   logits_to_keep=T + 1, use_cache=False).logits[:, :-1, :].float()  # [B, T, V]
+    targets = ids[:, -T:]  # [B, T]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    if with_logsumexp:
+        return logp, torch.logsumexp(logits, dim=-1)
+    return logp
+
+
 class LocalEngine:
     """Generate, train and reset one Hugging Face causal LM in this process."""
 
@@ -72,11 +113,7 @@ class LocalEngine:
         self.stop_ids = self._stop_ids()
 
     def _stop_ids(self) -> list[int]:
-        ids = self.model.generation_config.eos_token_id
-        ids = [ids] if isinstance(ids, int) else list(ids or [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.append(self.tokenizer.eos_token_id)
-        return sorted(set(ids))
+        return stop_token_ids(self.model.generation_config, self.tokenizer)
 
     def _add_hidden_delta(self, module, inputs):
         if self.hidden_delta is None:
@@ -161,29 +198,10 @@ class LocalEngine:
 
     # ---- scoring and training ---------------------------------------------------------------
     def _pad(self, prompts: list[list[int]], responses: list[list[int]], device: str):
-        """Left-pad prompts and right-pad responses so every prompt ends at the same column.
-
-        Returns input ids and attention mask [B, P+T], position ids [B, P+T] and the response
-        mask [B, T]; the last T+1 logits of every row then predict exactly the response tokens.
-        """
-        P = max(len(p) for p in prompts)
-        T = max(1, max(len(r) for r in responses))
-        ids = torch.full((len(responses), P + T), self.tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        resp_mask = torch.zeros(len(responses), T)
-        for i, (p, r) in enumerate(zip(prompts, responses)):
-            ids[i, P - len(p):P + len(r)] = torch.tensor(p + r)
-            attn[i, P - len(p):P + len(r)] = 1
-            resp_mask[i, :len(r)] = 1
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
-        return ids.to(device), attn.to(device), pos.to(device), resp_mask.to(device)
+        return pad_batch(prompts, responses, self.tokenizer.pad_token_id, device)
 
     def _response_logprobs(self, model, ids, attn, pos, T: int) -> torch.Tensor:
-        # Only the last T+1 positions predict response tokens: skip the LM head on the prompt.
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
-                       logits_to_keep=T + 1, use_cache=False).logits[:, :-1, :].float()  # [B, T, V]
-        targets = ids[:, -T:]  # [B, T]
-        return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+        return response_logprobs(model, ids, attn, pos, T)
 
     @torch.no_grad()
     def score(self, prompts: list[list[int]], responses: list[list[int]],

@@ -81,17 +81,32 @@ def resolve_model(name: str | None) -> str:
     return name
 
 
-def load_model(path: str, dtype, device: str, trust_remote_code: bool = False):
-    """Load a causal LM and its tokenizer; a missing model becomes a one-line UserError."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The model's tokenizer, with a pad token (the EOS token when the model has none)."""
+    from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load model {path!r}: {first_line(err)}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, dtype, device: str, trust_remote_code: bool = False):
+    """Load a causal LM and its tokenizer; a missing model becomes a one-line UserError."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
                                                      trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load model {path!r}: {first}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        raise UserError(f"cannot load model {path!r}: {first_line(err)}") from None
     return model.to(device), tokenizer
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
