@@ -1,0 +1,541 @@
+"""The scale engine's Ray actors: vLLM rollouts, DeepSpeed ZeRO-3 trainer ranks, reference, critic.
+
+Plain classes: `ray_engine` wraps them with `ray.remote(...)`. Constructors only store their
+arguments (so placement can be checked without loading anything); `setup()` loads the model.
+Heavy imports (torch, vllm, deepspeed) happen inside methods, after the environment is set:
+vLLM and DeepSpeed read their settings at import time, and Ray must be able to pickle the
+classes without pickling those modules.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+
+TOP_K_CONFIDENCE = 20  # DeepConf's k, as in the local engine
+CPU_KV_CACHE_BYTES = 512 * 2**20  # vLLM's KV cache on CPU; its own default sizes it from all RAM
+# ZeRO-3 keeps parameters below this many elements whole on every rank (DeepSpeed's default is
+# 1e5). 0 partitions every parameter: a little more communication, and small test models then
+# exercise the same partitioned code paths as large ones.
+ZERO_PERSISTENCE_THRESHOLD = 0
+
+
+@dataclass(frozen=True)
+class ActorSettings:
+    """What every actor needs to know, fixed for the engine's lifetime."""
+
+    model_path: str
+    trust_remote_code: bool = False
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 8
+    gradient_checkpointing: bool = False
+    pad_id: int = 0
+    max_model_len: int = 4096
+    max_num_seqs: int = 64
+    tensor_parallel_size: int = 1
+    colocate: bool = False
+    sync_timeout: float = 600.0
+    seed: int = 0
+
+
+def on_gpu() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def placement_info(role: str, index: int, bundles: list[int]) -> dict:
+    """Where this actor runs, as Ray sees it (the bundle index is what it was created with)."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return {"role": role, "index": index, "bundles": bundles, "gpu_ids": ray.get_gpu_ids(),
+            "placement_group": ctx.get_placement_group_id(), "node": ctx.get_node_id(),
+            "pid": os.getpid()}
+
+
+def weight_groups(names: list[str]) -> list[list[str]]:
+    """Parameter names in pushes of whole modules: one per decoder layer, one per other module.
+
+    vLLM's in-place reload rebuilds each of its modules from the tensors of one call, so a call
+    must hold every HF tensor of the modules it touches (q, k and v for qkv_proj, ...). A decoder
+    layer (`...layers.<i>.`) is such a unit; outside the layers each parameter's own module is.
+    """
+    groups: list[list[str]] = []
+    last = None
+    for name in names:
+        m = re.match(r"(.*?\.layers\.\d+)\.", name)
+        key = m.group(1) if m else name.rsplit(".", 1)[0]
+        if key != last:
+            groups.append([])
+            last = key
+        groups[-1].append(name)
+    return groups
+
+
+# ---- vLLM ------------------------------------------------------------------------------------
+
+class RolloutActor:
+    """One vLLM engine, running in this actor's process (no engine-core subprocess)."""
+
+    def __init__(self, index: int, bundles: list[int], settings: ActorSettings):
+        self.index, self.bundles, self.settings = index, bundles, settings
+        self.llm = None
+
+    def info(self) -> dict:
+        return placement_info("vllm", self.index, self.bundles)
+
+    def setup(self) -> float:
+        start = time.perf_counter()
+        s = self.settings
+        gpu = on_gpu()
+        # In-process engine core: Ray's accounting matches reality, weights arrive as tensors.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        if not gpu:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"  # a shared box: don't pin threads
+            # vLLM compiles its log-prob helpers lazily even in eager mode: 5-20 s on first use.
+            os.environ["TORCH_COMPILE_DISABLE"] = "1"
+        kwargs = dict(model=s.model_path, seed=s.seed, max_model_len=s.max_model_len,
+                      max_num_seqs=s.max_num_seqs, trust_remote_code=s.trust_remote_code,
+                      tensor_parallel_size=s.tensor_parallel_size)
+        if gpu:
+            kwargs.update(dtype="bfloat16", gpu_memory_utilization=0.45 if s.colocate else 0.9,
+                          enable_sleep_mode=s.colocate)
+        else:
+            kwargs.update(dtype="float32", enforce_eager=True,
+                          kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
+        if s.tensor_parallel_size > 1:  # untested here: needs GPUs
+            # vLLM's Ray workers go on this engine's bundles of the captured placement group.
+            os.environ["VLLM_RAY_BUNDLE_INDICES"] = ",".join(map(str, self.bundles))
+            if s.colocate:
+                os.environ["VLLM_RAY_PER_WORKER_GPUS"] = "0.5"
+            kwargs["distributed_executor_backend"] = "ray"
+        from vllm import LLM
+
+        self.llm = LLM(**kwargs)
+        return time.perf_counter() - start
+
+    def generate(self, prompt_ids: list[int], n: int, temperature: float, top_p: float,
+                 max_tokens: int, seed: int, stop_ids: list[int]) -> list[dict]:
+        """n samples with the untempered log-prob of each token and the mean top-20 log-prob."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                seed=seed, stop_token_ids=stop_ids, logprobs=TOP_K_CONFIDENCE,
+                                detokenize=False)  # the driver decodes, as the local engine does
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids)], params,
+                                use_tqdm=False)[0]
+        samples = []
+        for c in out.outputs:
+            # c.logprobs[t]: {token id: Logprob} for the top 20 and the sampled token, raw
+            # (before temperature and top-p), like the local engine's log_softmax(logits).
+            lps, topk = [], []
+            for tok, step in zip(c.token_ids, c.logprobs):
+                lps.append(step[tok].logprob)
+                best = sorted((v.logprob for v in step.values()), reverse=True)
+                topk.append(sum(best[:TOP_K_CONFIDENCE]) / min(TOP_K_CONFIDENCE, len(best)))
+            samples.append({"token_ids": list(c.token_ids), "logprobs": lps, "topk": topk,
+                            "finished": c.finish_reason == "stop"})
+        return samples
+
+    def score(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
+        """log p(response token | prefix) under the weights this engine holds (prompt_logprobs)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids + response_ids)],
+                                params, use_tqdm=False)[0]
+        P = len(prompt_ids)  # out.prompt_logprobs[k]: token k given tokens < k
+        return [out.prompt_logprobs[P + i][t].logprob for i, t in enumerate(response_ids)]
+
+    def load_weights(self, chunk: dict) -> None:
+        """Replace the weights of whole modules in place (HF names -> tensors)."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(chunk.items())})
+
+    def weights_loaded(self) -> None:
+        """After the last chunk: cached prompt KV was computed with the old weights."""
+        self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Colocated on GPUs: free weights and KV cache while the actor trains (no-op on CPU)."""
+        if on_gpu() and self.settings.colocate:
+            self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        if on_gpu() and self.settings.colocate:
+            self.llm.wake_up()
+
+    def shutdown(self) -> None:
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+
+
+# ---- DeepSpeed ZeRO-3 trainer ranks ----------------------------------------------------------
+
+def ds_config(s: ActorSettings, train: bool = True) -> dict:
+    gpu = on_gpu()
+    config = {
+        "train_micro_batch_size_per_gpu": 1,  # bookkeeping only: we feed our own micro-batches
+        "gradient_accumulation_steps": 1,
+        # backward() only accumulates, step() reduces and updates: one optimiser step per
+        # train step however many micro-batches went in (as in the local engine)
+        "managed_gradient_accumulation": False,
+        "zero_optimization": {"stage": 3, "overlap_comm": False,
+                              "stage3_param_persistence_threshold": ZERO_PERSISTENCE_THRESHOLD},
+        "bf16": {"enabled": gpu},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if train:
+        config["gradient_clipping"] = s.grad_clip
+        # torch.optim.AdamW (no compiled DeepSpeed op), the local engine's optimiser
+        config["optimizer"] = {"type": "AdamW", "params": {
+            "lr": s.lr, "weight_decay": s.weight_decay, "betas": [0.9, 0.999], "eps": 1e-8,
+            "torch_adam": True}}
+    return config
+
+
+class TrainerActor:
+    """One data-parallel DeepSpeed ZeRO-3 rank of the policy, plus its shard of the reference.
+
+    Every method that touches the model is a collective: the engine calls it on all ranks at
+    once, and every rank runs the same number of forward and backward passes.
+    """
+
+    def __init__(self, rank: int, world: int, bundle: int, settings: ActorSettings):
+        self.rank, self.world, self.bundle, self.settings = rank, world, bundle, settings
+        self.engine = None
+        self.ref_engine = None  # the frozen initial weights, built on first need
+        self.snapshots: dict = {}
+
+    def info(self) -> dict:
+        return placement_info("actor", self.rank, [self.bundle])
+
+    def master_address(self) -> tuple[str, int]:
+        """Rank 0 picks the rendezvous address of the process group (its node, a free port)."""
+        import ray
+
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            return ray.util.get_node_ip_address(), sock.getsockname()[1]
+
+    def setup(self, addr: str, port: int) -> float:
+        start = time.perf_counter()
+        import torch
+
+        gpu = on_gpu()
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), MASTER_ADDR=addr,
+                          MASTER_PORT=str(port), LOCAL_RANK="0" if gpu else str(self.rank),
+                          LOCAL_WORLD_SIZE="1" if gpu else str(self.world))
+        if not gpu:
+            os.environ["DS_ACCELERATOR"] = "cpu"
+        import deepspeed
+
+        if not gpu:
+            # DeepSpeed's CPU collectives would JIT-build a shared-memory op (95 s, and ranks
+            # race to build it); marking it unavailable makes them plain gloo collectives.
+            import deepspeed.ops
+            from deepspeed.ops.op_builder.all_ops import ALL_OPS
+            deepspeed.ops.__compatible_ops__ = dict.fromkeys(ALL_OPS, False)
+        self.device = "cuda" if gpu else "cpu"
+        if gpu:
+            torch.cuda.set_device(0)  # Ray shows this actor its own GPU only
+        else:
+            # Ray gives a fractional-CPU actor one thread; training is the only work while it
+            # runs (rollouts wait), so use this rank's share of the machine, as the local engine does.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world))
+        # A hung collective (a dead peer) fails after sync_timeout instead of never.
+        deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo",
+                                   auto_mpi_discovery=False,
+                                   timeout=datetime.timedelta(seconds=self.settings.sync_timeout))
+        model = self._load(train=True)
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+                                               config=ds_config(self.settings))
+        self.engine.eval()  # no dropout in training either, as in the local engine
+        self.names = [n for n, _ in self.engine.module.named_parameters()]
+        self.snapshot("initial")
+        return time.perf_counter() - start
+
+    def _load(self, train: bool):
+        """The HF model, partitioned across ranks while it loads (ZeRO-3 init)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+        from transformers.integrations import HfDeepSpeedConfig
+
+        s = self.settings
+        config = ds_config(s, train)
+        config["train_batch_size"] = self.world
+        self._hf_ds = HfDeepSpeedConfig(config)  # must stay alive: from_pretrained checks it
+        model = AutoModelForCausalLM.from_pretrained(
+            s.model_path, dtype=torch.bfloat16 if on_gpu() else torch.float32,
+            trust_remote_code=s.trust_remote_code)
+        if train and s.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        if not train:
+            model.requires_grad_(False)
+        return model
+
+    def _reference(self):
+        if self.ref_engine is None:
+            import deepspeed
+
+            model = self._load(train=False)
+            self.ref_engine, *_ = deepspeed.initialize(model=model,
+                                                       config=ds_config(self.settings, False))
+            self.ref_engine.eval()
+        return self.ref_engine
+
+    def _batch(self, mb: dict):
+        """Pad one micro-batch; an empty one becomes a fully masked dummy row (see `shard`)."""
+        from sttrl.engines.local import pad_batch
+
+        dummy = not mb["responses"]
+        prompts = [mb["dummy"][0]] if dummy else mb["prompts"]
+        responses = [mb["dummy"][1]] if dummy else mb["responses"]
+        ids, attn, pos, mask = pad_batch(prompts, responses, self.settings.pad_id, self.device)
+        if dummy:
+            mask = mask.zero_()
+        return ids, attn, pos, mask, dummy
+
+    def score(self, micro_batches: list[dict], with_logsumexp: bool = False,
+              reference: bool = False) -> list:
+        """Per micro-batch: token log-probs [b, T] (and logsumexp [b, T]) as CPU tensors."""
+        import torch
+
+        from sttrl.engines.local import response_logprobs
+
+        model = self._reference() if reference else self.engine
+        out = []
+        with torch.no_grad():
+            for mb in micro_batches:
+                ids, attn, pos, mask, dummy = self._batch(mb)
+                got = response_logprobs(model, ids, attn, pos, mask.shape[1], with_logsumexp)
+                got = got if with_logsumexp else (got,)
+                out.append(None if dummy else tuple(g.float().cpu() for g in got))
+        return out
+
+    def train(self, micro_batches: list[dict], loss_fn, loss_kwargs: dict, steps: int,
+              n_tokens: float, use_ref: bool) -> list[dict]:
+        """`steps` optimiser steps on this rank's micro-batches; per step, stat sums and grad norm.
+
+        The loss is summed over tokens and divided by the token count of the *whole* batch (all
+        ranks); DeepSpeed averages gradients over the ranks, so each rank scales by the world
+        size and the update is the local engine's token mean over the whole batch.
+        """
+        import torch
+
+        from sttrl.engines.local import response_logprobs
+
+        kl = loss_kwargs.get("kl_coef", 0.0) > 0
+        ref = None  # reference log-probs per micro-batch: from --separate_ref_gpu's actor, or ours
+        if kl and use_ref:
+            if any("ref" in mb for mb in micro_batches):
+                ref = [mb.get("ref") for mb in micro_batches]
+                ref = [None if r is None else r.to(self.device) for r in ref]
+            else:
+                ref = [None if r is None else r[0].to(self.device)
+                       for r in self.score(micro_batches, reference=True)]
+        old = [None] * len(micro_batches)  # the first step's own log-probs: that step is on-policy
+        history = []
+        for _ in range(steps):
+            sums: dict = {}
+            for j, mb in enumerate(micro_batches):
+                ids, attn, pos, mask, dummy = self._batch(mb)
+                T = mask.shape[1]
+                new = response_logprobs(self.engine, ids, attn, pos, T)  # [b, T]
+                if old[j] is None:
+                    old[j] = new.detach()
+                mb_ref = None
+                if kl:  # while pristine the policy is the reference: no second model needed
+                    mb_ref = old[j] if ref is None or ref[j] is None else ref[j]
+                adv = torch.tensor(mb["advantages"] or [0.0], dtype=torch.float32,
+                                   device=self.device)  # [b]
+                loss_sum, stats = loss_fn(new, old[j], mb_ref, adv, mask, **loss_kwargs)
+                self.engine.backward(loss_sum * (self.world / n_tokens), scale_wrt_gas=False)
+                if not dummy:
+                    for k, v in stats.items():
+                        sums[k] = sums.get(k, 0.0) + v
+            self.engine.step()
+            norm = self.engine.get_global_grad_norm()
+            history.append({"sums": sums, "grad_norm": float(norm) if norm is not None else 0.0})
+        return history
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    # -- snapshots: this rank's fp32 partition, Adam moments and step counts ------------------
+    def snapshot(self, key: str) -> None:
+        # state_dict() holds references to the live tensors: copy, or training edits the snapshot
+        self.snapshots[key] = copy.deepcopy(self.engine.optimizer.state_dict())
+
+    def restore(self, key: str) -> None:
+        self._load_optimizer(self.snapshots[key])
+
+    def drop(self, key: str) -> None:
+        self.snapshots.pop(key, None)
+
+    def _load_optimizer(self, state: dict) -> None:
+        # Copy again: loading may keep references to the given tensors, which later steps edit.
+        # Each rank reads its own entry of the per-rank list; the fp32 partition it restores
+        # is also copied into the model's partitioned weights.
+        self.engine.optimizer.load_state_dict([copy.deepcopy(state)] * self.world)
+
+    def optimizer_state(self) -> dict:
+        return copy.deepcopy(self.engine.optimizer.state_dict())
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self._load_optimizer(state)
+
+    # -- full weights, gathered one parameter at a time ---------------------------------------
+    def _gathered(self):
+        """Yield (names, {name: CPU tensor}) per whole-module group; only rank 0 gets tensors.
+
+        Every rank must run this loop: gathering a ZeRO-3 parameter is a collective.
+        """
+        import deepspeed
+
+        params = dict(self.engine.module.named_parameters())
+        for names in weight_groups(self.names):
+            chunk = {}
+            for name in names:
+                with deepspeed.zero.GatheredParameters([params[name]], modifier_rank=None):
+                    if self.rank == 0:
+                        chunk[name] = params[name].data.detach().to("cpu", copy=True)
+            yield names, chunk
+
+    def full_weights(self) -> dict | None:
+        """The whole state dict on rank 0 (None elsewhere), for checkpoints and tests."""
+        weights = {}
+        for _, chunk in self._gathered():
+            weights.update(chunk)
+        return weights if self.rank == 0 else None
+
+    def push_weights(self, rollouts: list, timeout: float) -> str | None:
+        """Send the weights to every vLLM engine, one module group at a time, via the object store.
+
+        At most two groups are in flight (one loading, one gathered). If an engine fails, rank 0
+        stops sending but keeps gathering, so the other ranks' collectives complete; the error
+        comes back as a string for the driver to raise.
+        """
+        import ray
+
+        error, pending = None, []
+
+        def settle():
+            nonlocal error, pending
+            if pending and error is None:
+                try:
+                    ray.get(pending, timeout=timeout)
+                except Exception as err:  # noqa: BLE001 - reported to the driver below
+                    error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            pending = []
+
+        for _, chunk in self._gathered():
+            if self.rank != 0 or error is not None:
+                continue
+            ref = ray.put(chunk)
+            settle()
+            if error is None:
+                pending = [r.load_weights.remote(ref) for r in rollouts]
+        if self.rank == 0:
+            settle()
+            if error is None:
+                pending = [r.weights_loaded.remote() for r in rollouts]
+                settle()
+        return error
+
+
+# ---- reference on its own GPU, critic -------------------------------------------------------
+
+class ReferenceActor:
+    """The frozen initial model on its own bundle (--separate_ref_gpu): scores, never trains."""
+
+    def __init__(self, bundle: int, settings: ActorSettings):
+        self.bundle, self.settings = bundle, settings
+        self.model = None
+
+    def info(self) -> dict:
+        return placement_info("ref", 0, [self.bundle])
+
+    def setup(self) -> float:
+        return 0.0  # the model is loaded on first use: reset-mode runs never need it
+
+    def score(self, prompts: list[list[int]], responses: list[list[int]]):
+        """Token log-probs [B, T] (CPU) under the initial weights."""
+        import torch
+
+        from sttrl.engines.local import pad_batch, response_logprobs
+        from sttrl.engines.models import load_model
+
+        s = self.settings
+        device = "cuda" if on_gpu() else "cpu"
+        if self.model is None:
+            dtype = torch.bfloat16 if device == "cuda" else torch.float32
+            self.model = load_model(s.model_path, dtype, device, s.trust_remote_code)[0].eval()
+            self.model.requires_grad_(False)
+        T = max(1, max(len(r) for r in responses))
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(responses), s.micro_batch_size):
+                ids, attn, pos, mask = pad_batch(prompts[i:i + s.micro_batch_size],
+                                                 responses[i:i + s.micro_batch_size],
+                                                 s.pad_id, device)
+                lp = response_logprobs(self.model, ids, attn, pos, mask.shape[1])
+                out.append(torch.nn.functional.pad(lp.float().cpu(), (0, T - mask.shape[1])))
+        return torch.cat(out)
+
+
+class CriticActor:
+    """PPO's value model (advantage_estimator gae): the policy's backbone plus a value head.
+
+    It is placed and loaded, and computes per-token values; training it (and GAE itself) is not
+    implemented yet, so the engine refuses to train with gae.
+    """
+
+    def __init__(self, rank: int, world: int, bundle: int, settings: ActorSettings):
+        self.rank, self.world, self.bundle, self.settings = rank, world, bundle, settings
+        self.backbone = self.head = None
+
+    def info(self) -> dict:
+        return placement_info("critic", self.rank, [self.bundle])
+
+    def setup(self) -> float:
+        start = time.perf_counter()
+        import torch
+        from transformers import AutoModel
+
+        device = "cuda" if on_gpu() else "cpu"
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        self.backbone = AutoModel.from_pretrained(
+            self.settings.model_path, dtype=dtype,
+            trust_remote_code=self.settings.trust_remote_code).to(device)
+        self.head = torch.nn.Linear(self.backbone.config.hidden_size, 1, dtype=dtype,
+                                    device=device)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+        return time.perf_counter() - start
+
+    def values(self, prompts: list[list[int]], responses: list[list[int]]):
+        """V(prefix) [B, T] for each response token position (CPU)."""
+        import torch
+
+        from sttrl.engines.local import pad_batch
+
+        device = self.head.weight.device
+        ids, attn, pos, mask = pad_batch(prompts, responses, self.settings.pad_id, str(device))
+        T = mask.shape[1]
+        with torch.no_grad():
+            hidden = self.backbone(input_ids=ids, attention_mask=attn,
+                                   position_ids=pos).last_hidden_state  # [B, P+T, d]
+            return self.head(hidden[:, -T - 1:-1]).squeeze(-1).float().cpu()  # [B, T]
