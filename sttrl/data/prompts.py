@@ -36,8 +36,8 @@ GPQA_INSTRUCTIONS = (
 )
 # ARITH-TTT (generated arithmetic) asks for the boxed answer with no "reason step by step": a
 # one-digit sum needs no reasoning, and the 135M default model's step-by-step text wanders off
-# to other numbers (on the first 10 questions, pass@1 drops from 0.50 to about 0.1 and the vote
-# goes wrong) - the regime where test-time RL can help is the short-answer one.
+# to other numbers: on the first 10 questions pass@1 is 0.275 with the step-by-step wording and
+# 0.450 without, maj@8 0.60 vs 0.80 (scripts/prompt_check.py; docs/RESULTS.md).
 ARITH_INSTRUCTIONS = (
     "Put your final answer within \\boxed{}.",
     "Write the final answer within \\boxed{}.",
