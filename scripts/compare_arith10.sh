@@ -12,9 +12,9 @@ $py main.py "${common[@]}" --adaptation_method slot --output_dir "$out/slot"
 $py main.py "${common[@]}" --adaptation_method ttft --output_dir "$out/ttft"
 $py main.py "${common[@]}" --adaptation_method memo --output_dir "$out/memo"
 $py main.py "${common[@]}" --continuous --output_dir "$out/sttrl_continuous"
-# The original TTRL on the same 10 questions: 3 episodes of 2 steps (8 + 2 questions), with the
+# The original TTRL on the same 10 questions: 2 episodes of 2 steps (8 + 2 questions), with the
 # per-question runs' lr (the paper's 5e-7 moves a 135M model by nothing in 6 steps).
-$py main.py "${common[@]}" --mode dataset --episodes 3 --prompts_per_step 8 --eval_every 2 \
+$py main.py "${common[@]}" --mode dataset --episodes 2 --prompts_per_step 8 --eval_every 2 \
     --lr 1e-5 --output_dir "$out/ttrl_dataset"
 $py main.py report "$out"/sttrl_reset "$out"/sttrl_continuous "$out"/ttft "$out"/slot \
     "$out"/memo "$out"/ttrl_dataset --out "$out/report" --title "SmolLM2-135M-Instruct, 10 ARITH-TTT questions, CPU"

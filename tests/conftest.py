@@ -41,3 +41,9 @@ def make_tiny_model(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     return str(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm_model(tmp_path_factory) -> str:
+    """The tiny model with head_dim 32 (hidden 64, 2 heads): vLLM's CPU attention rejects 16."""
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny_vllm") / "model", hidden=64))

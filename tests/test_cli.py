@@ -24,6 +24,11 @@ BAD = [
     (["--no_such_flag"], "unrecognized arguments"),
     (["--dataset", "NOPE-TTT"], "AIME-TTT"),
     (["--data_path", "/nonexistent/file.json"], "/nonexistent/file.json"),
+    (["--advantage_estimator", "ppo"], "grpo, gae"),
+    (["--vllm_num_engines", "0"], "--vllm_num_engines must be an integer from 1"),
+    (["--sync_timeout", "0"], "--sync_timeout must be > 0"),
+    (["--colocate", "--actor_num_gpus", "2", "--vllm_num_engines", "1"], "to equal --actor_num_gpus"),
+    (["--engine", "ray", "--adaptation_method", "slot"], "slot needs --engine local"),
 ]
 
 
@@ -90,3 +95,16 @@ def test_launch_scripts_use_valid_flags(monkeypatch):
         args = [a for a in shlex.split(line)[2:] if a != "$@"]
         cfg = parse_config(args)
         assert cfg.mode == "dataset" and cfg.lr == 5e-7
+
+
+def test_an_engine_failure_is_one_line_that_says_how_to_resume(monkeypatch, capsys):
+    import sttrl.driver
+    from sttrl.errors import EngineError
+
+    def fail(cfg):
+        raise EngineError("sampling on the vLLM engines failed: vLLM engine 0 died")
+
+    monkeypatch.setattr(sttrl.driver, "run", fail)
+    assert main(["--engine", "ray", "--progress", "false"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vLLM engine 0 died" in err and "re-run" in err

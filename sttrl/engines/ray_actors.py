@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import logging
 import os
 import re
 import socket
@@ -42,6 +43,8 @@ class ActorSettings:
     colocate: bool = False
     sync_timeout: float = 600.0
     seed: int = 0
+    train_threads: int | None = None
+    """CPU training threads per rank (None: this machine's cores / ranks)."""
 
 
 def on_gpu() -> bool:
@@ -76,6 +79,16 @@ def weight_groups(names: list[str]) -> list[list[str]]:
             last = key
         groups[-1].append(name)
     return groups
+
+
+def tied_output_embedding(model) -> dict[str, str]:
+    """{input embedding weight name: output embedding weight name} when the two are one tensor
+    (tie_word_embeddings: SmolLM2, Qwen2.5-Math-1.5B); HF lists only the first as a parameter."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if inp is None or out is None or out.weight is not inp.weight:
+        return {}
+    names = {id(m): n for n, m in model.named_modules()}
+    return {f"{names[id(inp)]}.weight": f"{names[id(out)]}.weight"}
 
 
 # ---- vLLM ------------------------------------------------------------------------------------
@@ -119,6 +132,10 @@ class RolloutActor:
         from vllm import LLM
 
         self.llm = LLM(**kwargs)
+        # Each reload call holds a few modules; vLLM warns once per module it left as it was.
+        for name in ("layerwise", "inplace"):
+            logging.getLogger(f"vllm.model_executor.model_loader.reload.{name}").setLevel(
+                logging.ERROR)
         return time.perf_counter() - start
 
     def generate(self, prompt_ids: list[int], n: int, temperature: float, top_p: float,
@@ -251,8 +268,10 @@ class TrainerActor:
             torch.cuda.set_device(0)  # Ray shows this actor its own GPU only
         else:
             # Ray gives a fractional-CPU actor one thread; training is the only work while it
-            # runs (rollouts wait), so use this rank's share of the machine, as the local engine does.
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world))
+            # runs (rollouts wait), so use this rank's share of the machine, as the local engine
+            # does (or OMP_NUM_THREADS, when the user set it for the run).
+            torch.set_num_threads(self.settings.train_threads
+                                  or max(1, (os.cpu_count() or 1) // self.world))
         # A hung collective (a dead peer) fails after sync_timeout instead of never.
         deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo",
                                    auto_mpi_discovery=False,
@@ -262,6 +281,7 @@ class TrainerActor:
                                                config=ds_config(self.settings))
         self.engine.eval()  # no dropout in training either, as in the local engine
         self.names = [n for n, _ in self.engine.module.named_parameters()]
+        self.tied = tied_output_embedding(self.engine.module)
         self.snapshot("initial")
         return time.perf_counter() - start
 
@@ -412,6 +432,9 @@ class TrainerActor:
                 with deepspeed.zero.GatheredParameters([params[name]], modifier_rank=None):
                     if self.rank == 0:
                         chunk[name] = params[name].data.detach().to("cpu", copy=True)
+            for src, dst in self.tied.items():
+                if src in chunk:
+                    chunk[dst] = chunk[src]  # vLLM's reload does not follow the tie: send both
             yield names, chunk
 
     def full_weights(self) -> dict | None:
@@ -434,11 +457,15 @@ class TrainerActor:
 
         def settle():
             nonlocal error, pending
-            if pending and error is None:
-                try:
-                    ray.get(pending, timeout=timeout)
-                except Exception as err:  # noqa: BLE001 - reported to the driver below
-                    error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            for i, ref in enumerate(pending):  # pending[i] belongs to vLLM engine i
+                if error is None:
+                    try:
+                        ray.get(ref, timeout=timeout)
+                    except ray.exceptions.RayActorError:
+                        error = f"vLLM engine {i} died"
+                    except Exception as err:  # noqa: BLE001 - reported to the driver below
+                        text = str(err).strip().splitlines()
+                        error = f"vLLM engine {i}: {type(err).__name__}: {text[-1] if text else ''}"
             pending = []
 
         for _, chunk in self._gathered():

@@ -93,6 +93,12 @@ def shard(n_rows: int, world: int, micro: int) -> list[list[list[int]]]:
              for j in range(n_micro)] for start, size in zip(starts, sizes)]
 
 
+def user_omp_threads() -> int | None:
+    """OMP_NUM_THREADS as set for this run (Ray overrides it inside actors), else None."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def spawn_actors(cfg, pg, layout, settings: ActorSettings) -> Actors:
     """Create (not set up) every actor on its bundle; cheap: constructors only store arguments."""
     import ray
@@ -117,6 +123,12 @@ class RayEngine:
     """Generate with vLLM, train with DeepSpeed ZeRO-3, all placed by Ray (see module docstring)."""
 
     def __init__(self, cfg, model_path: str):
+        import importlib.util
+
+        missing = [m for m in ("ray", "vllm", "deepspeed") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UserError(f"--engine ray needs {', '.join(missing)}: bash scripts/setup.sh --scale "
+                            "(CPU) or pip install '.[scale]' (GPU)")
         from transformers import AutoConfig, GenerationConfig
 
         from sttrl.engines.local import stop_token_ids
@@ -142,8 +154,9 @@ class RayEngine:
             max_model_len=min(limit or 10**9, cfg.max_new_tokens + PROMPT_ROOM),
             max_num_seqs=max(cfg.n_votes, cfg.n_eval),
             tensor_parallel_size=cfg.vllm_tensor_parallel_size, colocate=cfg.colocate,
-            sync_timeout=cfg.sync_timeout, seed=cfg.seed)
+            sync_timeout=cfg.sync_timeout, seed=cfg.seed, train_threads=user_omp_threads())
         self.pristine = True  # the weights equal the initial ones
+        self.untouched = True  # weights and optimizer are the initial snapshot, bit for bit
         self._versions = itertools.count(1)  # each distinct set of weights gets a new number
         self.version = 0  # what the actor holds (0: the initial weights)
         self.engine_version = 0  # what the vLLM engines hold
@@ -156,6 +169,7 @@ class RayEngine:
             self.layout = plan_layout(cfg)
             self.pg = create_placement_group(self.layout, self.timeout)
             self.actors = spawn_actors(cfg, self.pg, self.layout, self.settings)
+            # actor id -> "vLLM engine 0" etc., to name the actor in a Ray error
             self._labels = {a._actor_id.hex(): name for name, a in self.actors.labelled()}
             self._setup()
         except BaseException:
@@ -339,6 +353,7 @@ class RayEngine:
                                                     batch.advantages, ref),
                                 loss_fn, loss_kwargs, steps, n_tokens, use_ref)
                  for t, p in zip(self.trainers, plan)]
+        self.untouched = False
         per_rank = self._get(calls, "training on the actor ranks")
         self.pristine = False
         self.version = next(self._versions)
@@ -353,6 +368,7 @@ class RayEngine:
         return history
 
     def set_lr(self, lr: float) -> None:
+        self.untouched = False
         self._get([t.set_lr.remote(lr) for t in self.trainers], "setting the learning rate")
 
     def _on_rollouts(self, method: str) -> None:
@@ -377,8 +393,11 @@ class RayEngine:
         return RaySnapshot(key, self.version, self.pristine)
 
     def restore(self, state: RaySnapshot) -> None:
+        if state is self.initial and self.untouched:
+            return  # nothing changed since the last reset (a skipped question): nothing to do
         self._get([t.restore.remote(state.key) for t in self.trainers], "restore")
         self.version, self.pristine = state.version, state.pristine
+        self.untouched = state is self.initial
         self._sync_weights()
 
     def reset(self) -> None:
@@ -397,6 +416,7 @@ class RayEngine:
             raise UserError(f"this checkpoint was written by {state.get('world_size')} actor ranks "
                             f"(--actor_num_gpus), not {len(self.trainers)}")
         # each rank's fp32 partition is in its optimizer state: loading it restores the weights
+        self.untouched = False
         self._get([t.load_optimizer_state.remote(s)
                    for t, s in zip(self.trainers, state["optimizer"])], "loading a checkpoint")
         self.pristine = False
