@@ -120,8 +120,10 @@ def trl_question(base, tokenizer, example, prompt: str, cfg, variant: str, seed:
 
     gen_seconds = [0.0]
     inner = trainer._generate_and_score_completions
+    counts["generation_rounds"] = 0
 
     def timed_generate(*a, **kw):
+        counts["generation_rounds"] += 1
         t0 = time.perf_counter()
         try:
             return inner(*a, **kw)
@@ -135,6 +137,8 @@ def trl_question(base, tokenizer, example, prompt: str, cfg, variant: str, seed:
     sec["generate_score"] = gen_seconds[0]  # generation + reward + TRL's old-logprob forward
     sec["train_steps"] = train_wall - gen_seconds[0]
     assert trainer.state.global_step == cfg.steps_per_question, trainer.state.global_step
+    # One generation reused for every optimiser step, as in STTRL.
+    assert counts["generation_rounds"] == 1, counts["generation_rounds"]
 
     start = time.perf_counter()
     model.eval()
