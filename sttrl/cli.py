@@ -82,5 +82,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     shown = {k: v for k, v in summary.items() if k != "config"}
     print(json.dumps(shown, indent=2))
-    print(f"results: {summary['config']['output_dir']}/results.jsonl")
+    print(f"results in {summary['config']['output_dir']}")
     return 0
