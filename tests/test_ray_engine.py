@@ -319,3 +319,17 @@ def test_smollm2_end_to_end_on_both_engines(ray_cpu, tmp_path):
     ray_lines, local_lines = lines(tmp_path / "ray"), lines(tmp_path / "local")
     assert len(ray_lines) == len(local_lines) == 2
     assert [r.keys() for r in ray_lines] == [r.keys() for r in local_lines]
+
+
+@pytest.mark.parametrize("kw", [dict(adaptation_method="ttft"), dict(adaptation_method="memo"),
+                                dict(mode="dataset", prompts_per_step=2, eval_every=1)])
+def test_weight_updating_methods_run_on_the_scale_engine(ray_cpu, tiny_vllm_model, tmp_path, kw):
+    from test_driver import write_questions
+
+    from sttrl.driver import run
+
+    data = write_questions(tmp_path / "q.json", n=2)
+    summary = run(ray_config(tiny_vllm_model, data_path=data, output_dir=str(tmp_path / "out"),
+                             steps_per_question=1, **kw))
+    assert summary["questions"] == 2
+    assert summary["config"]["engine"] == "ray"
