@@ -10,7 +10,7 @@ seconds of the whole call (prefill, decode loop, detokenisation).
   computes per-token log-prob, logsumexp and top-20 summaries as it goes), with
   `generation_threads` 1 (the default) and 2.
 - `hf`: `model.generate(num_return_sequences=n, do_sample=True)` on the same model (each row
-  prefills its own copy of the prompt), at 1 and 2 torch threads.
+  prefills its own copy of the prompt), at torch's default 2 threads (--hf_threads to add 1).
 - `vllm`: a hook for the scale engine, `measure_vllm` below; until it exists the column reads
   "not measured yet".
 
@@ -45,7 +45,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
-                        help="thread counts to compare (engine generation_threads and HF torch threads)")
+                        help="engine generation_threads values to compare")
+    parser.add_argument("--hf_threads", type=int, nargs="+", default=[2],
+                        help="torch threads for HF generate (2 = torch's default on this machine)")
     parser.add_argument("--no_hf", action="store_true", help="skip the HF model.generate baseline")
     parser.add_argument("--model", default=None, help="model directory (default: the embedded SmolLM2)")
     parser.add_argument("--name", default="generation")
@@ -99,7 +101,7 @@ def main() -> None:
     engine.stop_ids_real = LocalEngine._stop_ids(engine)  # HF's min_new_tokens needs the real EOS
     configs = [("engine", t) for t in args.threads]
     if not args.no_hf:
-        configs += [("hf", t) for t in args.threads]
+        configs += [("hf", t) for t in args.hf_threads]
     runners = {"engine": run_engine, "hf": run_hf}
 
     # Warm-up (untimed): first calls allocate and pick kernels.
@@ -137,7 +139,8 @@ def main() -> None:
                "peak_rss_mib": peak_rss_mib()}
     settings = {"model": path, "prompt_tokens": len(prompt_ids), "max_new_tokens": T,
                 "temperature": 1.0, "top_p": 1.0, "top_k": None, "ns": args.ns,
-                "repeats": args.repeats, "threads": args.threads, "dtype": "float32",
+                "repeats": args.repeats, "threads": args.threads, "hf_threads": args.hf_threads,
+                "dtype": "float32",
                 "default_torch_threads": default_threads}
     out = write_result(args.name, machine, settings, results, notes=[
         "Every sample decodes exactly max_new_tokens tokens on both sides (stop token disabled).",

@@ -87,6 +87,8 @@ def trl_question(base, tokenizer, example, prompt: str, cfg, variant: str, seed:
         label, _ = vote(answers, None, q.task)
         counts["generated_tokens"] += sum(len(c) for c in completion_ids)
         counts["trained_tokens"] = sum(len(c) for c in completion_ids)
+        # TRL pads every completion of the generation batch to the longest one.
+        counts["trained_padded_tokens"] = len(completion_ids) * max(len(c) for c in completion_ids)
         counts["label"] = label
         return ttrl_rewards(answers, label, q.task)
 
@@ -152,15 +154,22 @@ def trl_question(base, tokenizer, example, prompt: str, cfg, variant: str, seed:
 def sttrl_question(engine, example, index: int, cfg):
     from sttrl.driver import run_question
 
-    tokens = {"n": 0}
-    generate = engine.generate
+    tokens = {"n": 0, "trained": 0, "padded": 0}
+    generate, train = engine.generate, engine.train
 
     def counting_generate(*a, **kw):
         samples = generate(*a, **kw)
         tokens["n"] += sum(len(s.token_ids) for s in samples)
         return samples
 
-    engine.generate = counting_generate
+    def counting_train(batch, *a, **kw):
+        lens = [len(r) for r in batch.responses]
+        mb = engine.micro_batch_size
+        tokens["trained"] = sum(lens)
+        tokens["padded"] = sum(len(lens[i:i + mb]) * max(lens[i:i + mb]) for i in range(0, len(lens), mb))
+        return train(batch, *a, **kw)
+
+    engine.generate, engine.train = counting_generate, counting_train
     try:
         start = time.perf_counter()
         record = run_question(engine, example, index, cfg)
@@ -170,9 +179,10 @@ def sttrl_question(engine, example, index: int, cfg):
         sec["reset"] = time.perf_counter() - mid
         wall = time.perf_counter() - start
     finally:
-        del engine.generate  # back to the class method
+        del engine.generate, engine.train  # back to the class methods
     sec["other"] = wall - sum(sec.values())
-    return sec, {"generated_tokens": tokens["n"], "skipped_update": record["skipped"],
+    return sec, {"generated_tokens": tokens["n"], "trained_tokens": tokens["trained"],
+                 "trained_padded_tokens": tokens["padded"], "skipped_update": record["skipped"],
                  "label": record["pseudo_label"], "pass@1_before": record["pass@1_before"],
                  "pass@1_after": record["pass@1_after"]}
 
@@ -188,6 +198,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["trl_g16", "trl_g8"], choices=list(VARIANTS))
     parser.add_argument("--model", default=None, help="model directory (default: the embedded SmolLM2)")
     parser.add_argument("--max_new_tokens", type=int, default=None, help="override (debugging only)")
+    parser.add_argument("--warmup_tokens", type=int, default=16,
+                        help="new tokens in the untimed warm-up question (both sides)")
     parser.add_argument("--name", default="trl")
     args = parser.parse_args()
 
@@ -196,6 +208,8 @@ def main() -> None:
     except ImportError:
         raise SystemExit("TRL is not installed in this interpreter; run with .venv-bench/bin/python "
                          "(setup: benchmarks/README.md)")
+    import dataclasses
+
     import torch
 
     from sttrl.config import Config, resolve
@@ -221,21 +235,23 @@ def main() -> None:
         ids_trl = tokenizer(prompt)["input_ids"]  # what TRL's tokenisation of a text prompt gives
         assert list(ids_trl) == engine.encode(prompt), "prompt token ids differ between the sides"
         seed = question_seed(cfg.seed, ex.question.id)
+        qcfg = dataclasses.replace(cfg, max_new_tokens=args.warmup_tokens) if i == 0 else cfg
         for side in sides:
             if side == "sttrl":
-                sec, info = sttrl_question(engine, ex, i, cfg)
+                sec, info = sttrl_question(engine, ex, i, qcfg)
             else:
-                sec, info = trl_question(base, tokenizer, ex, prompt, cfg, side, seed,
+                sec, info = trl_question(base, tokenizer, ex, prompt, qcfg, side, seed,
                                          os.path.join(workdir, f"{side}_{i}"))
             assert torch.get_num_threads() == threads, "something changed torch's thread count"
             wall = sum(sec.values())
             row = {"id": ex.question.id, "question_s": rnd(wall), "adapt_s": rnd(adapt_seconds(side, sec)),
                    "seconds": {k: rnd(v, 4) for k, v in sec.items()}, **info}
             rows[side].append(row)
-            label = "warm-up" if i == 0 else f"q{i}"
+            label = f"warm-up ({args.warmup_tokens} tokens)" if i == 0 else f"q{i}"
             print(f"{label} {ex.question.id} {side:10s} question {wall:7.2f} s  adapt "
                   f"{row['adapt_s']:7.2f} s  " + "  ".join(f"{k} {v:.2f}" for k, v in sec.items()) +
-                  f"  tokens {info['generated_tokens']}", flush=True)
+                  f"  tokens {info['generated_tokens']} trained {info.get('trained_tokens')} "
+                  f"(padded {info.get('trained_padded_tokens')})", flush=True)
 
     summary = {}
     for side in sides:
@@ -246,6 +262,8 @@ def main() -> None:
             "median_seconds": {k: rnd(median([r["seconds"][k] for r in timed]), 4)
                                for k in timed[0]["seconds"]},
             "median_generated_tokens": median([r["generated_tokens"] for r in timed]),
+            "median_trained_tokens": median([r.get("trained_tokens") for r in timed]),
+            "median_trained_padded_tokens": median([r.get("trained_padded_tokens") for r in timed]),
         }
     ratios = {}
     for v in args.variants:
@@ -261,14 +279,15 @@ def main() -> None:
         "model", "dataset", "n_votes", "n_train", "n_eval", "steps_per_question", "max_new_tokens",
         "lr", "kl_coef", "clip_eps", "grad_clip", "temperature", "top_p", "val_temp", "val_top_p",
         "micro_batch_size", "generation_threads", "seed")}
-    settings.update({"timed_questions": args.questions, "variants": {v: {"num_generations": VARIANTS[v][0],
+    settings.update({"timed_questions": args.questions, "warmup_tokens": args.warmup_tokens,
+                     "variants": {v: {"num_generations": VARIANTS[v][0],
                      "trained": VARIANTS[v][0], "beta": VARIANTS[v][1]} for v in args.variants},
                      "torch_threads": threads})
     out = write_result(args.name, machine, settings, results, notes=[
         "question_s: one question end to end (eval before, adapt, eval after, reset / fresh model).",
         "adapt_s: the same without the two pass@1 evaluations.",
         "Ratio = TRL seconds / STTRL seconds (target >= 2). Medians over the timed questions; "
-        "question 0 is a warm-up for both sides.",
+        "question 0 is an untimed warm-up with few tokens for both sides.",
         "trl_g16 votes over 16 and trains all 16 (TRL has no way to train a subset of the group); "
         "STTRL votes over 16 and trains 8. trl_g8 votes over 8 and trains 8.",
         "TRL runs with beta = 0 (no reference model), which only makes TRL cheaper: STTRL's loss "

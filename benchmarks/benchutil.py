@@ -14,6 +14,7 @@ import resource
 import shlex
 import statistics
 import sys
+import time
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -61,10 +62,52 @@ def load_average() -> list[float] | None:
         return None
 
 
+def _system_busy_s() -> float:
+    """CPU seconds all processes have spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_busy_s() -> float:
+    """CPU seconds of this process and its live children (e.g. the math-verify workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:4])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
+_START: dict = {}
+
+
+def start_contention_probe() -> None:
+    _START.update(wall=time.perf_counter(), system=_system_busy_s(), own=_own_busy_s())
+
+
+def contention() -> dict | None:
+    """CPU time other processes used while this benchmark ran: the measure of a quiet machine."""
+    if not _START:
+        return None
+    wall = time.perf_counter() - _START["wall"]
+    other = (_system_busy_s() - _START["system"]) - (_own_busy_s() - _START["own"])
+    return {"wall_s": round(wall, 1), "other_processes_cpu_s": round(max(0.0, other), 1),
+            "other_processes_mean_cores": round(max(0.0, other) / wall, 3) if wall > 0 else None}
+
+
 def machine_info() -> dict:
-    """CPU model, cores, RAM, library versions, date: recorded beside every result."""
+    """CPU model, cores, RAM, library versions, date: recorded beside every result.
+
+    Also starts the contention probe that `write_result` reads: CPU seconds used by every other
+    process on the machine while the benchmark ran.
+    """
     import torch
 
+    start_contention_probe()
     info = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -102,7 +145,7 @@ def write_result(name: str, machine: dict, settings: dict, results: dict,
                  notes: list[str] | None = None) -> Path:
     """Write benchmarks/results/<name>.json and return its path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    machine = {**machine, "load_average_at_end": load_average()}
+    machine = {**machine, "load_average_at_end": load_average(), "contention": contention()}
     data = {"name": name, "command": command_line(), "machine": machine, "settings": settings,
             "results": results, "notes": notes or []}
     path = RESULTS_DIR / f"{name}.json"

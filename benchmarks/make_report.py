@@ -45,6 +45,10 @@ def command(data: dict) -> list[str]:
     if m.get("load_average_at_start") and m.get("load_average_at_end"):
         load_note = (f" Load average (1/5/15 min) at start {m['load_average_at_start']}, "
                      f"at end {m['load_average_at_end']}.")
+    c = m.get("contention")
+    if c:
+        load_note += (f" Other processes used {c['other_processes_cpu_s']} CPU s during its "
+                      f"{c['wall_s']} s ({c['other_processes_mean_cores']:.2f} cores on average).")
     return ["```", data["command"], "```", f"Ran {m['date']}.{load_note}", ""]
 
 
@@ -76,7 +80,8 @@ def question_section(d: dict | None) -> tuple[list[str], list]:
     lines += [f"{s['model'].split('/')[-1]}, {s['dataset']}, {s['n_votes']} votes, {s['n_train']} trained, "
               f"{s['steps_per_question']} GRPO steps, {s['max_new_tokens']} new tokens, {s['n_eval']} eval "
               f"samples before and after, lr {s['lr']}, KL {s['kl_coef']}; driver `run_question` + "
-              f"`engine.reset()`; median over {s['timed_questions']} questions after one untimed warm-up.", ""]
+              f"`engine.reset()`; median over {s['timed_questions']} questions after one untimed, short warm-up "
+              f"question.", ""]
     lines += command(d)
     wall = r["median_wall_s"]
     rows = []
@@ -96,14 +101,14 @@ def question_section(d: dict | None) -> tuple[list[str], list]:
     lines += table(["phase", "median s", "share of question", "target", "target met / missed"], rows)
     lines += ["", f"Peak RSS {r['peak_rss_mib']:.0f} MiB. Median tokens generated per question "
               f"{r['median_generated_tokens']:.0f} (votes + both evaluations). Updates skipped in the "
-              f"timed questions: {r['updates_skipped']}. Engine load {r['engine_load_s']} s. "
-              f"Cold first question: {r['cold']['wall_s']} s.", "",
+              f"timed questions: {r['updates_skipped']}. Engine load {r['engine_load_s']} s.", "",
               "Per question:", ""]
     lines += table(["question", "wall s", "generate", "vote", "train", "eval", "reset", "reset share",
-                    "tokens", "update skipped"],
+                    "tokens generated", "tokens trained (padded)", "update skipped"],
                    [[q["id"], fmt(q["wall_s"]), fmt(q["seconds"]["generate"]), fmt(q["seconds"]["vote"], 3),
                      fmt(q["seconds"]["train"]), fmt(q["seconds"]["eval"]), fmt(q["seconds"]["reset"], 3),
-                     f"{100 * q['reset_fraction']:.2f}%", q["generated_tokens"], fmt(q["skipped_update"])]
+                     f"{100 * q['reset_fraction']:.2f}%", q["generated_tokens"],
+                     f"{q.get('trained_tokens', '—')} ({q.get('trained_padded_tokens', '—')})", fmt(q["skipped_update"])]
                     for q in r["questions"]])
     lines += [""]
     summary = [["question: reset share", f"{100 * r['median_reset_fraction']:.2f}%", "< 1%",
@@ -129,10 +134,12 @@ def trl_section(d: dict | None) -> tuple[list[str], list]:
         ratio = ratios.get(side)
         rows.append([f"`{side}`", desc[side], fmt(x["median_question_s"]), fmt(x["median_adapt_s"]),
                      f"{x['median_generated_tokens']:.0f}",
+                     f"{fmt(x.get('median_trained_tokens'), 0)} ({fmt(x.get('median_trained_padded_tokens'), 0)})",
                      "1 (reference)" if ratio is None else f"{ratio['question_ratio']:.2f}x",
                      "—" if ratio is None else f"{ratio['adapt_ratio']:.2f}x",
                      "—" if ratio is None else verdict(ratio["target_met"])])
     lines += table(["side", "what", "s / question", "s / adaptation (no eval)", "tokens generated",
+                    "tokens trained (padded)",
                     "TRL / STTRL (question)", "TRL / STTRL (adaptation)", "target >= 2x: met / missed"], rows)
     lines += ["", f"Median over {s['timed_questions']} questions after one warm-up question per side; the sides "
               f"alternate question by question. STTRL updates skipped in the timed questions: "
@@ -165,16 +172,17 @@ def generation_section(d: dict | None) -> tuple[list[str], list]:
               f"median of {s['repeats']} repeats.", ""]
     lines += command(d)
     th = s["threads"]
+    hth = s.get("hf_threads", th)
     header = ["n"] + [f"engine, {t} thread{'s' if t > 1 else ''}" for t in th]
-    has_hf = any(f"hf_{t}t_tok_per_s" in r["table"][0] for t in th)
+    has_hf = any(f"hf_{t}t_tok_per_s" in r["table"][0] for t in hth)
     if has_hf:
-        header += [f"HF generate, {t} thread{'s' if t > 1 else ''}" for t in th]
+        header += [f"HF generate, {t} thread{'s' if t > 1 else ''}" for t in hth]
     header += ["vLLM", "engine (1 thread) / HF (2 threads)", "engine 1 thread / 2 threads"]
     rows, hf_ok, thread_ok = [], [], []
     for row in r["table"]:
         cells = [row["n"]] + [fmt(row.get(f"engine_{t}t_tok_per_s"), 1) for t in th]
         if has_hf:
-            cells += [fmt(row.get(f"hf_{t}t_tok_per_s"), 1) for t in th]
+            cells += [fmt(row.get(f"hf_{t}t_tok_per_s"), 1) for t in hth]
         cells.append("not measured yet" if row.get("vllm_tok_per_s") is None else fmt(row["vllm_tok_per_s"], 1))
         a, b = row.get("engine_1t_over_hf_2t"), row.get("engine_1t_over_2t")
         cells += [f"{a:.2f}x" if a else "—", f"{b:.2f}x" if b else "—"]

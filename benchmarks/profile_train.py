@@ -1,0 +1,160 @@
+"""Where `LocalEngine.train` spends its time, and what cheaper variants would save; writes results/train_profile.json.
+
+Not part of run_all.sh: evidence for changes to sttrl/engines/local.py. The batch is real: the
+first --n_train of --n_votes samples that the default CPU config draws for ARITH-TTT question
+--question (same prompt, seed, temperature, 128 tokens as the driver), with GRPO advantages
+from the majority vote. Every variant runs `engine.train(batch, grpo_loss, ..., steps=3)` on that
+batch from the same initial weights (reset between runs), --repeats times, median reported.
+
+Variants (all done from outside the engine, by re-ordering the batch, changing an attribute, or
+wrapping a method on the instance; the engine's code is untouched):
+- `baseline`: as the driver calls it (fp32, micro-batches of 8).
+- `sorted_mb4`: the batch sorted by response length, micro-batches of 4: shorter rows are no
+  longer padded to the longest one (length bucketing).
+- `selective_logprob`: per-token log-probs as logit[target] - logsumexp(logits) instead of a full
+  log_softmax over the vocabulary followed by a gather (same values, no [B, T, V] log-prob tensor).
+- `mb1`: micro-batches of 1: no padding at all (8 forward/backward passes of one row each).
+- `bf16_autocast`: the forward under torch.autocast("cpu", bfloat16) (changes numerics).
+- `adamw_foreach` / `adamw_fused`: the same AdamW with torch's multi-tensor / fused kernels.
+- `fixed_cost`: every response cut to its first token: what 3 steps cost with (almost) no tokens
+  (optimizer, gradient clipping, gradient allocation, per-step overhead).
+Also a torch.profiler table of the baseline's operators (one 1-step train).
+
+    .venv/bin/python benchmarks/profile_train.py [--question 1] [--repeats 2]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+from benchutil import machine_info, median, rnd, write_result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--question", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--variants", nargs="+",
+                        default=["baseline", "sorted_mb4", "mb1", "selective_logprob", "bf16_autocast",
+                                 "adamw_foreach", "adamw_fused", "fixed_cost"])
+    parser.add_argument("--max_new_tokens", type=int, default=None)
+    parser.add_argument("--name", default="train_profile")
+    args = parser.parse_args()
+
+    import torch
+
+    from sttrl.algorithms.grpo import group_advantages, grpo_loss
+    from sttrl.algorithms.ttrl import pseudo_label
+    from sttrl.config import Config, resolve
+    from sttrl.data import format_prompt
+    from sttrl.driver import build_engine, load_examples, question_seed
+    from sttrl.engines.base import TrainBatch
+    from sttrl.engines.models import resolve_model
+    from sttrl.rewards import ttrl_rewards
+
+    machine = machine_info()
+    cfg = resolve(Config(model=resolve_model(args.model), num_questions=args.question + 1,
+                         max_new_tokens=args.max_new_tokens, progress=False, output_dir="unused"),
+                  on_gpu=False)
+    ex = load_examples(cfg)[args.question]
+    engine = build_engine(cfg)
+    prompt = format_prompt(ex.question, engine.tokenizer, cfg.prompt_family)
+    seed = question_seed(cfg.seed, ex.question.id)
+    samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p, cfg.max_new_tokens, seed)
+    answers, label, _ = pseudo_label(samples, ex.question.task, cfg)
+    rewards = ttrl_rewards(answers[:cfg.n_train], label, ex.question.task)
+    train = samples[:cfg.n_train]
+    prompt_ids = engine.encode(prompt)
+    responses = [s.token_ids for s in train]
+    adv = group_advantages(rewards)
+    lens = [len(r) for r in responses]
+    print(f"{ex.question.id}: response lengths {lens}, rewards {rewards}", flush=True)
+    kwargs = {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef}
+
+    original_logprobs = engine._response_logprobs
+
+    def selective(model, ids, attn, pos, T):
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
+                       logits_to_keep=T + 1, use_cache=False).logits[:, :-1, :].float()
+        targets = ids[:, -T:]
+        picked = logits.gather(-1, targets[..., None]).squeeze(-1)
+        return picked - torch.logsumexp(logits, dim=-1)
+
+    def run(variant: str) -> float:
+        engine.reset()
+        order = list(range(len(responses)))
+        engine.micro_batch_size = cfg.micro_batch_size
+        ctx = contextlib.nullcontext()
+        if variant == "sorted_mb4":
+            order.sort(key=lambda i: lens[i])
+            engine.micro_batch_size = 4
+        if variant == "selective_logprob":
+            engine._response_logprobs = selective
+        if variant == "mb1":
+            engine.micro_batch_size = 1
+        if variant == "bf16_autocast":
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+        for group in engine.optimizer.param_groups:  # reset() restored the defaults
+            group["foreach"] = True if variant == "adamw_foreach" else None
+            group["fused"] = True if variant == "adamw_fused" else None
+        resp = [responses[i][:1] if variant == "fixed_cost" else responses[i] for i in order]
+        batch = TrainBatch.shared(prompt_ids, resp, [adv[i] for i in order])
+        try:
+            with ctx:
+                start = time.perf_counter()
+                engine.train(batch, grpo_loss, kwargs, cfg.steps_per_question)
+                return time.perf_counter() - start
+        finally:
+            engine._response_logprobs = original_logprobs
+            engine.micro_batch_size = cfg.micro_batch_size
+            engine.reset()
+            for group in engine.optimizer.param_groups:
+                group["foreach"], group["fused"] = None, None
+
+    # Check the selective variant computes the same log-probs as the engine (one micro-batch).
+    ids, attn, pos, mask = engine._pad([prompt_ids] * len(responses), responses, engine.device)
+    with torch.no_grad():
+        a = original_logprobs(engine.model, ids, attn, pos, mask.shape[1])
+        b = selective(engine.model, ids, attn, pos, mask.shape[1])
+    max_diff = float(((a - b).abs() * mask).max())
+
+    run("baseline")  # warm-up
+    times = {v: [] for v in args.variants}
+    for rep in range(args.repeats):
+        for v in args.variants:
+            times[v].append(run(v))
+            print(f"rep {rep} {v:18s} {times[v][-1]:6.2f} s", flush=True)
+
+    engine.reset()
+    from torch.profiler import ProfilerActivity, profile
+    batch = TrainBatch.shared(prompt_ids, responses, adv)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.train(batch, grpo_loss, kwargs, 1)
+    engine.reset()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    top = [{"op": e.key, "self_s": rnd(e.self_cpu_time_total / 1e6, 3),
+            "share": rnd(e.self_cpu_time_total / total, 3), "calls": e.count} for e in ops[:15]]
+    print("\n".join(f"{t['op']:45s} {t['self_s']:7.3f} s {100 * t['share']:5.1f}%" for t in top))
+
+    base = median(times["baseline"])
+    results = {"question": ex.question.id, "response_lengths": lens, "rewards": rewards,
+               "trained_tokens": sum(lens), "padded_tokens": len(lens) * max(lens),
+               "median_s": {v: rnd(median(t)) for v, t in times.items()},
+               "speedup_vs_baseline": {v: rnd(base / median(t), 2) for v, t in times.items()},
+               "all_s": {v: [rnd(x) for x in t] for v, t in times.items()},
+               "selective_logprob_max_abs_diff": max_diff,
+               "profiler_top_ops_one_step": top}
+    settings = {"model": cfg.model, "n_votes": cfg.n_votes, "n_train": cfg.n_train,
+                "steps": cfg.steps_per_question, "max_new_tokens": cfg.max_new_tokens,
+                "micro_batch_size": cfg.micro_batch_size, "repeats": args.repeats,
+                "torch_threads": torch.get_num_threads()}
+    out = write_result(args.name, machine, settings, results)
+    print(results["median_s"], results["speedup_vs_baseline"], f"max |diff| {max_diff:.2e}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
