@@ -71,7 +71,7 @@ def main() -> None:
     model, tok = engine.model, engine.tokenizer
     T = args.max_new_tokens
 
-    def run_engine(n, threads, seed):
+    def run_engine(n, threads, seed, T=T):
         engine.generation_threads = threads
         start = time.perf_counter()
         samples = engine.generate(prompt, n, 1.0, 1.0, T, seed)
@@ -79,7 +79,7 @@ def main() -> None:
         assert all(len(s.token_ids) == T for s in samples)
         return wall
 
-    def run_hf(n, threads, seed):
+    def run_hf(n, threads, seed, T=T):
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         config = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
@@ -104,9 +104,9 @@ def main() -> None:
         configs += [("hf", t) for t in args.hf_threads]
     runners = {"engine": run_engine, "hf": run_hf}
 
-    # Warm-up (untimed): first calls allocate and pick kernels.
+    # Warm-up (untimed, short): first calls allocate and pick kernels.
     for kind, threads in configs:
-        runners[kind](min(args.ns), threads, 0)
+        runners[kind](min(args.ns), threads, 0, T=8)
 
     walls = {(kind, t, n): [] for kind, t in configs for n in args.ns}
     for rep in range(args.repeats):

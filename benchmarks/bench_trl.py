@@ -48,6 +48,28 @@ import time
 
 from benchutil import machine_info, median, peak_rss_mib, rnd, write_result
 
+DIFFERENCES = [
+    "Trained samples: TRL trains every completion of the group, so `trl_g16` (16 votes, like STTRL) "
+    "trains 16 where STTRL trains the first 8; `trl_g8` trains 8 like STTRL but votes over only 8.",
+    "KL: STTRL's loss has the k3 KL term (0.001) to the initial model, free in reset mode (the "
+    "reference is the first step's own forward); TRL runs with its default beta = 0 (no reference "
+    "model, no reference forward), which only makes TRL cheaper.",
+    "Old log-probs: with num_iterations > 1 TRL runs an extra no-grad forward over the batch after "
+    "generation (counted in its generate_score); STTRL takes them from the first step's forward.",
+    "Log-prob temperature: TRL scores tokens with logits / temperature (0.8); STTRL with the "
+    "untempered logits. Same cost, different objective.",
+    "Threads: TRL generates with model.generate at torch's default (2 threads here); STTRL's engine "
+    "decodes on 1 thread (its default). Both train with 2.",
+    "Padding: TRL pads every completion of the generation batch to the longest; STTRL pads each "
+    "micro-batch (here the same 8 rows) to its longest.",
+    "Samples differ (different samplers and RNG streams), so lengths differ: generated and trained "
+    "token counts are reported per side.",
+    "STTRL skips the update when every reward is equal; TRL would still run its steps. No timed "
+    "question was skipped unless the table says so.",
+    "Fresh model: TRL side deepcopies a pristine model per question (cheaper than reloading); STTRL "
+    "resets in place.",
+]
+
 VARIANTS = {  # name: (num_generations, beta)
     "trl_g16": (16, 0.0),
     "trl_g8": (8, 0.0),
@@ -273,6 +295,7 @@ def main() -> None:
         }
         ratios[v]["target_met"] = ratios[v]["question_ratio"] >= 2.0
     results = {"summary": summary, "ratios_trl_over_sttrl": ratios, "target_ratio": 2.0,
+               "differences": DIFFERENCES,
                "rows": rows, "sttrl_updates_skipped": sum(r["skipped_update"] for r in rows["sttrl"][1:]),
                "peak_rss_mib": peak_rss_mib()}
     settings = {k: getattr(cfg, k) for k in (

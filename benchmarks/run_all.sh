@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every benchmark, one at a time, then write docs/PERFORMANCE.md from benchmarks/results/.
-# About 20 minutes on a quiet 2-core CPU. Run it on an otherwise idle machine: on 2 cores a busy
+# About 27 minutes on a quiet 2-core CPU (the TRL comparison is half of it). Run it on an otherwise idle machine: on 2 cores a busy
 # second core slows torch's kernels 3-5x and every number here becomes meaningless.
 #   bash benchmarks/run_all.sh            # everything (creates .venv-bench for TRL if missing)
 #   SKIP_TRL=1 bash benchmarks/run_all.sh # without the TRL comparison
@@ -12,7 +12,7 @@ step() { echo; echo "== $* ($(( $(date +%s) - start )) s elapsed)"; }
 
 step bench_question;   $py benchmarks/bench_question.py
 step bench_reset;      $py benchmarks/bench_reset.py
-step bench_generation; $py benchmarks/bench_generation.py
+step bench_generation; $py benchmarks/bench_generation.py --repeats 2   # 3 repeats: +4.5 min
 step bench_grading;    $py benchmarks/run_grading.py
 if [ "${SKIP_TRL:-0}" != 1 ]; then
     if [ ! -x .venv-bench/bin/python ] || ! .venv-bench/bin/python -c "import trl" 2>/dev/null; then
