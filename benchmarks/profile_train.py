@@ -8,9 +8,10 @@ batch from the same initial weights (reset between runs), --repeats times, media
 
 Variants (all done from outside the engine, by re-ordering the batch, changing an attribute, or
 wrapping a method on the instance; the engine's code is untouched):
-- `baseline`: as the driver calls it (fp32, micro-batches of 8).
-- `sorted_mb4`: the batch sorted by response length, micro-batches of 4: shorter rows are no
-  longer padded to the longest one (length bucketing).
+- `baseline`: as the driver calls it (fp32; the engine's length buckets of at most 8 rows,
+  `sttrl.engines.local.length_buckets`).
+- `padded_mb8`: what the engine did before length buckets: the rows in their sampled order, in
+  micro-batches of 8, each padded to its longest row.
 - `selective_logprob`: per-token log-probs as logit[target] - logsumexp(logits) instead of a full
   log_softmax over the vocabulary followed by a gather (same values, no [B, T, V] log-prob tensor).
 - `mb1`: micro-batches of 1: no padding at all (8 forward/backward passes of one row each).
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--model", default=None)
     parser.add_argument("--variants", nargs="+",
-                        default=["baseline", "sorted_mb4", "mb1", "selective_logprob", "bf16_autocast",
+                        default=["baseline", "padded_mb8", "mb1", "selective_logprob", "bf16_autocast",
                                  "adamw_foreach", "adamw_fused", "fixed_cost"])
     parser.add_argument("--max_new_tokens", type=int, default=None)
     parser.add_argument("--name", default="train_profile")
@@ -87,9 +88,9 @@ def main() -> None:
         order = list(range(len(responses)))
         engine.micro_batch_size = cfg.micro_batch_size
         ctx = contextlib.nullcontext()
-        if variant == "sorted_mb4":
-            order.sort(key=lambda i: lens[i])
-            engine.micro_batch_size = 4
+        if variant == "padded_mb8":
+            engine._buckets = lambda p, r: [list(range(s, min(len(r), s + 8)))
+                                           for s in range(0, len(r), 8)]
         if variant == "selective_logprob":
             engine._response_logprobs = selective
         if variant == "mb1":
@@ -108,6 +109,7 @@ def main() -> None:
                 return time.perf_counter() - start
         finally:
             engine._response_logprobs = original_logprobs
+            engine.__dict__.pop("_buckets", None)
             engine.micro_batch_size = cfg.micro_batch_size
             engine.reset()
             for group in engine.optimizer.param_groups:

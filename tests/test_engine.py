@@ -105,3 +105,31 @@ def test_batches_mixing_prompts_score_like_each_prompt_alone(tiny_model):
     mixed = engine.score([short, long], [r1, r2])
     assert torch.allclose(mixed[0, :len(r1)], engine.score([short], [r1])[0], atol=1e-5)
     assert torch.allclose(mixed[1, :len(r2)], engine.score([long], [r2])[0, :len(r2)], atol=1e-5)
+
+
+def test_length_buckets_cover_every_row_once_and_bound_padding():
+    from sttrl.engines.local import length_buckets
+
+    lengths = [57, 57, 88, 131, 104, 177, 56, 57, 3, 400]
+    buckets = length_buckets(lengths, max_rows=3)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    for b in buckets:
+        assert 1 <= len(b) <= 3
+        assert all(2 * lengths[i] >= lengths[b[0]] == max(lengths[j] for j in b) for i in b)
+    assert buckets[0] == [9]  # nothing else is within half of the longest row
+    assert length_buckets([], 4) == []
+
+
+def test_training_does_not_depend_on_how_rows_are_micro_batched(tiny_model):
+    """Length buckets only regroup rows: one micro-batch per row gives the same update."""
+    engines = [LocalEngine(tiny_model, lr=1e-2, micro_batch_size=m) for m in (1, 8)]
+    pid = engines[0].encode(PROMPT)
+    samples = engines[0].generate(PROMPT, 6, 1.0, 1.0, 12, seed=4)
+    batch = TrainBatch.shared(pid, [s.token_ids for s in samples], [1.0, -1, 1, -1, 0.5, -0.5])
+    stats = [e.train(batch, grpo_loss, {"clip_eps": 0.2, "kl_coef": 0.1}, steps=2) for e in engines]
+    for a, b in zip(*stats):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert abs(a[k] - b[k]) < 1e-5 * max(1.0, abs(b[k])), k
+    for p, q in zip(engines[0].params, engines[1].params):
+        assert torch.allclose(p, q, atol=1e-6)

@@ -68,6 +68,23 @@ def pad_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
     return ids.to(device), attn.to(device), pos.to(device), resp_mask.to(device)
 
 
+def length_buckets(lengths: list[int], max_rows: int) -> list[list[int]]:
+    """Row indices in micro-batches: longest rows first, at most max_rows per micro-batch, and
+    none shorter than half its micro-batch's longest row.
+
+    A batch is padded to its longest row, and one long sample among short ones made training
+    cost 3x its tokens (benchmarks/profile_train.py); with this rule padding at most doubles a
+    row's cost, for a handful more, smaller passes.
+    """
+    out: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if out and len(out[-1]) < max_rows and 2 * lengths[i] >= lengths[out[-1][0]]:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
 def response_logprobs(model, ids, attn, pos, T: int, with_logsumexp: bool = False):
     """log p(response token) [B, T] (and, if asked, logsumexp of the raw logits [B, T])."""
     # Only the last T+1 positions predict response tokens: skip the LM head on the prompt.
@@ -210,13 +227,17 @@ class LocalEngine:
         model = model or self.model
         device = next(model.parameters()).device
         width = max(1, max(len(r) for r in responses))
-        out = []
-        for s in range(0, len(responses), self.micro_batch_size):
-            sl = slice(s, s + self.micro_batch_size)
-            ids, attn, pos, mask = self._pad(prompts[sl], responses[sl], device)
-            lp = self._response_logprobs(model, ids, attn, pos, mask.shape[1])
-            out.append(torch.nn.functional.pad(lp, (0, width - mask.shape[1])).to(self.device))
-        return torch.cat(out)
+        out = torch.zeros(len(responses), width, device=self.device)
+        for rows in self._buckets(prompts, responses):
+            ids, attn, pos, mask = self._pad([prompts[i] for i in rows],
+                                             [responses[i] for i in rows], device)
+            lp = self._response_logprobs(model, ids, attn, pos, mask.shape[1])  # [b, T]
+            out[rows, :mask.shape[1]] = lp.to(self.device)
+        return out
+
+    def _buckets(self, prompts, responses) -> list[list[int]]:
+        return length_buckets([len(p) + len(r) for p, r in zip(prompts, responses)],
+                              self.micro_batch_size)
 
     def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         if self.ref_model is None:
@@ -228,42 +249,39 @@ class LocalEngine:
         return self.score(batch.prompts, batch.responses, model=self.ref_model)
 
     def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
-        B = len(batch.responses)
-        _, _, _, mask = self._pad(batch.prompts, batch.responses, self.device)  # [B, T]
-        n_tokens = mask.sum().clamp(min=1)
-        adv = torch.tensor(batch.advantages, dtype=torch.float32, device=self.device)  # [B]
-        ref = None
-        if loss_kwargs.get("kl_coef", 0.0) > 0 and not self.pristine:
+        kl = loss_kwargs.get("kl_coef", 0.0) > 0
+        n_tokens = float(max(1, sum(len(r) for r in batch.responses)))
+        ref = None  # [B, T]: the initial weights' log-probs, once the weights have moved
+        if kl and not self.pristine:
             ref = self._reference_logprobs(batch)
-        old = None  # filled by the first step's own forward pass: that step is on-policy
+        micro = []  # padded once: (ids, attn, pos, mask, advantages, rows)
+        for rows in self._buckets(batch.prompts, batch.responses):
+            ids, attn, pos, mask = self._pad([batch.prompts[i] for i in rows],
+                                             [batch.responses[i] for i in rows], self.device)
+            adv = torch.tensor([batch.advantages[i] for i in rows], dtype=torch.float32,
+                               device=self.device)  # [b]
+            micro.append((ids, attn, pos, mask, adv, rows))
+        old = [None] * len(micro)  # filled by the first step's own forward: that step is on-policy
         history = []
         for _ in range(steps):
             self.optimizer.zero_grad(set_to_none=True)
-            new_all, stats_all = [], []
-            for s in range(0, B, self.micro_batch_size):
-                sl = slice(s, s + self.micro_batch_size)
-                ids, attn, pos, mb_mask = self._pad(batch.prompts[sl], batch.responses[sl],
-                                                    self.device)
-                T = mb_mask.shape[1]
+            sums: dict = {}
+            for j, (ids, attn, pos, mask, adv, rows) in enumerate(micro):
+                T = mask.shape[1]
                 new = self._response_logprobs(self.model, ids, attn, pos, T)  # [b, T]
-                width = mask.shape[1]
-                mb_old = new.detach() if old is None else old[sl, :T]
+                if old[j] is None:
+                    old[j] = new.detach()
                 mb_ref = None
-                if loss_kwargs.get("kl_coef", 0.0) > 0:
-                    # While pristine, the policy is the reference: no second model needed.
-                    mb_ref = mb_old if ref is None else ref[sl, :T]
-                loss_sum, stats = loss_fn(new, mb_old, mb_ref, adv[sl], mb_mask, **loss_kwargs)
+                if kl:  # while pristine the policy is the reference: no second model needed
+                    mb_ref = old[j] if ref is None else ref[rows, :T]
+                loss_sum, stats = loss_fn(new, old[j], mb_ref, adv, mask, **loss_kwargs)
                 (loss_sum / n_tokens).backward()
-                new_all.append(torch.nn.functional.pad(new.detach(), (0, width - T)))
-                stats_all.append(stats)
-            if old is None:
-                old = torch.cat(new_all)  # [B, T]
-                if ref is None and loss_kwargs.get("kl_coef", 0.0) > 0:
-                    ref = old
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
             self.optimizer.step()
             self.pristine = False
-            merged = {k: sum(st[k] for st in stats_all) / float(n_tokens) for k in stats_all[0]}
+            merged = {k: v / n_tokens for k, v in sums.items()}
             merged["grad_norm"] = float(grad_norm)
             history.append(merged)
         return history
