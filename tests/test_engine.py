@@ -107,6 +107,16 @@ def test_batches_mixing_prompts_score_like_each_prompt_alone(tiny_model):
     assert torch.allclose(mixed[1, :len(r2)], engine.score([long], [r2])[0, :len(r2)], atol=1e-5)
 
 
+def assert_same_update(a, b):
+    """The last step's gradients agree to float noise; the weights to well under one lr step
+    (Adam's first steps move every weight by about lr * sign(grad), so a gradient that is
+    float noise in both engines can move a weight differently)."""
+    scale = max(p.grad.abs().max().item() for p in b.params)
+    for p, q in zip(a.params, b.params):
+        assert (p.grad - q.grad).abs().max() < 1e-5 * scale
+        assert (p - q).abs().max() < 0.01 * b.optimizer.param_groups[0]["lr"]
+
+
 def test_length_buckets_cover_every_row_once_and_bound_padding():
     from sttrl.engines.local import length_buckets
 
@@ -131,5 +141,25 @@ def test_training_does_not_depend_on_how_rows_are_micro_batched(tiny_model):
         assert a.keys() == b.keys()
         for k in a:
             assert abs(a[k] - b[k]) < 1e-5 * max(1.0, abs(b[k])), k
-    for p, q in zip(engines[0].params, engines[1].params):
-        assert torch.allclose(p, q, atol=1e-6)
+    assert_same_update(*engines)
+
+
+def test_sharing_the_prompt_gives_the_same_update_as_a_forward_per_row(tiny_model):
+    """The prompt runs once per micro-batch with its KV cache shared by the rows; log-probs,
+    loss statistics and the weights after two steps equal one full padded forward per row."""
+    shared, padded = (LocalEngine(tiny_model, lr=1e-2) for _ in range(2))
+    padded.share_prompt = False
+    pid = shared.encode(PROMPT)
+    samples = shared.generate(PROMPT, 6, 1.0, 1.0, 12, seed=5)
+    responses = [s.token_ids for s in samples]
+    mask = torch.zeros(6, max(map(len, responses)))
+    for i, r in enumerate(responses):
+        mask[i, :len(r)] = 1
+    a, b = shared.score([pid] * 6, responses), padded.score([pid] * 6, responses)
+    assert ((a - b).abs() * mask).max() < 1e-5
+    batch = TrainBatch.shared(pid, responses, [1.0, -1, 1, -1, 0.5, -0.5])
+    kw = {"clip_eps": 0.2, "kl_coef": 0.1}
+    for x, y in zip(shared.train(batch, grpo_loss, kw, steps=2), padded.train(batch, grpo_loss, kw, steps=2)):
+        for k in y:
+            assert abs(x[k] - y[k]) < 1e-5 * max(1.0, abs(y[k])), k
+    assert_same_update(shared, padded)

@@ -74,7 +74,7 @@ def length_buckets(lengths: list[int], max_rows: int) -> list[list[int]]:
 
     A batch is padded to its longest row, and one long sample among short ones made training
     cost 3x its tokens (benchmarks/profile_train.py); with this rule padding at most doubles a
-    row's cost, for a handful more, smaller passes.
+    row's cost, for a few more, smaller passes.
     """
     out: list[list[int]] = []
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
@@ -95,6 +95,46 @@ def response_logprobs(model, ids, attn, pos, T: int, with_logsumexp: bool = Fals
     if with_logsumexp:
         return logp, torch.logsumexp(logits, dim=-1)
     return logp
+
+
+def shared_prompt_logprobs(model, prompt: list[int], responses: list[list[int]], pad_id: int,
+                           device, with_logsumexp: bool = False):
+    """log p(response token) [b, T] for responses that all continue one prompt (and, if asked,
+    the logsumexp of the raw logits [b, T]), running the prompt once instead of once per row.
+
+    The prompt's keys and values are computed once and repeated for the b rows; they stay in
+    the autograd graph, so the gradient is the one a full forward per row gives. On the CPU
+    default (ARITH-TTT, 8 rows) the prompt was half of the trained tokens.
+    """
+    b, P = len(responses), len(prompt)
+    T = max(1, max(len(r) for r in responses))
+    resp = torch.full((b, T), pad_id, dtype=torch.long)
+    for i, r in enumerate(responses):
+        resp[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    resp = resp.to(device)
+    out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1:, :].expand(b, 1, -1)  # [b, 1, V]: predicts the first token
+    if T > 1:
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(b)
+        pos = torch.arange(P, P + T - 1, device=device).expand(b, -1)  # [b, T-1]
+        # Right padding needs no attention mask: causal attention never looks ahead to it.
+        rest = model(input_ids=resp[:, :-1], past_key_values=cache, position_ids=pos,
+                     use_cache=True).logits  # [b, T-1, V]
+        logits = torch.cat([logits, rest], dim=1)
+    logits = logits.float()  # [b, T, V]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, resp[..., None]).squeeze(-1)
+    if with_logsumexp:
+        return logp, torch.logsumexp(logits, dim=-1)
+    return logp
+
+
+def response_mask(responses: list[list[int]], device) -> torch.Tensor:
+    """1 on each response's tokens, 0 on the right padding: [b, T]."""
+    mask = torch.zeros(len(responses), max(1, max(len(r) for r in responses)))
+    for i, r in enumerate(responses):
+        mask[i, :len(r)] = 1
+    return mask.to(device)
 
 
 class LocalEngine:
@@ -123,6 +163,9 @@ class LocalEngine:
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
         self.grad_clip = grad_clip
         self.micro_batch_size = micro_batch_size
+        # Training runs each prompt once per micro-batch and shares its KV cache across the rows;
+        # gradient checkpointing needs cache-free forwards, so it pads every row instead.
+        self.share_prompt = not gradient_checkpointing
         self.ref_device = ref_device or self.device
         self.ref_model = None  # built on first need from the initial weights
         self.initial = self.snapshot()
@@ -214,30 +257,38 @@ class LocalEngine:
         return encode_prompt(prompt, self.tokenizer)
 
     # ---- scoring and training ---------------------------------------------------------------
-    def _pad(self, prompts: list[list[int]], responses: list[list[int]], device: str):
-        return pad_batch(prompts, responses, self.tokenizer.pad_token_id, device)
+    def _micro_batches(self, prompts: list[list[int]], responses: list[list[int]]):
+        """Row indices per micro-batch: rows grouped by prompt, each group cut by length_buckets."""
+        by_prompt: dict[tuple, list[int]] = {}
+        for i, p in enumerate(prompts):
+            by_prompt.setdefault(tuple(p), []).append(i)
+        out = []
+        for rows in by_prompt.values():
+            buckets = length_buckets([len(responses[i]) for i in rows], self.micro_batch_size)
+            out += [[rows[j] for j in bucket] for bucket in buckets]
+        return out
 
-    def _response_logprobs(self, model, ids, attn, pos, T: int) -> torch.Tensor:
-        return response_logprobs(model, ids, attn, pos, T)
+    def _logprobs(self, model, prompt: list[int], responses: list[list[int]]) -> torch.Tensor:
+        """log p [b, T] of responses that continue one prompt."""
+        device = next(model.parameters()).device
+        if self.share_prompt:
+            return shared_prompt_logprobs(model, prompt, responses, self.tokenizer.pad_token_id,
+                                          device)
+        ids, attn, pos, mask = pad_batch([prompt] * len(responses), responses,
+                                         self.tokenizer.pad_token_id, device)
+        return response_logprobs(model, ids, attn, pos, mask.shape[1])
 
     @torch.no_grad()
     def score(self, prompts: list[list[int]], responses: list[list[int]],
               model=None) -> torch.Tensor:
         """Per-token log-probs [B, T] of responses (padding positions hold junk; mask them)."""
         model = model or self.model
-        device = next(model.parameters()).device
         width = max(1, max(len(r) for r in responses))
         out = torch.zeros(len(responses), width, device=self.device)
-        for rows in self._buckets(prompts, responses):
-            ids, attn, pos, mask = self._pad([prompts[i] for i in rows],
-                                             [responses[i] for i in rows], device)
-            lp = self._response_logprobs(model, ids, attn, pos, mask.shape[1])  # [b, T]
-            out[rows, :mask.shape[1]] = lp.to(self.device)
+        for rows in self._micro_batches(prompts, responses):
+            lp = self._logprobs(model, prompts[rows[0]], [responses[i] for i in rows])  # [b, T]
+            out[rows, :lp.shape[1]] = lp.to(self.device)
         return out
-
-    def _buckets(self, prompts, responses) -> list[list[int]]:
-        return length_buckets([len(p) + len(r) for p, r in zip(prompts, responses)],
-                              self.micro_batch_size)
 
     def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         if self.ref_model is None:
@@ -254,26 +305,24 @@ class LocalEngine:
         ref = None  # [B, T]: the initial weights' log-probs, once the weights have moved
         if kl and not self.pristine:
             ref = self._reference_logprobs(batch)
-        micro = []  # padded once: (ids, attn, pos, mask, advantages, rows)
-        for rows in self._buckets(batch.prompts, batch.responses):
-            ids, attn, pos, mask = self._pad([batch.prompts[i] for i in rows],
-                                             [batch.responses[i] for i in rows], self.device)
+        micro = []  # (rows, their responses, mask [b, T], advantages [b])
+        for rows in self._micro_batches(batch.prompts, batch.responses):
+            responses = [batch.responses[i] for i in rows]
             adv = torch.tensor([batch.advantages[i] for i in rows], dtype=torch.float32,
-                               device=self.device)  # [b]
-            micro.append((ids, attn, pos, mask, adv, rows))
+                               device=self.device)
+            micro.append((rows, responses, response_mask(responses, self.device), adv))
         old = [None] * len(micro)  # filled by the first step's own forward: that step is on-policy
         history = []
         for _ in range(steps):
             self.optimizer.zero_grad(set_to_none=True)
             sums: dict = {}
-            for j, (ids, attn, pos, mask, adv, rows) in enumerate(micro):
-                T = mask.shape[1]
-                new = self._response_logprobs(self.model, ids, attn, pos, T)  # [b, T]
+            for j, (rows, responses, mask, adv) in enumerate(micro):
+                new = self._logprobs(self.model, batch.prompts[rows[0]], responses)  # [b, T]
                 if old[j] is None:
                     old[j] = new.detach()
                 mb_ref = None
                 if kl:  # while pristine the policy is the reference: no second model needed
-                    mb_ref = old[j] if ref is None else ref[rows, :T]
+                    mb_ref = old[j] if ref is None else ref[rows, :mask.shape[1]]
                 loss_sum, stats = loss_fn(new, old[j], mb_ref, adv, mask, **loss_kwargs)
                 (loss_sum / n_tokens).backward()
                 for k, v in stats.items():
