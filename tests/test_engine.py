@@ -163,3 +163,24 @@ def test_sharing_the_prompt_gives_the_same_update_as_a_forward_per_row(tiny_mode
         for k in y:
             assert abs(x[k] - y[k]) < 1e-5 * max(1.0, abs(y[k])), k
     assert_same_update(shared, padded)
+
+
+def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(tiny_model):
+    """--gradient_checkpointing really checkpoints (each layer runs again in the backward pass;
+    transformers skips it for a model in eval mode) and leaves the update unchanged."""
+    plain, ckpt = LocalEngine(tiny_model, lr=1e-2), LocalEngine(tiny_model, lr=1e-2,
+                                                                gradient_checkpointing=True)
+    calls = []
+    for layer in ckpt.model.model.layers:
+        layer.mlp.register_forward_hook(lambda *a: calls.append(1))
+    pid = plain.encode(PROMPT)
+    responses = [s.token_ids for s in plain.generate(PROMPT, 4, 1.0, 1.0, 10, seed=6)]
+    batch = TrainBatch.shared(pid, responses, [1.0, -1.0, 0.5, -0.5])
+    kw = {"clip_eps": 0.2, "kl_coef": 0.1}
+    plain.train(batch, grpo_loss, kw, steps=1)
+    ckpt.train(batch, grpo_loss, kw, steps=1)
+    passes = len(ckpt._micro_batches([pid] * 4, responses)) * len(ckpt.model.model.layers)
+    assert len(calls) == 2 * passes  # each layer: one forward, one recompute in the backward
+    assert_same_update(ckpt, plain)
+    assert not ckpt.model.training  # back in eval mode: sampling must see the same policy
+    assert ckpt.generate(PROMPT, 2, 1.0, 1.0, 6, seed=1)[0].token_ids

@@ -13,7 +13,7 @@ import torch
 
 from sttrl.data.prompts import encode_prompt
 from sttrl.engines.base import Sample, TrainBatch
-from sttrl.engines.models import load_model
+from sttrl.engines.models import enable_gradient_checkpointing, load_model
 
 TOP_K_CONFIDENCE = 20  # DeepConf's k for token confidence
 
@@ -153,9 +153,9 @@ class LocalEngine:
         self.model, self.tokenizer = load_model(model_path, self.dtype, self.device,
                                                 trust_remote_code)
         self.model.eval()  # no dropout in training either: rollouts and updates see one policy
+        self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-            self.model.config.use_cache = False
+            enable_gradient_checkpointing(self.model)
         # SLOT's vector, added to the final hidden states before the LM head when set.
         self.hidden_delta: torch.Tensor | None = None
         self.model.get_output_embeddings().register_forward_pre_hook(self._add_hidden_delta)
@@ -300,6 +300,14 @@ class LocalEngine:
         return self.score(batch.prompts, batch.responses, model=self.ref_model)
 
     def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
+        # Training mode only switches on checkpointing (dropout is off: see models.py).
+        self.model.train(self.gradient_checkpointing)
+        try:
+            return self._train(batch, loss_fn, loss_kwargs, steps)
+        finally:
+            self.model.eval()
+
+    def _train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
         kl = loss_kwargs.get("kl_coef", 0.0) > 0
         n_tokens = float(max(1, sum(len(r) for r in batch.responses)))
         ref = None  # [B, T]: the initial weights' log-probs, once the weights have moved

@@ -107,6 +107,25 @@ def load_model(path: str, dtype, device: str, trust_remote_code: bool = False):
     return model.to(device), tokenizer
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer's activations in the backward pass, for training in eval semantics.
+
+    Transformers checkpoints a layer only while the module is in training mode, and the engines
+    keep models in eval mode (no dropout: rollouts and updates must see one policy). So dropout is
+    switched off here for good, and the engines put the model in training mode only while they
+    train: with every dropout at 0, that changes nothing but the checkpointing.
+    """
+    import torch
+
+    model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
 def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
