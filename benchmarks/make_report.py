@@ -124,45 +124,46 @@ def trl_section(d: dict | None) -> tuple[list[str], list]:
     r, s = d["results"], d["settings"]
     lines += command(d)
     sm, ratios = r["summary"], r["ratios_trl_over_sttrl"]
-    desc = {"sttrl": f"STTRL local engine: {s['n_votes']} votes, {s['n_train']} trained"}
+    desc = {"sttrl": f"STTRL local engine: {s['n_votes']} votes, {s['n_train']} trained",
+            "sttrl_ray": f"STTRL scale engine (vLLM + ZeRO-3, 1 + 1 bundles): {s['n_votes']} votes, "
+                         f"{s['n_train']} trained"}
     for v, info in s["variants"].items():
         desc[v] = (f"TRL GRPOTrainer: {info['num_generations']} votes, {info['trained']} trained, "
                    f"beta {info['beta']}")
+    sides = [x for x in ("sttrl", "sttrl_ray") if x in sm] + list(s["variants"])
     rows = []
-    for side in ["sttrl", *s["variants"]]:
+    for side in sides:
         x = sm[side]
-        ratio = ratios.get(side)
         rows.append([f"`{side}`", desc[side], fmt(x["median_question_s"]), fmt(x["median_adapt_s"]),
                      f"{x['median_generated_tokens']:.0f}",
-                     f"{fmt(x.get('median_trained_tokens'), 0)} ({fmt(x.get('median_trained_padded_tokens'), 0)})",
-                     "1 (reference)" if ratio is None else f"{ratio['question_ratio']:.2f}x",
-                     "—" if ratio is None else f"{ratio['adapt_ratio']:.2f}x",
-                     "—" if ratio is None else verdict(ratio["target_met"])])
+                     f"{fmt(x.get('median_trained_tokens'), 0)} ({fmt(x.get('median_trained_padded_tokens'), 0)})"])
     lines += table(["side", "what", "s / question", "s / adaptation (no eval)", "tokens generated",
-                    "tokens trained (padded)",
-                    "TRL / STTRL (question)", "TRL / STTRL (adaptation)", "target >= 2x: met / missed"], rows)
+                    "tokens trained (padded)"], rows)
+    lines += ["", "Ratios, TRL seconds over STTRL seconds (higher: STTRL faster):", ""]
+    rows = [[f"`{x['trl_side']}` / `{x['sttrl_side']}`", f"{x['question_ratio']:.2f}x",
+             f"{x['adapt_ratio']:.2f}x", f">= {x['target']:g}x", verdict(x["target_met"])]
+            for x in ratios.values()]
+    lines += table(["TRL / STTRL", "per question", "per adaptation (no eval)", "target (per question)",
+                    "met / missed"], rows)
     lines += ["", f"Median over {s['timed_questions']} questions after one warm-up question per side; the sides "
               f"alternate question by question. STTRL updates skipped in the timed questions: "
-              f"{r['sttrl_updates_skipped']}. Same settings on both sides: {s['max_new_tokens']} new tokens, "
+              f"{r['sttrl_updates_skipped']}. Same settings on every side: {s['max_new_tokens']} new tokens, "
               f"rollout temperature {s['temperature']}, eval {s['n_eval']} samples at {s['val_temp']} / top-p "
               f"{s['val_top_p']}, lr {s['lr']}, clip {s['clip_eps']}, grad clip {s['grad_clip']}, "
-              f"{s['steps_per_question']} optimiser steps on one generation, micro-batches of "
+              f"{s['steps_per_question']} optimiser steps on one generation, micro-batches of at most "
               f"{s['micro_batch_size']}, fp32, {s['torch_threads']} torch threads.", "",
               "Median seconds per phase:", ""]
-    for side in ["sttrl", *s["variants"]]:
+    for side in sides:
         ph = sm[side]["median_seconds"]
         lines.append(f"- `{side}`: " + ", ".join(f"{k} {fmt(v)}" for k, v in ph.items()))
     lines += ["", "Notes:", ""]
     lines += [f"- {n}" for n in d["notes"]]
     lines += ["", "What differs between the sides (forced by TRL's API, or a difference of design); "
               "everything else is matched (list in the docstring of `benchmarks/bench_trl.py`):", ""]
-    if "differences" not in r:  # results written before the list was stored: same list, from the script
-        from bench_trl import DIFFERENCES
-        r["differences"] = DIFFERENCES
     lines += [f"- {n}" for n in r["differences"]]
     lines += [""]
-    summary = [[f"TRL `{v}` / STTRL, s per question", f"{ratios[v]['question_ratio']:.2f}x", ">= 2x",
-                verdict(ratios[v]["target_met"])] for v in s["variants"]]
+    summary = [[f"TRL `{x['trl_side']}` / `{x['sttrl_side']}`, s per question", f"{x['question_ratio']:.2f}x",
+                f">= {x['target']:g}x", verdict(x["target_met"])] for x in ratios.values()]
     return lines, summary
 
 
@@ -182,15 +183,19 @@ def generation_section(d: dict | None) -> tuple[list[str], list]:
     has_hf = any(f"hf_{t}t_tok_per_s" in r["table"][0] for t in hth)
     if has_hf:
         header += [f"HF generate, {t} thread{'s' if t > 1 else ''}" for t in hth]
-    header += ["vLLM", "engine (1 thread) / HF (2 threads)", "engine 1 thread / 2 threads"]
+    vth = s.get("vllm_threads", [])
+    header += [f"vLLM, {t} thread{'s' if t > 1 else ''}" for t in vth] or ["vLLM"]
+    header += ["engine (1 thread) / HF (2 threads)", "engine 1 thread / 2 threads"]
+    header += [f"vLLM ({t}t) / engine (1t)" for t in vth]
     rows, hf_ok, thread_ok = [], [], []
     for row in r["table"]:
         cells = [row["n"]] + [fmt(row.get(f"engine_{t}t_tok_per_s"), 1) for t in th]
         if has_hf:
             cells += [fmt(row.get(f"hf_{t}t_tok_per_s"), 1) for t in hth]
-        cells.append("not measured yet" if row.get("vllm_tok_per_s") is None else fmt(row["vllm_tok_per_s"], 1))
+        cells += [fmt(row.get(f"vllm_{t}t_tok_per_s"), 1) for t in vth] or ["not measured"]
         a, b = row.get("engine_1t_over_hf_2t"), row.get("engine_1t_over_2t")
         cells += [f"{a:.2f}x" if a else "—", f"{b:.2f}x" if b else "—"]
+        cells += [f"{row[f'vllm_{t}t_over_engine_1t']:.2f}x" for t in vth]
         rows.append(cells)
         if a:
             hf_ok.append(a >= 1.0)
@@ -201,9 +206,9 @@ def generation_section(d: dict | None) -> tuple[list[str], list]:
     lines += ["", "Checks (the engine's design claims, not externally set targets): the engine is at least as "
               "fast as HF `generate` at the same n: " + verdict(all(hf_ok) if hf_ok else None) +
               "; decoding on 1 thread (the default `generation_threads=1`) is at least as fast as on 2 on this "
-              "machine: " + verdict(all(thread_ok) if thread_ok else None) + ".", "",
-              "vLLM: not measured yet. The column is filled by `measure_vllm` in `bench_generation.py` "
-              "once the scale engine exists; until then it is empty on purpose.", ""]
+              "machine: " + verdict(all(thread_ok) if thread_ok else None) + ".", ""]
+    if not vth:
+        lines += [f"vLLM: {r.get('vllm', 'not measured')}.", ""]
     lines += [f"- {n}" for n in d["notes"]]
     lines += [""]
     summary = []
