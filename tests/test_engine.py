@@ -184,3 +184,32 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(tiny
     assert_same_update(ckpt, plain)
     assert not ckpt.model.training  # back in eval mode: sampling must see the same policy
     assert ckpt.generate(PROMPT, 2, 1.0, 1.0, 6, seed=1)[0].token_ids
+
+
+def test_sampling_follows_the_tempered_nucleus_distribution(monkeypatch):
+    """20,000 draws from one row of logits: frequencies match softmax(logits / T), restricted
+    to the nucleus and renormalised under top-p, also when the nucleus is wider than the
+    candidates looked at first (the full-sort fallback)."""
+    import sttrl.engines.local as local
+
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    n = 20_000
+
+    def freqs(temperature, top_p):
+        gen = torch.Generator().manual_seed(0)
+        got = local.sample_next(logits.expand(n, -1), temperature, top_p, gen)
+        return torch.bincount(got, minlength=6).double() / n
+
+    def expected(temperature, top_p):
+        p = torch.softmax(logits.double() / temperature, -1)
+        keep = p.cumsum(-1) - p < top_p  # logits are sorted already
+        return p * keep / (p * keep).sum()
+
+    for temperature, top_p in [(1.0, 1.0), (0.6, 1.0), (0.8, 0.9), (1.0, 0.5)]:
+        for k in (1024, 2):  # 2: the top candidates never hold the nucleus, so it sorts
+            monkeypatch.setattr(local, "NUCLEUS_CANDIDATES", k)
+            want, got = expected(temperature, top_p), freqs(temperature, top_p)
+            assert (got[want == 0] == 0).all(), (temperature, top_p, k)
+            assert (got - want).abs().max() < 0.015, (temperature, top_p, k, got, want)
+    gen = torch.Generator().manual_seed(0)
+    assert (local.sample_next(logits.expand(4, -1), 0.0, 1.0, gen) == 0).all()  # greedy
