@@ -244,11 +244,12 @@ class LocalEngine:
         finished = [False] * n
         pos = len(prompt_ids)
         for _ in range(max_new_tokens):
-            logp = torch.log_softmax(logits, dim=-1)  # [N, V], untempered
+            # untempered log p = logits - logsumexp: no [N, V] log-softmax tensor needed
+            lse = torch.logsumexp(logits, dim=-1)  # [N]
             nxt = sample_next(logits, temperature, top_p, gen)  # [N]
-            chosen = logp.gather(-1, nxt[:, None]).squeeze(-1)
-            lse = torch.logsumexp(logits, dim=-1)
-            topk = logp.topk(min(TOP_K_CONFIDENCE, logp.shape[-1]), dim=-1).values.mean(-1)
+            chosen = logits.gather(-1, nxt[:, None]).squeeze(-1) - lse
+            k = min(TOP_K_CONFIDENCE, logits.shape[-1])
+            topk = logits.topk(k, dim=-1).values.mean(-1) - lse
             done = torch.isin(nxt, stop)
             # One host transfer per quantity per step, not one per row.
             step = zip(alive.tolist(), nxt.tolist(), chosen.tolist(), lse.tolist(),
