@@ -17,6 +17,7 @@ ENGINES = ("local", "ray")
 METHODS = ("ttrl", "ttft", "slot", "memo")
 VOTING_FUNCTIONS = ("majority", "energy", "confidence")
 ADVANTAGE_ESTIMATORS = ("grpo", "gae")
+WEIGHT_SYNCS = ("broadcast", "object_store")
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 
 
@@ -63,6 +64,8 @@ class Config:
     """engine=ray: vLLM engines share the actor's GPUs (vLLM sleeps while the actor trains)."""
     sync_timeout: float = 600.0
     """engine=ray: seconds any Ray call (start-up, sampling, training, weight sync) may take before a clear error."""
+    weight_sync: str = "broadcast"
+    """engine=ray: how weights reach vLLM: broadcast (a process group from actor rank 0: gloo on CPU, where it measured no slower, NCCL on GPUs, GPU to GPU) or object_store (through Ray's object store)."""
     ray_num_cpus: int | None = None
     """engine=ray: CPUs a locally started Ray may use (default: all of this machine's)."""
     # the method
@@ -148,7 +151,7 @@ def field_help() -> dict[str, str]:
 # Fields that do not change what a run computes: resuming may change them freely.
 NON_RESULT_FIELDS = {"num_questions", "output_dir", "generation_threads", "allow_config_change", "wandb",
                      "tensorboard", "progress", "ray_address", "device", "data_dir",
-                     "colocate", "sync_timeout", "ray_num_cpus"}
+                     "colocate", "sync_timeout", "ray_num_cpus", "weight_sync"}
 
 
 def load_yaml(path: str) -> dict:
@@ -238,6 +241,8 @@ def validate(cfg: Config) -> Config:
            f"--advantage_estimator must be one of {', '.join(ADVANTAGE_ESTIMATORS)}, "
            f"got {cfg.advantage_estimator!r}")
     _check(cfg.sync_timeout > 0, f"--sync_timeout must be > 0 seconds, got {cfg.sync_timeout}")
+    _check(cfg.weight_sync in WEIGHT_SYNCS,
+           f"--weight_sync must be one of {', '.join(WEIGHT_SYNCS)}, got {cfg.weight_sync!r}")
     _check(not (cfg.engine == "ray" and cfg.adaptation_method == "slot"),
            "--adaptation_method slot needs --engine local (it edits the local model's hidden states)")
     if cfg.colocate and cfg.vllm_num_engines is not None and cfg.actor_num_gpus is not None:

@@ -27,6 +27,7 @@ BAD = [
     (["--advantage_estimator", "ppo"], "grpo, gae"),
     (["--vllm_num_engines", "0"], "--vllm_num_engines must be an integer from 1"),
     (["--sync_timeout", "0"], "--sync_timeout must be > 0"),
+    (["--weight_sync", "nccl"], "--weight_sync must be one of broadcast, object_store"),
     (["--colocate", "--actor_num_gpus", "2", "--vllm_num_engines", "1"], "to equal --actor_num_gpus"),
     (["--engine", "ray", "--adaptation_method", "slot"], "slot needs --engine local"),
 ]

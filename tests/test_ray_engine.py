@@ -50,12 +50,13 @@ def ray_config(model: str, **kw):
 def engines(ray_cpu, tiny_vllm_model):
     """A 2-rank ZeRO-3 engine (micro-batches of 2, so ranks run dummy rows too) with the reference
     model on its own bundle, and the local engine on the same model; energy voting, so the engine
-    also fills logsumexp. (The driver runs below use the default in-actor reference.)"""
+    also fills logsumexp; weights reach vLLM through the object store (the broadcast path has
+    its own test below). (The driver runs below use the default in-actor reference.)"""
     from sttrl.engines.local import LocalEngine
     from sttrl.engines.ray_engine import RayEngine
 
     cfg = ray_config(tiny_vllm_model, actor_num_gpus=2, micro_batch_size=2,
-                     voting_function="energy", separate_ref_gpu=True)
+                     voting_function="energy", separate_ref_gpu=True, weight_sync="object_store")
     ray_engine = RayEngine(cfg, tiny_vllm_model)
     local = LocalEngine(tiny_vllm_model, device="cpu", lr=cfg.lr, micro_batch_size=2)
     try:
@@ -192,6 +193,46 @@ class TestAgainstTheLocalEngine:
                 eng._get([hang.remote()], "weight sync")
         finally:
             eng.timeout = saved
+
+
+def test_broadcast_sync_follows_the_actor_and_a_killed_engine_is_a_clear_error(ray_cpu,
+                                                                              tiny_vllm_model):
+    """--weight_sync broadcast (a gloo group from actor rank 0 to the engine; nccl on GPUs is the
+    same code): vLLM serves the trained weights, then the initial ones after a reset. Then the
+    engine dies with the group open: the next sync is a one-line error naming it, well within
+    the timeout, and the other actor rank's gathers completed (the ranks still answer)."""
+    import time
+
+    from sttrl.algorithms.grpo import group_advantages, grpo_loss
+    from sttrl.engines.base import TrainBatch
+    from sttrl.engines.ray_engine import RayEngine
+    from sttrl.errors import EngineError
+
+    cfg = ray_config(tiny_vllm_model, actor_num_gpus=2, weight_sync="broadcast")
+    eng = RayEngine(cfg, tiny_vllm_model)
+    try:
+        pid = eng.encode(PROMPT)
+        samples = eng.generate(PROMPT, 4, 1.0, 1.0, 10, seed=3)
+        batch = TrainBatch.shared(pid, [s.token_ids for s in samples],
+                                  group_advantages([1.0, 0, 0, 1]))
+        fixed = samples[0].token_ids + samples[1].token_ids
+        initial = eng.score_on_engines(pid, fixed)[0]
+        eng.train(batch, grpo_loss, KL, steps=2)
+        assert max_gap(eng.score_on_engines(pid, fixed)[0], initial) > 1e-2  # vLLM moved ...
+        assert eng.check_weights(pid, fixed) < LOGPROB_TOL  # ... to exactly the actor's weights
+        eng.reset()
+        assert max_gap(eng.score_on_engines(pid, fixed)[0], initial) < LOGPROB_TOL
+
+        ray_cpu.kill(eng.rollouts[0])
+        start = time.monotonic()
+        with pytest.raises(EngineError, match=r"^weight sync to the vLLM engines failed: "
+                                              r"vLLM engine 0 died$"):
+            eng.train(batch, grpo_loss, KL, steps=1)
+        assert time.monotonic() - start < 60  # the timeout is 300 s: no waiting on it
+        eng.timeout = 60  # the actor ranks are free again: rank 0 kept gathering
+        assert eng.state_dict()["world_size"] == 2
+    finally:
+        eng.shutdown()
 
 
 def test_reference_and_critic_actors_on_their_own(tiny_vllm_model):

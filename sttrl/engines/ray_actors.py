@@ -81,6 +81,41 @@ def weight_groups(names: list[str]) -> list[list[str]]:
     return groups
 
 
+def sync_backend(settings: ActorSettings) -> str:
+    """The weight-sync group's backend: nccl between GPUs, gloo otherwise. NCCL refuses two ranks
+    on one GPU (colocated engines), and a tp>1 engine's front actor holds no GPU: gloo then."""
+    gpu = on_gpu() and settings.tensor_parallel_size == 1 and not settings.colocate
+    return "nccl" if gpu else "gloo"
+
+
+def sync_group(addr: str, port: int, rank: int, world: int, backend: str, timeout: float):
+    """The weight-sync process group (rank 0: actor rank 0; rank i: vLLM engine i - 1).
+
+    Built on its own TCPStore (hosted by rank 0), not with init_process_group, so the default
+    group of the process (DeepSpeed's on the actor, vLLM's in the engine) is left alone.
+    Returns once every rank has joined; every collective fails after `timeout` seconds.
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    limit = datetime.timedelta(seconds=timeout)
+    store = dist.TCPStore(addr, port, world, rank == 0, limit, wait_for_workers=False)
+    if backend == "nccl":
+        # Untested here (no GPU). NCCL fails asynchronously: a dead peer shows at the timeout,
+        # when NCCL's watchdog ends this process; the driver has named the dead engine by then.
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = limit
+        return dist.ProcessGroupNCCL(store, rank, world, options)
+    return dist.ProcessGroupGloo(store, rank, world, limit)
+
+
+def error_line(err: BaseException) -> str:
+    """An exception as one line: its type and the last line of its message."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1] if text else ''}"
+
+
 def tied_output_embedding(model) -> dict[str, str]:
     """{input embedding weight name: output embedding weight name} when the two are one tensor
     (tie_word_embeddings: SmolLM2, Qwen2.5-Math-1.5B); HF lists only the first as a parameter."""
@@ -181,6 +216,58 @@ class RolloutActor:
         """After the last chunk: cached prompt KV was computed with the old weights."""
         self.llm.reset_prefix_cache()
 
+    def join_sync_group(self, addr: str, port: int, rank: int, world: int, plan: dict) -> None:
+        """Join actor rank 0's weight-sync group; `plan` (TrainerActor.sync_plan) says what
+        each broadcast will hold."""
+        self.plan = plan
+        self.sync_device = "cuda" if plan["backend"] == "nccl" else "cpu"
+        self.sync_group = sync_group(addr, port, rank, world, plan["backend"],
+                                     self.settings.sync_timeout)
+
+    def receive_weights(self) -> str | None:
+        """Receive rank 0's broadcasts (TrainerActor.broadcast_weights) and load each module
+        group, the previous group loading while the next one arrives. If loading fails, keep
+        receiving without loading, so rank 0 is never left waiting on this engine; the error
+        comes back as a string for the driver.
+
+        With vllm_tensor_parallel_size > 1 this front actor receives on CPU (gloo) and
+        `load_weights`' collective_rpc relays the tensors to vLLM's Ray workers (untested: needs
+        GPUs).
+        """
+        import torch
+
+        error, arrived = None, None  # arrived: the last group received, not loaded yet
+
+        def load(chunk: dict) -> None:
+            nonlocal error
+            if error is not None:
+                return
+            for src, dst in self.plan["tied"].items():
+                if src in chunk:
+                    chunk[dst] = chunk[src]  # vLLM's reload does not follow the tie: send both
+            try:
+                self.load_weights(chunk)
+            except Exception as err:  # noqa: BLE001 - reported to the driver
+                error = f"vLLM engine {self.index}: {error_line(err)}"
+
+        for group in self.plan["groups"]:
+            chunk = {name: torch.empty(shape, dtype=dtype, device=self.sync_device)
+                     for name, shape, dtype in group}
+            try:
+                works = [self.sync_group.broadcast(t, 0) for t in chunk.values()]
+                if arrived is not None:
+                    load(arrived)
+                for work in works:
+                    work.wait()
+            except Exception as err:  # noqa: BLE001 - rank 0 died or timed out: the group is gone
+                return f"vLLM engine {self.index}: {error_line(err)}"
+            arrived = chunk
+        if arrived is not None:
+            load(arrived)
+        if error is None:
+            self.weights_loaded()
+        return error
+
     def sleep(self) -> None:
         """Colocated on GPUs: free weights and KV cache while the actor trains (no-op on CPU)."""
         if on_gpu() and self.settings.colocate:
@@ -233,6 +320,7 @@ class TrainerActor:
         self.engine = None
         self.ref_engine = None  # the frozen initial weights, built on first need
         self.snapshots: dict = {}
+        self.sync_group, self.sync_device = None, "cpu"  # rank 0, --weight_sync broadcast only
 
     def info(self) -> dict:
         return placement_info("actor", self.rank, [self.bundle])
@@ -410,6 +498,10 @@ class TrainerActor:
         # Each rank reads its own entry of the per-rank list; the fp32 partition it restores
         # is also copied into the model's partitioned weights.
         self.engine.optimizer.load_state_dict([copy.deepcopy(state)] * self.world)
+        # A scoring forward leaves every parameter gathered; those full copies still hold the
+        # old weights, and the next gather (the weight sync) would read them instead of the
+        # restored partitions: vLLM kept the trained weights after a reset. Drop them.
+        self.engine.empty_partition_cache()
 
     def optimizer_state(self) -> dict:
         return copy.deepcopy(self.engine.optimizer.state_dict())
@@ -418,8 +510,8 @@ class TrainerActor:
         self._load_optimizer(state)
 
     # -- full weights, gathered one parameter at a time ---------------------------------------
-    def _gathered(self):
-        """Yield (names, {name: CPU tensor}) per whole-module group; only rank 0 gets tensors.
+    def _gathered(self, device: str = "cpu"):
+        """Yield (names, {name: tensor on device}) per whole-module group; only rank 0 gets tensors.
 
         Every rank must run this loop: gathering a ZeRO-3 parameter is a collective.
         """
@@ -431,7 +523,7 @@ class TrainerActor:
             for name in names:
                 with deepspeed.zero.GatheredParameters([params[name]], modifier_rank=None):
                     if self.rank == 0:
-                        chunk[name] = params[name].data.detach().to("cpu", copy=True)
+                        chunk[name] = params[name].data.detach().to(device, copy=True)
             for src, dst in self.tied.items():
                 if src in chunk:
                     chunk[dst] = chunk[src]  # vLLM's reload does not follow the tie: send both
@@ -464,8 +556,7 @@ class TrainerActor:
                     except ray.exceptions.RayActorError:
                         error = f"vLLM engine {i} died"
                     except Exception as err:  # noqa: BLE001 - reported to the driver below
-                        text = str(err).strip().splitlines()
-                        error = f"vLLM engine {i}: {type(err).__name__}: {text[-1] if text else ''}"
+                        error = f"vLLM engine {i}: {error_line(err)}"
             pending = []
 
         for _, chunk in self._gathered():
@@ -480,6 +571,40 @@ class TrainerActor:
             if error is None:
                 pending = [r.weights_loaded.remote() for r in rollouts]
                 settle()
+        return error
+
+    # -- the other path: a process group from rank 0 to the vLLM engines ----------------------
+    def sync_plan(self) -> dict:
+        """What the vLLM engines must know to receive rank 0's broadcasts: the backend, per
+        module group each tensor's (name, full shape, dtype) (a ZeRO-3 parameter keeps its full
+        shape in ds_shape), and the tied output embedding, which vLLM needs under its own name."""
+        params = dict(self.engine.module.named_parameters())
+        groups = [[(n, tuple(getattr(params[n], "ds_shape", params[n].shape)), params[n].dtype)
+                   for n in names] for names in weight_groups(self.names)]
+        return {"backend": sync_backend(self.settings), "groups": groups, "tied": self.tied}
+
+    def join_sync_group(self, addr: str, port: int, rank: int, world: int, plan: dict) -> None:
+        """Rank 0 hosts the weight-sync group (see RolloutActor.join_sync_group)."""
+        self.sync_device = "cuda" if plan["backend"] == "nccl" else "cpu"
+        self.sync_group = sync_group(addr, port, rank, world, plan["backend"],
+                                     self.settings.sync_timeout)
+
+    def broadcast_weights(self) -> str | None:
+        """Broadcast the weights from rank 0 to every vLLM engine, one module group at a time.
+
+        All ranks gather (a collective). If a broadcast fails (an engine died), rank 0 stops
+        sending but keeps gathering, so the other ranks' collectives complete; the error comes
+        back as a string for the driver to raise. The group is unusable afterwards.
+        """
+        error = None
+        for names, chunk in self._gathered(self.sync_device):
+            if self.rank != 0 or error is not None:
+                continue
+            try:
+                for work in [self.sync_group.broadcast(chunk[n], 0) for n in names]:
+                    work.wait()
+            except Exception as err:  # noqa: BLE001 - reported to the driver
+                error = f"broadcasting to the vLLM engines: {error_line(err)}"
         return error
 
 
