@@ -59,7 +59,15 @@ class Config:
     actor_num_gpus: int | None = None
     """engine=ray: DeepSpeed ZeRO-3 training ranks, one GPU each (default 2 on GPU, 1 on CPU)."""
     advantage_estimator: str = "grpo"
-    """engine=ray: grpo (group-normalised, no critic) or gae (PPO; places a critic group, training not implemented yet)."""
+    """grpo (group-normalised rewards, no critic) or gae (PPO with a critic; engine=ray, ttrl only)."""
+    critic_lr: float = 9e-6
+    """advantage_estimator=gae: the critic's AdamW learning rate (OpenRLHF's and TTRL's PPO default)."""
+    value_clip: float = 0.2
+    """advantage_estimator=gae: how far one update may move a value from its value when scored."""
+    gamma: float = 1.0
+    """advantage_estimator=gae: discount per token."""
+    lambd: float = 0.95
+    """advantage_estimator=gae: GAE's lambda (1: Monte Carlo returns, 0: one-step TD)."""
     colocate: bool = False
     """engine=ray: vLLM engines share the actor's GPUs (vLLM sleeps while the actor trains)."""
     sync_timeout: float = 600.0
@@ -243,6 +251,15 @@ def validate(cfg: Config) -> Config:
     _check(cfg.sync_timeout > 0, f"--sync_timeout must be > 0 seconds, got {cfg.sync_timeout}")
     _check(cfg.weight_sync in WEIGHT_SYNCS,
            f"--weight_sync must be one of {', '.join(WEIGHT_SYNCS)}, got {cfg.weight_sync!r}")
+    _check(0 < cfg.critic_lr <= 10, f"--critic_lr must be > 0 and <= 10, got {cfg.critic_lr}")
+    _check(cfg.value_clip > 0, f"--value_clip must be > 0, got {cfg.value_clip}")
+    _check(0 <= cfg.gamma <= 1, f"--gamma must be from 0 to 1, got {cfg.gamma}")
+    _check(0 <= cfg.lambd <= 1, f"--lambd must be from 0 to 1, got {cfg.lambd}")
+    if cfg.advantage_estimator == "gae":
+        _check(cfg.engine == "ray",
+               "--advantage_estimator gae needs --engine ray (the local engine has no critic)")
+        _check(cfg.adaptation_method == "ttrl", "--advantage_estimator gae applies to "
+               f"--adaptation_method ttrl only, got {cfg.adaptation_method!r}")
     _check(not (cfg.engine == "ray" and cfg.adaptation_method == "slot"),
            "--adaptation_method slot needs --engine local (it edits the local model's hidden states)")
     if cfg.colocate and cfg.vllm_num_engines is not None and cfg.actor_num_gpus is not None:

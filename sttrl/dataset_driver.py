@@ -51,8 +51,8 @@ def evaluate_set(engine, examples, prompts, cfg) -> float:
 
 
 def train_step(engine, questions, prompts, cfg, step_seed: int) -> dict:
-    """One GRPO step over a batch of questions; the reference answers are not passed in."""
-    batch_prompts, responses, advantages, kept = [], [], [], 0
+    """One GRPO (gae: PPO) step over a batch of questions; the reference answers are not passed in."""
+    batch_prompts, responses, advantages, all_rewards, kept = [], [], [], [], 0
     for j, (q, prompt) in enumerate(zip(questions, prompts)):
         samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p,
                                   cfg.max_new_tokens, step_seed + j)
@@ -65,9 +65,12 @@ def train_step(engine, questions, prompts, cfg, step_seed: int) -> dict:
         batch_prompts += [ids] * len(rewards)
         responses += [s.token_ids for s in samples[:cfg.n_train]]
         advantages += group_advantages(rewards)
+        all_rewards += rewards
     if not kept:
         return {"groups_trained": 0}
-    history = engine.train(TrainBatch(batch_prompts, responses, advantages), grpo_loss,
+    gae = cfg.advantage_estimator == "gae"  # the engine's critic makes per-token advantages
+    batch = TrainBatch(batch_prompts, responses, advantages, all_rewards if gae else None)
+    history = engine.train(batch, grpo_loss,
                            {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef}, steps=1)
     return {"groups_trained": kept, **history[0]}
 

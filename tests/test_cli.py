@@ -30,6 +30,13 @@ BAD = [
     (["--weight_sync", "nccl"], "--weight_sync must be one of broadcast, object_store"),
     (["--colocate", "--actor_num_gpus", "2", "--vllm_num_engines", "1"], "to equal --actor_num_gpus"),
     (["--engine", "ray", "--adaptation_method", "slot"], "slot needs --engine local"),
+    (["--advantage_estimator", "gae"], "gae needs --engine ray"),
+    (["--engine", "ray", "--advantage_estimator", "gae", "--adaptation_method", "memo"],
+     "gae applies to --adaptation_method ttrl only"),
+    (["--critic_lr", "0"], "--critic_lr must be > 0"),
+    (["--value_clip", "-1"], "--value_clip must be > 0"),
+    (["--lambd", "1.5"], "--lambd must be from 0 to 1"),
+    (["--gamma", "2"], "--gamma must be from 0 to 1"),
 ]
 
 

@@ -1,9 +1,10 @@
 """The scale engine for real: Ray + vLLM (CPU) + DeepSpeed ZeRO-3 (CPU, gloo) on a tiny model.
 
 Checks that it matches the local engine (samples' log-probs, GRPO steps, weights), that vLLM
-holds the actor's weights after every update and the initial weights after a reset, that the
-driver writes the local engine's results format, and that a killed vLLM engine is a clear error
-that leaves results.jsonl ready to resume.
+holds the actor's weights after every update and the initial weights after a reset, that PPO
+with a critic (gae) trains both and resets both, that the driver writes the local engine's
+results format, and that a killed vLLM engine is a clear error that leaves results.jsonl ready
+to resume.
 """
 import importlib.util
 import json
@@ -235,10 +236,10 @@ def test_broadcast_sync_follows_the_actor_and_a_killed_engine_is_a_clear_error(r
         eng.shutdown()
 
 
-def test_reference_and_critic_actors_on_their_own(tiny_vllm_model):
-    """The two actors --separate_ref_gpu and gae add, called directly (no Ray needed)."""
+def test_reference_actor_on_its_own(tiny_vllm_model):
+    """The actor --separate_ref_gpu adds, called directly (no Ray needed)."""
     from sttrl.engines.local import LocalEngine
-    from sttrl.engines.ray_actors import ActorSettings, CriticActor, ReferenceActor
+    from sttrl.engines.ray_actors import ActorSettings, ReferenceActor
 
     local = LocalEngine(tiny_vllm_model, device="cpu")
     settings = ActorSettings(model_path=tiny_vllm_model, pad_id=local.tokenizer.pad_token_id,
@@ -247,10 +248,140 @@ def test_reference_and_critic_actors_on_their_own(tiny_vllm_model):
     responses = [s.token_ids for s in local.generate(PROMPT, 3, 1.0, 1.0, 8, seed=1)]
     ref = ReferenceActor(0, settings).score([pid] * 3, responses)  # [3, T]
     assert (ref - local.score([pid] * 3, responses)).abs().max() < 1e-5
-    critic = CriticActor(0, 1, 0, settings)
-    critic.setup()
-    values = critic.values([pid] * 3, responses)
-    assert values.shape == (3, max(map(len, responses))) and values.abs().max() == 0  # zero head
+
+
+# ---- PPO with a critic (--advantage_estimator gae) -------------------------------------------
+
+GAE_FLAGS = dict(advantage_estimator="gae", actor_num_gpus=2, micro_batch_size=2, critic_lr=3e-3)
+
+
+@pytest.fixture(scope="class")
+def gae_engine(ray_cpu, tiny_vllm_model):
+    """2 actor ranks and 2 critic ranks (micro-batches of 2: both groups run dummy rows), and
+    the critic's initial full weights."""
+    from sttrl.engines.ray_engine import RayEngine
+
+    eng = RayEngine(ray_config(tiny_vllm_model, **GAE_FLAGS), tiny_vllm_model)
+    try:
+        yield eng, critic_weights(eng)
+    finally:
+        eng.shutdown()
+
+
+def critic_weights(eng) -> dict:
+    return eng._get([c.full_weights.remote() for c in eng.actors.critics], "critic weights")[0]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def value_error(eng, batch, values) -> float:
+    """Token mean of (V - R)^2, with R the returns GAE makes from these values."""
+    from sttrl.algorithms.gae import gae, token_rewards
+    from sttrl.engines.local import pad_batch
+
+    mask = pad_batch(batch.prompts, batch.responses, 0, "cpu")[3]
+    _, returns = gae(token_rewards(batch.rewards, mask), values, mask)
+    return float((((values - returns) * mask) ** 2).sum() / mask.sum())
+
+
+class TestPPOWithACritic:
+    def batch(self, eng):
+        from sttrl.engines.base import TrainBatch
+
+        samples = eng.generate(PROMPT, 7, 1.0, 1.0, 10, seed=3)  # 7 rows: ranks get 4 and 3
+        # advantages are GRPO's; with gae the engine must ignore them (zeros would train nothing)
+        return TrainBatch.shared(eng.encode(PROMPT), [s.token_ids for s in samples], [0.0] * 7,
+                                 rewards=[1.0, 0, 1, 0, 0, 1, 1])
+
+    def test_policy_and_critic_train_and_vllm_follows(self, gae_engine):
+        from sttrl.algorithms.grpo import grpo_loss
+
+        eng, _ = gae_engine
+        batch = self.batch(eng)
+        pid, fixed = batch.prompts[0], batch.responses[0] + batch.responses[1]
+        initial = eng.score_on_engines(pid, fixed)[0]
+        v0 = eng.critic_values(batch.prompts, batch.responses)  # [B, T]
+        assert v0.abs().max() == 0  # the zero head
+
+        first = eng.train(batch, grpo_loss, KL, steps=2)
+        assert len(first) == 2
+        for step in first:
+            assert {"loss", "clip_frac", "kl", "grad_norm", "value_loss", "value_clip_frac",
+                    "value_mean", "critic_grad_norm"} <= step.keys()
+        assert first[0]["clip_frac"] == first[0]["value_clip_frac"] == 0  # on-policy first step
+        # V = 0 at first, so the first value loss is 0.5 (token mean of R^2): the returns
+        # reached the critic ranks, row by row
+        want = 0.5 * value_error(eng, batch, v0)
+        assert first[0]["value_loss"] == pytest.approx(want, rel=1e-5)
+        assert first[1]["value_mean"] != 0  # the critic's first step moved the values
+        assert max_gap(eng.score_on_engines(pid, fixed)[0], initial) > 1e-2  # the policy moved
+        assert eng.check_weights(pid, fixed) < LOGPROB_TOL  # and vLLM serves it
+
+        for _ in range(2):
+            eng.train(batch, grpo_loss, KL, steps=2)
+        v1 = eng.critic_values(batch.prompts, batch.responses)
+        assert value_error(eng, batch, v1) < 0.6 * value_error(eng, batch, v0)  # measured 0.4
+        assert eng.check_weights(pid, fixed) < LOGPROB_TOL
+
+        # reset: the critic's initial weights bit for bit, and its optimizer state: the same
+        # first update gives the same numbers again
+        eng.reset()
+        assert same_weights(critic_weights(eng), gae_engine[1])
+        assert max_gap(eng.score_on_engines(pid, fixed)[0], initial) < LOGPROB_TOL
+        again = eng.train(batch, grpo_loss, KL, steps=2)
+        for g, w in zip(again, first):
+            for k in w:
+                assert g[k] == pytest.approx(w[k], rel=1e-6, abs=1e-9), k
+        eng.reset()
+
+    def test_snapshots_and_checkpoints_include_the_critic(self, gae_engine):
+        from sttrl.algorithms.grpo import grpo_loss
+
+        eng, initial = gae_engine
+        batch = self.batch(eng)
+        eng.train(batch, grpo_loss, KL, steps=1)
+        snap, saved, at_snapshot = eng.snapshot(), eng.state_dict(), critic_weights(eng)
+        assert not same_weights(at_snapshot, initial)
+        assert len(saved["critic_optimizer"]) == 2  # one per critic rank
+        eng.train(batch, grpo_loss, KL, steps=1)
+        assert not same_weights(critic_weights(eng), at_snapshot)
+        eng.restore(snap)
+        assert same_weights(critic_weights(eng), at_snapshot)
+        eng.reset()
+        eng.load_state_dict(saved)  # a resumed --continuous run
+        assert same_weights(critic_weights(eng), at_snapshot)
+        eng.reset()
+
+    @pytest.mark.parametrize("kw", [dict(continuous=True), dict(mode="dataset", eval_every=1)])
+    def test_driver_runs_with_gae(self, gae_engine, ray_cpu, tiny_vllm_model, tmp_path,
+                                  monkeypatch, kw):
+        """The driver on this class's engine (a second engine would cost a minute of start-up):
+        continuous mode checkpoints the critic, the dataset-level mode trains it too."""
+        from test_driver import lines, write_questions
+
+        import sttrl.driver as driver
+
+        eng, _ = gae_engine
+        monkeypatch.setattr(driver, "build_engine", lambda cfg: eng)
+        monkeypatch.setattr(driver, "shutdown_engine", lambda engine: None)
+        data = write_questions(tmp_path / "q.json", n=4)
+        cfg = ray_config(tiny_vllm_model, data_path=data, output_dir=str(tmp_path / "out"),
+                         steps_per_question=2, prompts_per_step=4, **GAE_FLAGS, **kw)
+        summary = driver.run(cfg)
+        assert summary["questions"] == 4 and summary["config"]["advantage_estimator"] == "gae"
+        if cfg.mode == "dataset":
+            steps = [json.loads(x) for x in
+                     (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
+            assert steps[0]["groups_trained"] > 0 and steps[0]["value_loss"] > 0
+        else:
+            records = lines(tmp_path / "out")
+            assert [r["id"] for r in records] == ["q0", "q1", "q2", "q3"]
+            trained = [r for r in records if r["train"]]
+            assert trained and all("value_loss" in s for r in trained for s in r["train"])
+            assert (tmp_path / "out" / "checkpoint.pt").exists()
+        eng.reset()
 
 
 # ---- the per-question driver with --engine ray ----------------------------------------------

@@ -29,10 +29,11 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask,
               clip_eps: float = 0.2, kl_coef: float = 0.0):
     """Clipped-ratio policy gradient plus k3 KL to the reference, summed over response tokens.
 
-    logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B].
+    logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B] (one per response,
+    GRPO) or [B, T] (one per token, PPO with GAE: sttrl/algorithms/gae.py).
     Returns (loss summed over unmasked tokens, stats summed over unmasked tokens).
     """
-    adv = advantages[:, None]  # [B, 1]
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages  # [B, 1] or [B, T]
     ratio = torch.exp(logprobs - old_logprobs)  # [B, T]
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)

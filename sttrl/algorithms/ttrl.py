@@ -50,8 +50,10 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
     reason = skip_reason(label, rewards)
     history = []
     if reason is None and cfg.steps_per_question > 0:
+        # with gae the engine's critic turns the rewards into per-token advantages itself
         batch = TrainBatch.shared(engine.encode(prompt), [s.token_ids for s in train],
-                                  group_advantages(rewards))
+                                  group_advantages(rewards),
+                                  rewards if cfg.advantage_estimator == "gae" else None)
         with timer("train"):
             history = engine.train(batch, grpo_loss,
                                    {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef},

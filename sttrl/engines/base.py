@@ -46,7 +46,9 @@ class Engine(Protocol):
         """Run `steps` optimiser steps on one batch; returns one stats dict per step.
 
         `loss_fn(logprobs, old_logprobs, ref_logprobs, advantages, mask, **loss_kwargs)` gets
-        tensors shaped [B, T] (advantages [B]) and returns (sum of per-token losses, stats).
+        tensors shaped [B, T] (advantages [B], or [B, T] when the engine computes per-token
+        advantages from `batch.rewards` with its critic) and returns (sum of per-token losses,
+        stats).
         The engine divides by the batch's token count, so the loss is a token mean.
         old_logprobs are the policy's own at the first step, so that step is exactly on-policy.
         ref_logprobs are the initial weights' (None unless loss_kwargs['kl_coef'] > 0).
@@ -69,9 +71,12 @@ class TrainBatch:
     """Token ids of each response, as generated."""
     advantages: list[float]
     """One scalar per response (GRPO: group-normalised reward; SFT: 1 keeps a response)."""
+    rewards: list[float] | None = None
+    """Each response's outcome reward, for an engine with a critic (gae), which then computes
+    per-token advantages itself and ignores `advantages`; None for every other update."""
 
     @classmethod
     def shared(cls, prompt_ids: list[int], responses: list[list[int]],
-               advantages: list[float]) -> "TrainBatch":
+               advantages: list[float], rewards: list[float] | None = None) -> "TrainBatch":
         """All responses continue the same prompt."""
-        return cls([prompt_ids] * len(responses), responses, advantages)
+        return cls([prompt_ids] * len(responses), responses, advantages, rewards)

@@ -383,15 +383,19 @@ class TrainerActor:
         config = ds_config(s, train)
         config["train_batch_size"] = self.world
         self._hf_ds = HfDeepSpeedConfig(config)  # must stay alive: from_pretrained checks it
-        model = AutoModelForCausalLM.from_pretrained(
-            s.model_path, dtype=torch.bfloat16 if on_gpu() else torch.float32,
-            trust_remote_code=s.trust_remote_code)
+        model = self._pretrained(AutoModelForCausalLM,
+                                 torch.bfloat16 if on_gpu() else torch.float32)
         if train and s.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
         if not train:
             model.requires_grad_(False)
         return model
+
+    def _pretrained(self, auto_class, dtype):
+        s = self.settings
+        return auto_class.from_pretrained(s.model_path, dtype=dtype,
+                                          trust_remote_code=s.trust_remote_code)
 
     def _reference(self):
         if self.ref_engine is None:
@@ -454,21 +458,30 @@ class TrainerActor:
                 ref = [None if r is None else r[0].to(self.device)
                        for r in self.score(micro_batches, reference=True)]
         old = [None] * len(micro_batches)  # the first step's own log-probs: that step is on-policy
+
+        def loss(j, mb, ids, attn, pos, mask):
+            new = response_logprobs(self.engine, ids, attn, pos, mask.shape[1])  # [b, T]
+            if old[j] is None:
+                old[j] = new.detach()
+            mb_ref = None
+            if kl:  # while pristine the policy is the reference: no second model needed
+                mb_ref = old[j] if ref is None or ref[j] is None else ref[j]
+            adv = mb["advantages"]  # per response (a list), or per token (gae: [b, T] tensor)
+            adv = adv.to(self.device) if isinstance(adv, torch.Tensor) else torch.tensor(
+                adv or [0.0], dtype=torch.float32, device=self.device)  # [b] or [b, T]
+            return loss_fn(new, old[j], mb_ref, adv, mask, **loss_kwargs)
+
+        return self._steps(micro_batches, steps, n_tokens, loss)
+
+    def _steps(self, micro_batches: list[dict], steps: int, n_tokens: float, loss) -> list[dict]:
+        """`steps` optimiser steps; `loss(j, mb, ids, attn, pos, mask)` gives micro-batch j's
+        (loss summed over tokens, stats). Every rank runs every micro-batch, dummies included."""
         history = []
         for _ in range(steps):
             sums: dict = {}
             for j, mb in enumerate(micro_batches):
                 ids, attn, pos, mask, dummy = self._batch(mb)
-                T = mask.shape[1]
-                new = response_logprobs(self.engine, ids, attn, pos, T)  # [b, T]
-                if old[j] is None:
-                    old[j] = new.detach()
-                mb_ref = None
-                if kl:  # while pristine the policy is the reference: no second model needed
-                    mb_ref = old[j] if ref is None or ref[j] is None else ref[j]
-                adv = torch.tensor(mb["advantages"] or [0.0], dtype=torch.float32,
-                                   device=self.device)  # [b]
-                loss_sum, stats = loss_fn(new, old[j], mb_ref, adv, mask, **loss_kwargs)
+                loss_sum, stats = loss(j, mb, ids, attn, pos, mask)
                 self.engine.backward(loss_sum * (self.world / n_tokens), scale_wrt_gas=False)
                 if not dummy:
                     for k, v in stats.items():
@@ -608,7 +621,7 @@ class TrainerActor:
         return error
 
 
-# ---- reference on its own GPU, critic -------------------------------------------------------
+# ---- reference on its own GPU, critic ranks --------------------------------------------------
 
 class ReferenceActor:
     """The frozen initial model on its own bundle (--separate_ref_gpu): scores, never trains."""
@@ -648,46 +661,69 @@ class ReferenceActor:
         return torch.cat(out)
 
 
-class CriticActor:
-    """PPO's value model (advantage_estimator gae): the policy's backbone plus a value head.
+class CriticActor(TrainerActor):
+    """One data-parallel DeepSpeed ZeRO-3 rank of PPO's critic (advantage_estimator gae).
 
-    It is placed and loaded, and computes per-token values; training it (and GAE itself) is not
-    implemented yet, so the engine refuses to train with gae.
+    The critic ranks are their own Ray processes with their own process group (critic rank 0
+    picks its rendezvous), and reuse the actor rank's ZeRO-3 set-up, micro-batching, dummy rows,
+    snapshots and checkpoints; only the model and the loss differ. The value model is
+    `AutoModelForTokenClassification` with one label: the policy's backbone plus a linear head
+    on every position, one HF module that `from_pretrained` loads and partitions under ZeRO-3
+    init like the actor (no hand-written wrapper whose head would need partitioning by hand);
+    it exists for Llama, Qwen2 and Mistral. The head starts at zero, so every initial value is
+    0 and the first advantages are the discounted reward, not a random head's noise.
     """
-
-    def __init__(self, rank: int, world: int, bundle: int, settings: ActorSettings):
-        self.rank, self.world, self.bundle, self.settings = rank, world, bundle, settings
-        self.backbone = self.head = None
 
     def info(self) -> dict:
         return placement_info("critic", self.rank, [self.bundle])
 
-    def setup(self) -> float:
-        start = time.perf_counter()
+    def _pretrained(self, auto_class, dtype):
+        import deepspeed
+        from transformers import AutoModelForTokenClassification
+
+        s = self.settings
+        try:
+            model = AutoModelForTokenClassification.from_pretrained(
+                s.model_path, num_labels=1, dtype=dtype, trust_remote_code=s.trust_remote_code)
+        except ValueError as err:  # an architecture without a token-classification class
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise ValueError("--advantage_estimator gae needs a model with a token-classification "
+                             f"class in transformers for its critic: {first}") from None
+        head = list(model.score.parameters())
+        with deepspeed.zero.GatheredParameters(head, modifier_rank=0):  # partitioned: gather
+            for p in head:
+                p.data.zero_()
+        return model
+
+    def _values(self, ids, attn, pos, T: int):
+        """V of the state before each response token [b, T]: the head on the position before it,
+        the one whose logits predict that token in the policy."""
+        out = self.engine(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+        return out.logits[:, -T - 1:-1, 0].float()  # [b, T]
+
+    def values(self, micro_batches: list[dict]) -> list:
+        """Per micro-batch: values [b, T] as CPU tensors (None for a dummy)."""
         import torch
-        from transformers import AutoModel
 
-        device = "cuda" if on_gpu() else "cpu"
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        self.backbone = AutoModel.from_pretrained(
-            self.settings.model_path, dtype=dtype,
-            trust_remote_code=self.settings.trust_remote_code).to(device)
-        self.head = torch.nn.Linear(self.backbone.config.hidden_size, 1, dtype=dtype,
-                                    device=device)
-        torch.nn.init.zeros_(self.head.weight)
-        torch.nn.init.zeros_(self.head.bias)
-        return time.perf_counter() - start
-
-    def values(self, prompts: list[list[int]], responses: list[list[int]]):
-        """V(prefix) [B, T] for each response token position (CPU)."""
-        import torch
-
-        from sttrl.engines.local import pad_batch
-
-        device = self.head.weight.device
-        ids, attn, pos, mask = pad_batch(prompts, responses, self.settings.pad_id, str(device))
-        T = mask.shape[1]
+        out = []
         with torch.no_grad():
-            hidden = self.backbone(input_ids=ids, attention_mask=attn,
-                                   position_ids=pos).last_hidden_state  # [B, P+T, d]
-            return self.head(hidden[:, -T - 1:-1]).squeeze(-1).float().cpu()  # [B, T]
+            for mb in micro_batches:
+                ids, attn, pos, mask, dummy = self._batch(mb)
+                values = self._values(ids, attn, pos, mask.shape[1])
+                out.append(None if dummy else values.cpu())
+        return out
+
+    def train(self, micro_batches: list[dict], steps: int, n_tokens: float,
+              value_clip: float) -> list[dict]:
+        """`steps` optimiser steps of the clipped value loss towards mb["returns"] ([b, T]),
+        clipped around mb["old_values"] ([b, T], the values GAE used); token mean as the actor."""
+        from sttrl.algorithms.gae import value_loss
+
+        def loss(j, mb, ids, attn, pos, mask):
+            values = self._values(ids, attn, pos, mask.shape[1])  # [b, T]
+            if mb["returns"] is None:  # a dummy row: fully masked, any targets will do
+                return value_loss(values, values.detach(), values.detach(), mask, value_clip)
+            return value_loss(values, mb["old_values"].to(self.device),
+                              mb["returns"].to(self.device), mask, value_clip)
+
+        return self._steps(micro_batches, steps, n_tokens, loss)

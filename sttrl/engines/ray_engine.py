@@ -14,6 +14,11 @@ them apart. What runs where (sttrl/engines/ray_placement.py has the layout):
   token count of the whole batch, so the update is the local engine's token mean. The first
   step's old log-probs come from its own forward pass; reference log-probs are computed only when
   kl_coef > 0 and the weights have moved from the initial ones.
+- `train` with `--advantage_estimator gae` (PPO): the critic ranks (a second ZeRO-3 group on
+  their own bundles) score the batch, this process runs GAE on their values and the outcome
+  rewards (sttrl/algorithms/gae.py; [B, T] floats, cheap) and whitens the advantages over the
+  batch, then the actor ranks take the policy steps on per-token advantages while the critic
+  ranks take as many steps of the clipped value loss towards the returns, both at once.
 - Weight sync: after every `train`, `restore` and `load_state_dict` that changed the weights,
   rank 0 gathers the ZeRO-3 parameters one at a time (all ranks take part) and buffers one
   decoder layer (a whole vLLM module), which every vLLM engine then loads in place. Two ways to
@@ -37,6 +42,7 @@ raises a one-line `EngineError`.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import shutil
@@ -103,6 +109,18 @@ def shard(n_rows: int, world: int, micro: int) -> list[list[list[int]]]:
              for j in range(n_micro)] for start, size in zip(starts, sizes)]
 
 
+def merge_steps(per_rank: list[list[dict]], n_tokens: float) -> list[dict]:
+    """Per step: every rank's stat sums added and divided by the batch's token count (a token
+    mean over the whole batch), and the gradient norm (the same on every rank)."""
+    history = []
+    for step in zip(*per_rank):  # one entry per rank
+        keys = list(dict.fromkeys(k for rank in step for k in rank["sums"]))
+        merged = {k: sum(rank["sums"].get(k, 0.0) for rank in step) / n_tokens for k in keys}
+        merged["grad_norm"] = step[0]["grad_norm"]
+        history.append(merged)
+    return history
+
+
 def user_omp_threads() -> int | None:
     """OMP_NUM_THREADS as set for this run (Ray overrides it inside actors), else None."""
     value = os.environ.get("OMP_NUM_THREADS", "")
@@ -124,8 +142,9 @@ def spawn_actors(cfg, pg, layout, settings: ActorSettings) -> Actors:
     if layout.ref is not None:
         ref = ray.remote(ReferenceActor).options(**on_bundle(pg, layout, layout.ref)).remote(
             layout.ref, settings)
+    critic_settings = dataclasses.replace(settings, lr=cfg.critic_lr)
     critics = [ray.remote(CriticActor).options(**on_bundle(pg, layout, b)).remote(
-        rank, len(layout.critic), b, settings) for rank, b in enumerate(layout.critic)]
+        rank, len(layout.critic), b, critic_settings) for rank, b in enumerate(layout.critic)]
     return Actors(trainers, rollouts, ref, critics)
 
 
@@ -208,7 +227,11 @@ class RayEngine:
         addr, port = self._get(a.trainers[0].master_address.remote(), "actor start-up")
         calls = [t.setup.remote(addr, port) for t in a.trainers]
         calls += [r.setup.remote() for r in a.rollouts]
-        calls += [c.setup.remote() for c in a.critics]
+        if a.critics:  # the critic ranks' own process group: critic rank 0's rendezvous
+            caddr, cport = self._get(a.critics[0].master_address.remote(), "critic start-up")
+            while (caddr, cport) == (addr, port):  # two free-port picks can coincide
+                caddr, cport = self._get(a.critics[0].master_address.remote(), "critic start-up")
+            calls += [c.setup.remote(caddr, cport) for c in a.critics]
         if a.ref is not None:
             calls.append(a.ref.setup.remote())
         self._get(calls, "engine start-up (loading the model into the actor and vLLM)")
@@ -269,7 +292,7 @@ class RayEngine:
     def _get(self, refs, what: str):
         """ray.get with the sync timeout, failing fast on the first dead actor or error."""
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError
 
         single = not isinstance(refs, list)
         todo = [refs] if single else list(refs)
@@ -294,6 +317,9 @@ class RayEngine:
                 raise EngineError(f"{what} failed: {who} died") from None
             raise EngineError(f"{what} failed: {type(cause).__name__}: "
                               f"{text[-1] if text else ''}") from None
+        except OutOfMemoryError as err:  # Ray's memory monitor killed a worker (a busy machine)
+            text = str(err).strip().splitlines()
+            raise EngineError(f"{what} failed: {text[0] if text else 'out of memory'}") from None
         return out[0] if single else out
 
     # ---- generation -----------------------------------------------------------------------------
@@ -320,17 +346,19 @@ class RayEngine:
 
     # ---- scoring --------------------------------------------------------------------------------
     def _micro_batches(self, plan: list[list[int]], prompts, responses, advantages=None,
-                       ref=None) -> list[dict]:
-        """One rank's micro-batches as plain lists (ref: [B, T] reference log-probs, sliced)."""
+                       per_token: dict | None = None) -> list[dict]:
+        """One rank's micro-batches as plain lists. per_token: {name: [B, T] tensor} (reference
+        log-probs, GAE's advantages, the critic's returns and old values), each sliced to the
+        micro-batch's rows and length (None in a dummy)."""
         dummy = (prompts[0], responses[0])
         out = []
         for rows in plan:
             mb = {"prompts": [prompts[i] for i in rows], "responses": [responses[i] for i in rows],
                   "advantages": [advantages[i] for i in rows] if advantages else [],
                   "dummy": dummy}
-            if ref is not None:
-                T = max([1] + [len(responses[i]) for i in rows])
-                mb["ref"] = ref[rows, :T] if rows else None
+            T = max([1] + [len(responses[i]) for i in rows])
+            for name, x in (per_token or {}).items():
+                mb[name] = x[rows, :T] if rows else None
             out.append(mb)
         return out
 
@@ -359,41 +387,83 @@ class RayEngine:
         return max(abs(a - b) for lps in self.score_on_engines(prompt_ids, response_ids)
                    for a, b in zip(actor, lps))
 
+    def critic_values(self, prompts: list[list[int]], responses: list[list[int]]):
+        """The critic's V [B, T] of the state before each response token (zero on padding)."""
+        import torch
+
+        critics = self.actors.critics
+        plan = shard(len(responses), len(critics), self.cfg.micro_batch_size)
+        calls = [c.values.remote(self._micro_batches(p, prompts, responses))
+                 for c, p in zip(critics, plan)]
+        out = torch.zeros(len(responses), max(1, max(len(r) for r in responses)))  # [B, T]
+        for rank_plan, rank_out in zip(plan, self._get(calls, "values on the critic ranks")):
+            for idx, got in zip(rank_plan, rank_out):
+                for j, i in enumerate(idx):
+                    out[i, :len(responses[i])] = got[j, :len(responses[i])]
+        return out
+
     # ---- training -------------------------------------------------------------------------------
     def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
-        if self.cfg.advantage_estimator == "gae":
-            raise UserError("--advantage_estimator gae (PPO with a critic) is not implemented yet: "
-                            "the critic group is placed and loaded but never trained; use grpo")
         B = len(batch.responses)
         n_tokens = float(max(1, sum(len(r) for r in batch.responses)))
         use_ref = loss_kwargs.get("kl_coef", 0.0) > 0 and not self.pristine
-        ref = None
+        per_token = {}  # [B, T] tensors the actor ranks get sliced per micro-batch
         if use_ref and self.actors.ref is not None:  # --separate_ref_gpu
-            ref = self._get(self.actors.ref.score.remote(batch.prompts, batch.responses),
-                            "scoring on the reference actor")  # [B, T]
+            per_token["ref"] = self._get(self.actors.ref.score.remote(batch.prompts,
+                                                                      batch.responses),
+                                         "scoring on the reference actor")  # [B, T]
+        advantages, critic_calls = batch.advantages, []
+        self.untouched = False
+        if self.actors.critics:  # gae: per-token advantages from the critic replace the batch's
+            per_token["advantages"], critic_calls = self._gae(batch, steps, n_tokens)
+            advantages = None
         plan = shard(B, len(self.trainers), self.cfg.micro_batch_size)
         self._on_rollouts("sleep")
         calls = [t.train.remote(self._micro_batches(p, batch.prompts, batch.responses,
-                                                    batch.advantages, ref),
+                                                    advantages, per_token),
                                 loss_fn, loss_kwargs, steps, n_tokens, use_ref)
                  for t, p in zip(self.trainers, plan)]
-        self.untouched = False
-        per_rank = self._get(calls, "training on the actor ranks")
+        per_rank = self._get(calls + critic_calls, "training on the actor ranks"
+                             + (" and the critic ranks" if critic_calls else ""))
         self.pristine = False
         self.version = next(self._versions)
         self._on_rollouts("wake_up")
         self._sync_weights()
-        history = []
-        for step in zip(*per_rank):  # one entry per rank
-            keys = list(dict.fromkeys(k for rank in step for k in rank["sums"]))
-            merged = {k: sum(rank["sums"].get(k, 0.0) for rank in step) / n_tokens for k in keys}
-            merged["grad_norm"] = step[0]["grad_norm"]
-            history.append(merged)
+        history = merge_steps(per_rank[:len(calls)], n_tokens)
+        for merged, critic in zip(history, merge_steps(per_rank[len(calls):], n_tokens)):
+            critic["critic_grad_norm"] = critic.pop("grad_norm")
+            merged.update(critic)
         return history
+
+    def _gae(self, batch: TrainBatch, steps: int, n_tokens: float):
+        """PPO's whitened advantages [B, T], and the critic's training calls, already started
+        (so the critic trains while the actor does) on the returns GAE gives."""
+        from sttrl.algorithms.gae import gae, token_rewards, whiten
+        from sttrl.engines.local import pad_batch
+
+        if batch.rewards is None:
+            raise UserError("--advantage_estimator gae trains on each response's reward; this "
+                            "update has none (gae applies to --adaptation_method ttrl only)")
+        cfg, critics = self.cfg, self.actors.critics
+        values = self.critic_values(batch.prompts, batch.responses)  # [B, T]
+        mask = pad_batch(batch.prompts, batch.responses, 0, "cpu")[3]  # [B, T]
+        advantages, returns = gae(token_rewards(batch.rewards, mask), values, mask,
+                                  cfg.gamma, cfg.lambd)  # [B, T] each
+        plan = shard(len(batch.responses), len(critics), cfg.micro_batch_size)
+        calls = [c.train.remote(self._micro_batches(p, batch.prompts, batch.responses,
+                                                    per_token={"returns": returns,
+                                                               "old_values": values}),
+                                steps, n_tokens, cfg.value_clip)
+                 for c, p in zip(critics, plan)]
+        return whiten(advantages, mask), calls
 
     def set_lr(self, lr: float) -> None:
         self.untouched = False
-        self._get([t.set_lr.remote(lr) for t in self.trainers], "setting the learning rate")
+        calls = [t.set_lr.remote(lr) for t in self.trainers]
+        # the critic follows the actor's schedule (dataset mode) from its own peak, critic_lr
+        calls += [c.set_lr.remote(lr * self.cfg.critic_lr / self.cfg.lr)
+                  for c in self.actors.critics]
+        self._get(calls, "setting the learning rate")
 
     def _on_rollouts(self, method: str) -> None:
         if self.cfg.colocate:  # vLLM sleep mode frees the shared GPUs (a no-op on CPU)
@@ -417,20 +487,23 @@ class RayEngine:
 
     # ---- reset and checkpoints ------------------------------------------------------------------
     def snapshot(self) -> RaySnapshot:
+        """Actor and critic ranks each keep their partitions and optimizer state under a key."""
         key = f"snapshot-{next(self._keys)}"
-        self._get([t.snapshot.remote(key) for t in self.trainers], "snapshot")
+        self._get([t.snapshot.remote(key) for t in self.trainers + self.actors.critics],
+                  "snapshot")
         return RaySnapshot(key, self.version, self.pristine)
 
     def restore(self, state: RaySnapshot) -> None:
         if state is self.initial and self.untouched:
             return  # nothing changed since the last reset (a skipped question): nothing to do
-        self._get([t.restore.remote(state.key) for t in self.trainers], "restore")
+        self._get([t.restore.remote(state.key) for t in self.trainers + self.actors.critics],
+                  "restore")
         self.version, self.pristine = state.version, state.pristine
         self.untouched = state is self.initial
         self._sync_weights()
 
     def reset(self) -> None:
-        """Back to the initial weights and (empty) optimizer state, on the actor and the engines."""
+        """Back to the initial weights and (empty) optimizer state: actor, critic and engines."""
         self.restore(self.initial)
 
     def state_dict(self) -> dict:
@@ -438,16 +511,27 @@ class RayEngine:
         weights = self._get([t.full_weights.remote() for t in self.trainers], "gathering weights")[0]
         optimizer = self._get([t.optimizer_state.remote() for t in self.trainers],
                               "saving the optimizer state")
-        return {"model": weights, "optimizer": optimizer, "world_size": len(self.trainers)}
+        state = {"model": weights, "optimizer": optimizer, "world_size": len(self.trainers)}
+        if self.actors.critics:  # gae: the critic ranks' partitions and Adam state likewise
+            state["critic_optimizer"] = self._get(
+                [c.optimizer_state.remote() for c in self.actors.critics], "saving the critic")
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("world_size") != len(self.trainers):
             raise UserError(f"this checkpoint was written by {state.get('world_size')} actor ranks "
                             f"(--actor_num_gpus), not {len(self.trainers)}")
+        critics = self.actors.critics
+        if critics and "critic_optimizer" not in state:
+            raise UserError("this checkpoint has no critic (it was written without "
+                            "--advantage_estimator gae)")
         # each rank's fp32 partition is in its optimizer state: loading it restores the weights
         self.untouched = False
-        self._get([t.load_optimizer_state.remote(s)
-                   for t, s in zip(self.trainers, state["optimizer"])], "loading a checkpoint")
+        calls = [t.load_optimizer_state.remote(s)
+                 for t, s in zip(self.trainers, state["optimizer"])]
+        calls += [c.load_optimizer_state.remote(s)
+                  for c, s in zip(critics, state.get("critic_optimizer", []))]
+        self._get(calls, "loading a checkpoint")
         self.pristine = False
         self.version = next(self._versions)
         self._sync_weights()
