@@ -17,13 +17,9 @@ from sttrl.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_questions(path: Path, n: int = 4, scramble: bool = False) -> str:
+def write_questions(path: Path, n: int = 4) -> str:
     rows = [{"prompt": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1), "source": "toy",
              "id": f"q{i}"} for i in range(n)]
-    if scramble:
-        answers = [r["answer"] for r in rows]
-        for r, a in zip(rows, answers[1:] + answers[:1]):
-            r["answer"] = a + "9"
     path.write_text(json.dumps(rows))
     return str(path)
 
@@ -75,24 +71,28 @@ def test_equal_rewards_skip_the_update(tiny_model, tmp_path):
 
 
 def test_scrambled_references_leave_training_bit_identical(tiny_model, tmp_path):
-    """The label never reaches training: only evaluation numbers may change."""
-    outs = []
-    for scramble in (False, True):
-        data = write_questions(tmp_path / f"q{scramble}.json", scramble=scramble)
-        out = tmp_path / f"out{scramble}"
-        run(tiny_config(tiny_model, data, out, continuous=True))
-        outs.append(out)
-    a, b = lines(outs[0]), lines(outs[1])
-    assert any(not r["skipped"] for r in a)
+    """The label never reaches training: only evaluation numbers may change. The second run's
+    references are the first run's pseudo-labels (so its evaluation must change: every vote
+    becomes right), the first run's are the true sums."""
+    data = write_questions(tmp_path / "q.json")
+    run(tiny_config(tiny_model, data, tmp_path / "out_a", continuous=True))
+    a = lines(tmp_path / "out_a")
+    assert any(not r["skipped"] for r in a) and any(r["pseudo_label"] for r in a)
+    rows = json.loads(Path(data).read_text())
+    for row, r in zip(rows, a):
+        row["answer"] = r["pseudo_label"] or "no answer"
+    scrambled = tmp_path / "scrambled.json"
+    scrambled.write_text(json.dumps(rows))
+    run(tiny_config(tiny_model, str(scrambled), tmp_path / "out_b", continuous=True))
+    b = lines(tmp_path / "out_b")
     for ra, rb in zip(a, b):
         for key in ("pseudo_label", "vote", "rewards", "train", "answers_after", "skip_reason"):
-            assa, bb = ra[key], rb[key]
-            assert assa == bb, key
-    wa = torch.load(outs[0] / "checkpoint.pt", weights_only=False)["engine"]["model"]
-    wb = torch.load(outs[1] / "checkpoint.pt", weights_only=False)["engine"]["model"]
+            assert ra[key] == rb[key], key
+    wa = torch.load(tmp_path / "out_a" / "checkpoint.pt", weights_only=False)["engine"]["model"]
+    wb = torch.load(tmp_path / "out_b" / "checkpoint.pt", weights_only=False)["engine"]["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert [r["label_correct"] for r in a] != [r["label_correct"] for r in b] or \
-        [r["pass@1_before"] for r in a] != [r["pass@1_before"] for r in b]
+    assert [r["label_correct"] for r in b] == [bool(r["pseudo_label"]) for r in a]
+    assert [r["label_correct"] for r in a] != [r["label_correct"] for r in b]
 
 
 def test_adaptation_never_receives_the_reference():
