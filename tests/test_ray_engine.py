@@ -57,7 +57,8 @@ def engines(ray_cpu, tiny_vllm_model):
     from sttrl.engines.ray_engine import RayEngine
 
     cfg = ray_config(tiny_vllm_model, actor_num_gpus=2, micro_batch_size=2,
-                     voting_function="energy", separate_ref_gpu=True, weight_sync="object_store")
+                     voting_function="energy", separate_ref_gpu=True, weight_sync="object_store",
+                     gradient_checkpointing=True)
     ray_engine = RayEngine(cfg, tiny_vllm_model)
     local = LocalEngine(tiny_vllm_model, device="cpu", lr=cfg.lr, micro_batch_size=2)
     try:

@@ -386,8 +386,8 @@ class TrainerActor:
         model = self._pretrained(AutoModelForCausalLM,
                                  torch.bfloat16 if on_gpu() else torch.float32)
         if train and s.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.config.use_cache = False
+            from sttrl.engines.models import enable_gradient_checkpointing
+            enable_gradient_checkpointing(model)
         if not train:
             model.requires_grad_(False)
         return model
@@ -477,18 +477,24 @@ class TrainerActor:
         """`steps` optimiser steps; `loss(j, mb, ids, attn, pos, mask)` gives micro-batch j's
         (loss summed over tokens, stats). Every rank runs every micro-batch, dummies included."""
         history = []
-        for _ in range(steps):
-            sums: dict = {}
-            for j, mb in enumerate(micro_batches):
-                ids, attn, pos, mask, dummy = self._batch(mb)
-                loss_sum, stats = loss(j, mb, ids, attn, pos, mask)
-                self.engine.backward(loss_sum * (self.world / n_tokens), scale_wrt_gas=False)
-                if not dummy:
-                    for k, v in stats.items():
-                        sums[k] = sums.get(k, 0.0) + v
-            self.engine.step()
-            norm = self.engine.get_global_grad_norm()
-            history.append({"sums": sums, "grad_norm": float(norm) if norm is not None else 0.0})
+        # Training mode only switches on checkpointing (dropout is off: see models.py).
+        self.engine.module.train(self.settings.gradient_checkpointing)
+        try:
+            for _ in range(steps):
+                sums: dict = {}
+                for j, mb in enumerate(micro_batches):
+                    ids, attn, pos, mask, dummy = self._batch(mb)
+                    loss_sum, stats = loss(j, mb, ids, attn, pos, mask)
+                    self.engine.backward(loss_sum * (self.world / n_tokens), scale_wrt_gas=False)
+                    if not dummy:
+                        for k, v in stats.items():
+                            sums[k] = sums.get(k, 0.0) + v
+                self.engine.step()
+                norm = self.engine.get_global_grad_norm()
+                history.append({"sums": sums,
+                                "grad_norm": float(norm) if norm is not None else 0.0})
+        finally:
+            self.engine.module.eval()
         return history
 
     def set_lr(self, lr: float) -> None:

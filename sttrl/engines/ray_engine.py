@@ -9,8 +9,9 @@ them apart. What runs where (sttrl/engines/ray_placement.py has the layout):
   logits that energy voting needs, so with `--voting_function energy` (`need_logsumexp`) the
   engine scores the samples once more on the actor ranks and fills `Sample.logsumexp`; with the
   other voting functions `Sample.logsumexp` stays empty.
-- `train`: the actor ranks are data-parallel over responses. Each rank runs the same number of
-  micro-batches (ZeRO-3 forward and backward are collectives), and the loss is divided by the
+- `train`: the actor ranks are data-parallel over responses, dealt longest first so the ranks
+  get about the same tokens, in length buckets as in the local engine (`shard`). Each rank runs
+  the same number of micro-batches (ZeRO-3 forward and backward are collectives), and the loss is divided by the
   token count of the whole batch, so the update is the local engine's token mean. The first
   step's old log-probs come from its own forward pass; reference log-probs are computed only when
   kl_coef > 0 and the weights have moved from the initial ones.
@@ -97,16 +98,25 @@ def engine_seed(seed: int, index: int) -> int:
     return (seed + 1_000_003 * index) % (2**31 - 1)
 
 
-def shard(n_rows: int, world: int, micro: int) -> list[list[list[int]]]:
-    """Row indices per rank per micro-batch: contiguous, balanced shards (sizes differ by <= 1),
-    each cut into the same number of micro-batches of at most `micro` rows. ZeRO-3's forward and
-    backward are collectives, so a rank with fewer rows gets empty micro-batches, which it runs
-    as a fully masked dummy row (zero loss, zero gradient)."""
-    sizes = split_counts(n_rows, world)
-    starts = [sum(sizes[:r]) for r in range(world)]
-    n_micro = max(1, -(-max(sizes) // micro))
-    return [[list(range(start + j * micro, start + min(size, (j + 1) * micro)))
-             for j in range(n_micro)] for start, size in zip(starts, sizes)]
+def shard(prompts: list[list[int]], responses: list[list[int]], world: int,
+          micro: int) -> list[list[list[int]]]:
+    """Row indices per rank per micro-batch. Rows are dealt to the ranks longest first, in turn
+    (so every rank gets about the same tokens), and each rank's rows are cut into length buckets
+    as the local engine does (at most `micro` rows, none shorter than half the longest: padding
+    at most doubles a row's cost). ZeRO-3's forward and backward are collectives, so every rank
+    runs the same number of micro-batches: a rank with fewer gets empty ones, which it runs as a
+    fully masked dummy row (zero loss, zero gradient)."""
+    from sttrl.engines.local import length_buckets
+
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    plan = []
+    for rank in range(world):
+        rows = order[rank::world]
+        plan.append([[rows[j] for j in bucket]
+                     for bucket in length_buckets([lengths[i] for i in rows], micro)])
+    n_micro = max(1, max(len(p) for p in plan))
+    return [p + [[] for _ in range(n_micro - len(p))] for p in plan]
 
 
 def merge_steps(per_rank: list[list[dict]], n_tokens: float) -> list[dict]:
@@ -365,7 +375,7 @@ class RayEngine:
     def score_on_actor(self, prompts: list[list[int]], responses: list[list[int]],
                        with_logsumexp: bool = False) -> list[tuple]:
         """Per response: (log-probs,) or (log-probs, logsumexp) under the actor's weights."""
-        plan = shard(len(responses), len(self.trainers), self.cfg.micro_batch_size)
+        plan = shard(prompts, responses, len(self.trainers), self.cfg.micro_batch_size)
         calls = [t.score.remote(self._micro_batches(p, prompts, responses), with_logsumexp)
                  for t, p in zip(self.trainers, plan)]
         rows: list = [None] * len(responses)
@@ -392,7 +402,7 @@ class RayEngine:
         import torch
 
         critics = self.actors.critics
-        plan = shard(len(responses), len(critics), self.cfg.micro_batch_size)
+        plan = shard(prompts, responses, len(critics), self.cfg.micro_batch_size)
         calls = [c.values.remote(self._micro_batches(p, prompts, responses))
                  for c, p in zip(critics, plan)]
         out = torch.zeros(len(responses), max(1, max(len(r) for r in responses)))  # [B, T]
@@ -404,7 +414,6 @@ class RayEngine:
 
     # ---- training -------------------------------------------------------------------------------
     def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
-        B = len(batch.responses)
         n_tokens = float(max(1, sum(len(r) for r in batch.responses)))
         use_ref = loss_kwargs.get("kl_coef", 0.0) > 0 and not self.pristine
         per_token = {}  # [B, T] tensors the actor ranks get sliced per micro-batch
@@ -417,7 +426,8 @@ class RayEngine:
         if self.actors.critics:  # gae: per-token advantages from the critic replace the batch's
             per_token["advantages"], critic_calls = self._gae(batch, steps, n_tokens)
             advantages = None
-        plan = shard(B, len(self.trainers), self.cfg.micro_batch_size)
+        plan = shard(batch.prompts, batch.responses, len(self.trainers),
+                     self.cfg.micro_batch_size)
         self._on_rollouts("sleep")
         calls = [t.train.remote(self._micro_batches(p, batch.prompts, batch.responses,
                                                     advantages, per_token),
@@ -449,7 +459,7 @@ class RayEngine:
         mask = pad_batch(batch.prompts, batch.responses, 0, "cpu")[3]  # [B, T]
         advantages, returns = gae(token_rewards(batch.rewards, mask), values, mask,
                                   cfg.gamma, cfg.lambd)  # [B, T] each
-        plan = shard(len(batch.responses), len(critics), cfg.micro_batch_size)
+        plan = shard(batch.prompts, batch.responses, len(critics), cfg.micro_batch_size)
         calls = [c.train.remote(self._micro_batches(p, batch.prompts, batch.responses,
                                                     per_token={"returns": returns,
                                                                "old_values": values}),
