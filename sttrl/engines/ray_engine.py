@@ -13,9 +13,8 @@ them apart. What runs where (sttrl/engines/ray_placement.py has the layout):
   get about the same tokens, in length buckets as in the local engine (`shard`). Each rank runs
   the same number of micro-batches (ZeRO-3 forward and backward are collectives), and the loss
   is divided by the token count of the whole batch, so the update is the local engine's token
-  mean. The first
-  step's old log-probs come from its own forward pass; reference log-probs are computed only when
-  kl_coef > 0 and the weights have moved from the initial ones.
+  mean. The first step's old log-probs come from its own forward pass; reference log-probs are
+  computed only when kl_coef > 0 and the weights have moved from the initial ones.
 - `train` with `--advantage_estimator gae` (PPO): the critic ranks (a second ZeRO-3 group on
   their own bundles) score the batch, this process runs GAE on their values and the outcome
   rewards (sttrl/algorithms/gae.py; [B, T] floats, cheap) and whitens the advantages over the
