@@ -8,16 +8,15 @@ batch from the same initial weights (reset between runs), --repeats times, media
 
 Variants (all done from outside the engine, by re-ordering the batch, changing an attribute, or
 wrapping a method on the instance; the engine's code is untouched):
-- `baseline`: as the driver calls it (fp32; the prompt run once per micro-batch with its KV
-  cache shared by the rows, `shared_prompt_logprobs`; rows in length buckets of at most 8,
-  `length_buckets`).
+- `baseline`: as the driver calls it (fp32; fused AdamW; rows in length buckets cut where the
+  padding saved pays for another pass, `length_buckets`; in a micro-batch of several rows the
+  prompt runs once and its KV cache is shared by the rows, `shared_prompt_logprobs`).
 - `no_shared_prompt`: the same buckets, but every row carries its own copy of the prompt
   (`engine.share_prompt = False`): what sharing the prompt saves.
-- `padded_mb8`: what the engine did before both changes: a full forward per row, the rows in
-  their sampled order in micro-batches of 8, each padded to its longest row.
+- `unfused_adamw`: the baseline with torch's default (per-tensor) AdamW: what fusing saves.
+- `padded_mb8`: what the engine did before these changes: a full forward per row, the rows in
+  their sampled order in micro-batches of 8, each padded to its longest row, default AdamW.
 - `mb1`: micro-batches of 1: no padding at all (8 forward/backward passes of one row each).
-- `bf16_autocast`: the forward under torch.autocast("cpu", bfloat16) (changes numerics).
-- `adamw_foreach` / `adamw_fused`: the same AdamW with torch's multi-tensor / fused kernels.
 - `fixed_cost`: every response cut to its first token: what 3 steps cost with (almost) no tokens
   (the prompt, optimizer, gradient clipping, gradient allocation, per-step overhead).
 Also a torch.profiler table of the baseline's operators (one 1-step train).
@@ -27,7 +26,6 @@ Also a torch.profiler table of the baseline's operators (one 1-step train).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 from benchutil import machine_info, median, rnd, write_result
@@ -39,8 +37,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--model", default=None)
     parser.add_argument("--variants", nargs="+",
-                        default=["baseline", "no_shared_prompt", "padded_mb8", "mb1", "bf16_autocast",
-                                 "adamw_foreach", "adamw_fused", "fixed_cost"])
+                        default=["baseline", "no_shared_prompt", "unfused_adamw", "padded_mb8", "mb1",
+                                 "fixed_cost"])
     parser.add_argument("--max_new_tokens", type=int, default=None)
     parser.add_argument("--name", default="train_profile")
     args = parser.parse_args()
@@ -79,7 +77,6 @@ def main() -> None:
         engine.reset()
         order = list(range(len(responses)))
         engine.micro_batch_size = cfg.micro_batch_size
-        ctx = contextlib.nullcontext()
         if variant in ("no_shared_prompt", "padded_mb8"):
             engine.share_prompt = False
         if variant == "padded_mb8":
@@ -87,25 +84,20 @@ def main() -> None:
                                                   for s in range(0, len(r), 8)]
         if variant == "mb1":
             engine.micro_batch_size = 1
-        if variant == "bf16_autocast":
-            ctx = torch.autocast("cpu", dtype=torch.bfloat16)
-        for group in engine.optimizer.param_groups:  # reset() restored the defaults
-            group["foreach"] = True if variant == "adamw_foreach" else None
-            group["fused"] = True if variant == "adamw_fused" else None
+        if variant in ("unfused_adamw", "padded_mb8"):
+            for group in engine.optimizer.param_groups:  # reset() restores the engine's own
+                group["fused"] = False
         resp = [responses[i][:1] if variant == "fixed_cost" else responses[i] for i in order]
         batch = TrainBatch.shared(prompt_ids, resp, [adv[i] for i in order])
         try:
-            with ctx:
-                start = time.perf_counter()
-                engine.train(batch, grpo_loss, kwargs, cfg.steps_per_question)
-                return time.perf_counter() - start
+            start = time.perf_counter()
+            engine.train(batch, grpo_loss, kwargs, cfg.steps_per_question)
+            return time.perf_counter() - start
         finally:
             engine.share_prompt = True
             engine.__dict__.pop("_micro_batches", None)
             engine.micro_batch_size = cfg.micro_batch_size
             engine.reset()
-            for group in engine.optimizer.param_groups:
-                group["foreach"], group["fused"] = None, None
 
     run("baseline")  # warm-up
     times = {v: [] for v in args.variants}

@@ -117,16 +117,30 @@ def assert_same_update(a, b):
         assert (p - q).abs().max() < 0.01 * b.optimizer.param_groups[0]["lr"]
 
 
-def test_length_buckets_cover_every_row_once_and_bound_padding():
+def test_length_buckets_cut_where_padding_pays_for_a_pass():
     from sttrl.engines.local import length_buckets
 
+    def cost(buckets, lengths, pass_cost):
+        return sum(pass_cost + len(b) * max(lengths[i] for i in b) for b in buckets)
+
     lengths = [57, 57, 88, 131, 104, 177, 56, 57, 3, 400]
-    buckets = length_buckets(lengths, max_rows=3)
-    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
-    for b in buckets:
-        assert 1 <= len(b) <= 3
-        assert all(2 * lengths[i] >= lengths[b[0]] == max(lengths[j] for j in b) for i in b)
-    assert buckets[0] == [9]  # nothing else is within half of the longest row
+    for max_rows in (1, 3, 8, 16):
+        for pass_cost in (0, 50, 96, 1000):
+            buckets = length_buckets(lengths, max_rows, pass_cost)
+            assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+            assert all(1 <= len(b) <= max_rows for b in buckets)
+            # no worse than the obvious plans: one pass per row, or chunks of max_rows longest first
+            order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+            chunks = [order[i:i + max_rows] for i in range(0, len(order), max_rows)]
+            best = cost(buckets, lengths, pass_cost)
+            assert best <= cost([[i] for i in order], lengths, pass_cost)
+            assert best <= cost(chunks, lengths, pass_cost)
+    free = length_buckets(lengths, 16, pass_cost=0)  # passes are free: no padding at all
+    assert all(len({lengths[i] for i in b}) == 1 for b in free)
+    assert len(length_buckets(lengths, 16, pass_cost=10**6)) == 1  # passes are dear: one
+    # 400 alone (padding 177 to 400 costs 223 > 96); 131 padded to 177 (46 < 96); 3 alone
+    # (padding it to 177 costs 174 > 96)
+    assert length_buckets([400, 177, 131, 3], 8, 96) == [[0], [1, 2], [3]]
     assert length_buckets([], 4) == []
 
 
@@ -144,9 +158,12 @@ def test_training_does_not_depend_on_how_rows_are_micro_batched(tiny_model):
     assert_same_update(*engines)
 
 
-def test_sharing_the_prompt_gives_the_same_update_as_a_forward_per_row(tiny_model):
+def test_sharing_the_prompt_gives_the_same_update_as_a_forward_per_row(tiny_model, monkeypatch):
     """The prompt runs once per micro-batch with its KV cache shared by the rows; log-probs,
     loss statistics and the weights after two steps equal one full padded forward per row."""
+    import sttrl.engines.local as local
+
+    monkeypatch.setattr(local, "SHARE_MIN_TOKENS", 0)  # share whatever the micro-batch
     shared, padded = (LocalEngine(tiny_model, lr=1e-2) for _ in range(2))
     padded.share_prompt = False
     pid = shared.encode(PROMPT)
