@@ -286,6 +286,24 @@ def grading_section(d: dict | None) -> tuple[list[str], list]:
     return lines, summary
 
 
+def weight_sync_section(d: dict | None) -> tuple[list[str], list]:
+    lines = ["## 7. Weight sync, actor to vLLM, on the scale engine (`bench_weight_sync.py`)", ""]
+    if d is None:
+        return lines + ["Not run: no `benchmarks/results/weight_sync.json`.", ""], []
+    r, s = d["results"], d["settings"]
+    lines += [f"One full sync of {s['parameters'] / 1e6:.0f} M parameters as sent (a tied embedding goes under "
+              f"both its names) ({s['dtype']}, {s['device']}, "
+              f"{s['actor_ranks']} actor rank, {s['vllm_engines']} vLLM engine): rank 0 gathers every ZeRO-3 "
+              f"parameter and the engine reloads every module; median of {s['repeats']}.", ""]
+    lines += command(d)
+    paths = [k for k in r if isinstance(r[k], dict)]
+    lines += table(["`--weight_sync`", "median s per sync", "all repeats", "vLLM vs actor after (largest log-prob gap)"],
+                   [[f"`{k}`", fmt(r[k]["sync_s"]), ", ".join(fmt(x) for x in r[k]["all_s"]),
+                     f"{r[k]['max_logprob_gap']:.1e}"] for k in paths])
+    lines += [""]
+    return lines, []
+
+
 def speedup_section(train: dict | None, sampling: dict | None) -> tuple[list[str], list]:
     """Before/after of the engine changes, each measured in one run (the profile scripts)."""
     lines = ["## 6. What made the local engine faster: before and after, in one run", ""]
@@ -332,7 +350,8 @@ def main() -> None:
     parts = [question_section(data["question"]), question_section(data["question_ray"], "ray"),
              trl_section(data["trl"]), generation_section(data["generation"]), reset_section(data["reset"]),
              grading_section(data["grading"]),
-             speedup_section(data["train_profile"], data["sampling_profile"])]
+             speedup_section(data["train_profile"], data["sampling_profile"]),
+             weight_sync_section(data["weight_sync"])]
     for lines, rows in parts:
         sections += lines
         summary += rows
