@@ -44,7 +44,10 @@ class ActorSettings:
     sync_timeout: float = 600.0
     seed: int = 0
     train_threads: int | None = None
-    """CPU training threads per rank (None: this machine's cores / ranks)."""
+    """CPU threads per actor rank and per vLLM engine (None: the machine's cores shared among
+    the ranks, or among the engines: training and sampling never run at the same time)."""
+    vllm_engines: int = 1
+    """How many vLLM engines share the machine's cores while sampling."""
 
 
 def on_gpu() -> bool:
@@ -149,6 +152,12 @@ class RolloutActor:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"  # a shared box: don't pin threads
             # vLLM compiles its log-prob helpers lazily even in eager mode: 5-20 s on first use.
             os.environ["TORCH_COMPILE_DISABLE"] = "1"
+            # Ray gives a 1-CPU actor one thread; 2 threads sampled 1.3-1.5x faster on the
+            # 2-core machine (benchmarks/bench_generation.py), and the actor ranks are idle
+            # meanwhile. vLLM forbids changing this once its engine is up.
+            import torch
+            torch.set_num_threads(s.train_threads
+                                  or max(1, (os.cpu_count() or 1) // s.vllm_engines))
         kwargs = dict(model=s.model_path, seed=s.seed, max_model_len=s.max_model_len,
                       max_num_seqs=s.max_num_seqs, trust_remote_code=s.trust_remote_code,
                       tensor_parallel_size=s.tensor_parallel_size)

@@ -193,7 +193,8 @@ class RayEngine:
             max_model_len=min(limit or 10**9, cfg.max_new_tokens + PROMPT_ROOM),
             max_num_seqs=max(cfg.n_votes, cfg.n_eval),
             tensor_parallel_size=cfg.vllm_tensor_parallel_size, colocate=cfg.colocate,
-            sync_timeout=cfg.sync_timeout, seed=cfg.seed, train_threads=user_omp_threads())
+            sync_timeout=cfg.sync_timeout, seed=cfg.seed, train_threads=user_omp_threads(),
+            vllm_engines=cfg.vllm_num_engines)
         self.pristine = True  # the weights equal the initial ones
         self.untouched = True  # weights and optimizer are the initial snapshot, bit for bit
         self._versions = itertools.count(1)  # each distinct set of weights gets a new number
