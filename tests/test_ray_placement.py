@@ -135,3 +135,27 @@ def test_a_layout_that_does_not_fit_is_a_clear_error(fake_gpu_ray):
 
     with pytest.raises(EngineError, match="8 GPUs.*did not fit.*4 GPUs"):
         create_placement_group(LAYOUTS["8 GPUs"][1], timeout=3)
+
+
+def test_weight_sync_groups_keep_modules_whole_within_the_budget():
+    """vLLM rebuilds a module from one reload call's tensors: a push never splits a decoder
+    layer, packs consecutive modules up to the byte budget, and keeps the parameter order."""
+    from sttrl.engines.ray_actors import weight_groups
+
+    names = ["model.embed_tokens.weight"]
+    for i in range(3):
+        names += [f"model.layers.{i}.self_attn.q_proj.weight",
+                  f"model.layers.{i}.self_attn.k_proj.weight",
+                  f"model.layers.{i}.mlp.up_proj.weight"]
+    names += ["model.norm.weight", "lm_head.weight"]
+    nbytes = dict.fromkeys(names, 10)
+    nbytes["model.embed_tokens.weight"] = nbytes["lm_head.weight"] = 100
+
+    per_module = weight_groups(names)
+    assert [len(g) for g in per_module] == [1, 3, 3, 3, 1, 1]
+    packed = weight_groups(names, nbytes, budget=70)
+    # embeddings (100) alone: over the budget but never split; then two layers (60); then
+    # the last layer and the norm (40); lm_head alone
+    assert [len(g) for g in packed] == [1, 6, 4, 1]
+    assert sum(packed, []) == names
+    assert weight_groups(names, nbytes, budget=10**9) == [names]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import glob
 import logging
 import os
 import re
@@ -23,6 +24,10 @@ CPU_KV_CACHE_BYTES = 512 * 2**20  # vLLM's KV cache on CPU; its own default size
 # 1e5). 0 partitions every parameter: a little more communication, and small test models then
 # exercise the same partitioned code paths as large ones.
 ZERO_PERSISTENCE_THRESHOLD = 0
+# Each vLLM reload call has a fixed cost (~30 ms on CPU): SmolLM2's 32 per-module calls took
+# 1.39 s, one call 0.48 s. Module groups are sent together up to this many bytes, which is the
+# extra memory a sync holds on actor rank 0 and on each engine.
+SYNC_CHUNK_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -65,22 +70,36 @@ def placement_info(role: str, index: int, bundles: list[int]) -> dict:
             "pid": os.getpid()}
 
 
-def weight_groups(names: list[str]) -> list[list[str]]:
-    """Parameter names in pushes of whole modules: one per decoder layer, one per other module.
+def weight_groups(names: list[str], nbytes: dict[str, int] | None = None,
+                  budget: int = SYNC_CHUNK_BYTES) -> list[list[str]]:
+    """Parameter names in pushes of whole modules, consecutive modules together up to `budget`
+    bytes (`nbytes`: each parameter's size; without it, one push per module).
 
     vLLM's in-place reload rebuilds each of its modules from the tensors of one call, so a call
     must hold every HF tensor of the modules it touches (q, k and v for qkv_proj, ...). A decoder
     layer (`...layers.<i>.`) is such a unit; outside the layers each parameter's own module is.
+    A unit larger than the budget goes alone: units are never split.
     """
-    groups: list[list[str]] = []
+    units: list[list[str]] = []
     last = None
     for name in names:
         m = re.match(r"(.*?\.layers\.\d+)\.", name)
         key = m.group(1) if m else name.rsplit(".", 1)[0]
         if key != last:
-            groups.append([])
+            units.append([])
             last = key
-        groups[-1].append(name)
+        units[-1].append(name)
+    if nbytes is None:
+        return units
+    groups: list[list[str]] = []
+    size = 0
+    for unit in units:
+        unit_size = sum(nbytes[n] for n in unit)
+        if not groups or size + unit_size > budget:
+            groups.append([])
+            size = 0
+        groups[-1].extend(unit)
+        size += unit_size
     return groups
 
 
@@ -220,6 +239,33 @@ class RolloutActor:
     def load_weights(self, chunk: dict) -> None:
         """Replace the weights of whole modules in place (HF names -> tensors)."""
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(chunk.items())})
+
+    def load_initial_weights(self, tied: dict[str, str]) -> bool:
+        """Reload the checkpoint this engine started from, from disk (reset mode): no gather or
+        transfer, and it runs while the actor ranks restore their own copy. `tied`: as in a
+        sync, the tied output embedding is sent under its own name too (vLLM's reload does not
+        follow the tie, and the checkpoint lists it once). False when the model is not a local
+        safetensors directory (a hub name): the driver syncs from the actor instead."""
+        from safetensors import safe_open
+
+        files = sorted(glob.glob(os.path.join(self.settings.model_path, "*.safetensors")))
+        if not files:
+            return False
+        handles = [safe_open(f, framework="pt") for f in files]
+        where = {name: h for h in handles for name in h.keys()}
+        chunk, size = {}, 0
+        for unit in weight_groups(sorted(where)):  # sorted: a layer's tensors are consecutive
+            tensors = {name: where[name].get_tensor(name) for name in unit}
+            tensors.update({dst: tensors[src] for src, dst in tied.items() if src in tensors})
+            unit_size = sum(t.nbytes for t in tensors.values())
+            if chunk and size + unit_size > SYNC_CHUNK_BYTES:
+                self.load_weights(chunk)
+                chunk, size = {}, 0
+            chunk.update(tensors)
+            size += unit_size
+        self.load_weights(chunk)
+        self.weights_loaded()
+        return True
 
     def weights_loaded(self) -> None:
         """After the last chunk: cached prompt KV was computed with the old weights."""
@@ -377,7 +423,10 @@ class TrainerActor:
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                                config=ds_config(self.settings))
         self.engine.eval()  # no dropout in training either, as in the local engine
-        self.names = [n for n, _ in self.engine.module.named_parameters()]
+        # a ZeRO-3 parameter keeps its full size in ds_numel
+        nbytes = {n: getattr(p, "ds_numel", p.numel()) * p.element_size()
+                  for n, p in self.engine.module.named_parameters()}
+        self.groups = weight_groups(list(nbytes), nbytes)
         self.tied = tied_output_embedding(self.engine.module)
         self.snapshot("initial")
         return time.perf_counter() - start
@@ -522,14 +571,19 @@ class TrainerActor:
         self.snapshots.pop(key, None)
 
     def _load_optimizer(self, state: dict) -> None:
-        # Copy again: loading may keep references to the given tensors, which later steps edit.
-        # Each rank reads its own entry of the per-rank list; the fp32 partition it restores
-        # is also copied into the model's partitioned weights.
-        self.engine.optimizer.load_state_dict([copy.deepcopy(state)] * self.world)
+        # Copy the rest again: loading keeps references to the Adam moments (and the loss
+        # scaler), which later steps edit. The fp32 partition is copied into DeepSpeed's own
+        # buffer (and from there into the model's partitioned weights): copying it first too
+        # was 1 s of a 1.4 s reset for SmolLM2 (fresh pages).
+        flat = "fp32_flat_groups"
+        state = {**copy.deepcopy({k: v for k, v in state.items() if k != flat}), flat: state[flat]}
+        # Each rank reads its own entry of the per-rank list.
+        self.engine.optimizer.load_state_dict([state] * self.world)
         # A scoring forward leaves every parameter gathered; those full copies still hold the
         # old weights, and the next gather (the weight sync) would read them instead of the
-        # restored partitions: vLLM kept the trained weights after a reset. Drop them.
-        self.engine.empty_partition_cache()
+        # restored partitions: vLLM kept the trained weights after a reset. Drop them (the
+        # optimizer's own call: the engine's adds a 0.25 s gc.collect()).
+        self.engine.optimizer.empty_partition_cache()
 
     def optimizer_state(self) -> dict:
         return copy.deepcopy(self.engine.optimizer.state_dict())
@@ -546,7 +600,7 @@ class TrainerActor:
         import deepspeed
 
         params = dict(self.engine.module.named_parameters())
-        for names in weight_groups(self.names):
+        for names in self.groups:
             chunk = {}
             for name in names:
                 with deepspeed.zero.GatheredParameters([params[name]], modifier_rank=None):
@@ -608,7 +662,7 @@ class TrainerActor:
         shape in ds_shape), and the tied output embedding, which vLLM needs under its own name."""
         params = dict(self.engine.module.named_parameters())
         groups = [[(n, tuple(getattr(params[n], "ds_shape", params[n].shape)), params[n].dtype)
-                   for n in names] for names in weight_groups(self.names)]
+                   for n in names] for names in self.groups]
         return {"backend": sync_backend(self.settings), "groups": groups, "tied": self.tied}
 
     def join_sync_group(self, addr: str, port: int, rank: int, world: int, plan: dict) -> None:

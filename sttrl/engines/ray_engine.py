@@ -21,8 +21,9 @@ them apart. What runs where (sttrl/engines/ray_placement.py has the layout):
   batch, then the actor ranks take the policy steps on per-token advantages while the critic
   ranks take as many steps of the clipped value loss towards the returns, both at once.
 - Weight sync: after every `train`, `restore` and `load_state_dict` that changed the weights,
-  rank 0 gathers the ZeRO-3 parameters one at a time (all ranks take part) and buffers one
-  decoder layer (a whole vLLM module), which every vLLM engine then loads in place. Two ways to
+  rank 0 gathers the ZeRO-3 parameters one at a time (all ranks take part) and buffers whole
+  decoder layers (whole vLLM modules) up to SYNC_CHUNK_BYTES, which every vLLM engine then loads
+  in place. Two ways to
   send it (`--weight_sync`):
   - `broadcast` (default): a process group of its own (rank 0: actor rank 0, rank i: vLLM
     engine i - 1), set up once at start-up; rank 0 broadcasts each tensor, the engines know
@@ -36,7 +37,8 @@ them apart. What runs where (sttrl/engines/ray_placement.py has the layout):
   other ranks' collectives complete. After a failed broadcast its group is unusable: the run
   ends, and re-running resumes.
 - Reset: every rank restores its in-memory copy of the initial partitioned weights and optimizer
-  state; the initial weights are pushed to the engines only if they hold something else.
+  state, while every engine that holds other weights reloads the initial checkpoint from disk
+  (no gather, no transfer; the page cache usually has it).
 
 Every Ray call waits at most `--sync_timeout` seconds; a dead actor, a failed call or a timeout
 raises a one-line `EngineError`.
@@ -246,6 +248,8 @@ class RayEngine:
         if a.ref is not None:
             calls.append(a.ref.setup.remote())
         self._get(calls, "engine start-up (loading the model into the actor and vLLM)")
+        # what each sync holds; the engines need its tied embedding to reload from disk too
+        self.plan = self._get(a.trainers[0].sync_plan.remote(), "actor start-up")
         if self.cfg.weight_sync == "broadcast":
             self._open_sync_group()
 
@@ -253,9 +257,8 @@ class RayEngine:
         """--weight_sync broadcast: actor rank 0 (group rank 0) and vLLM engine i (group rank
         i + 1) join one process group, once; the engines learn here what each broadcast holds.
         It lives as long as the actors: `shutdown` kills them, which closes it."""
-        rank0, world = self.trainers[0], len(self.rollouts) + 1
-        (addr, port), plan = self._get([rank0.master_address.remote(), rank0.sync_plan.remote()],
-                                       "weight-sync group start-up")
+        rank0, world, plan = self.trainers[0], len(self.rollouts) + 1, self.plan
+        addr, port = self._get(rank0.master_address.remote(), "weight-sync group start-up")
         calls = [rank0.join_sync_group.remote(addr, port, 0, world, plan)]
         calls += [r.join_sync_group.remote(addr, port, i + 1, world, plan)
                   for i, r in enumerate(self.rollouts)]
@@ -507,8 +510,15 @@ class RayEngine:
     def restore(self, state: RaySnapshot) -> None:
         if state is self.initial and self.untouched:
             return  # nothing changed since the last reset (a skipped question): nothing to do
-        self._get([t.restore.remote(state.key) for t in self.trainers + self.actors.critics],
-                  "restore")
+        restores = [t.restore.remote(state.key) for t in self.trainers + self.actors.critics]
+        # Version 0 is the checkpoint on disk the engines started from (a loaded state gets a
+        # new number): they reload it themselves while the ranks restore, instead of a sync.
+        reloads = []
+        if state.version == 0 and self.engine_version != 0:
+            reloads = [r.load_initial_weights.remote(self.plan["tied"]) for r in self.rollouts]
+        got = self._get(restores + reloads, "restore")
+        if reloads and all(got[len(restores):]):
+            self.engine_version = 0
         self.version, self.pristine = state.version, state.pristine
         self.untouched = state is self.initial
         self._sync_weights()
