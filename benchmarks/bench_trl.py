@@ -26,8 +26,7 @@ Differences that TRL's API forces, or that are the two designs (documented in th
   makes TRL cheaper (variant `trl_g16_kl` uses beta 0.001 for the exact loss).
 - With num_iterations > 1, TRL computes the "old" log-probs with an extra no-grad forward after
   generation; STTRL takes them from the first step's own forward pass.
-- TRL generates with `model.generate` at torch's default thread count; STTRL's engine decodes
-  on 1 thread (its default) and trains with the default.
+- Both sides generate and train at torch's default thread count (2 here).
 - Sampled completions differ (different samplers and RNG streams), so generated lengths differ;
   tokens generated and trained are reported per side.
 - STTRL skips the update when every reward is equal; TRL still runs the steps (zero advantages).
@@ -65,11 +64,11 @@ DIFFERENCES = [
     "generation (counted in its generate_score); STTRL takes them from the first step's forward.",
     "Log-prob temperature: TRL scores tokens with logits / temperature (0.8); STTRL with the "
     "untempered logits. Same cost, different objective.",
-    "Threads: TRL generates with model.generate at torch's default (2 threads here); STTRL's engine "
-    "decodes on 1 thread (its default). Both train with 2.",
-    "Padding: TRL pads every completion of the generation batch to the longest; STTRL groups rows "
-    "by length (at most 8 per micro-batch, none shorter than half the longest) and pads each group "
-    "to its longest.",
+    "Threads: both sides generate and train at torch's default (2 threads here); sttrl_ray's vLLM "
+    "engine samples with 2 threads too.",
+    "Padding: TRL pads every completion of the generation batch to the longest; STTRL sorts rows by "
+    "length and cuts micro-batches (at most 8 rows) where the padding saved pays for an extra pass, "
+    "and runs the shared prompt once per micro-batch when that saves work.",
     "sttrl_ray runs in a child process (the scale stack cannot share TRL's venv) and its actors are "
     "separate processes; on this CPU they get 1 bundle each (actor rank, vLLM engine).",
     "Samples differ (different samplers and RNG streams), so lengths differ: generated and trained "

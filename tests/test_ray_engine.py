@@ -240,7 +240,8 @@ def test_broadcast_sync_follows_the_actor_and_a_killed_engine_is_a_clear_error(r
 def test_reference_actor_on_its_own(tiny_vllm_model):
     """The actor --separate_ref_gpu adds, called directly (no Ray needed)."""
     from sttrl.engines.local import LocalEngine
-    from sttrl.engines.ray_actors import ActorSettings, ReferenceActor
+    from sttrl.engines.ray_actors import ActorSettings
+    from sttrl.engines.ray_trainer import ReferenceActor
 
     local = LocalEngine(tiny_vllm_model, device="cpu")
     settings = ActorSettings(model_path=tiny_vllm_model, pad_id=local.tokenizer.pad_token_id,

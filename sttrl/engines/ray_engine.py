@@ -55,8 +55,9 @@ from dataclasses import dataclass
 
 from sttrl.data.prompts import encode_prompt
 from sttrl.engines.base import Sample, TrainBatch
-from sttrl.engines.ray_actors import (ActorSettings, CriticActor, ReferenceActor, RolloutActor,
-                                      TrainerActor)
+from sttrl.engines.ray_actors import ActorSettings
+from sttrl.engines.ray_rollout import RolloutActor
+from sttrl.engines.ray_trainer import CriticActor, ReferenceActor, TrainerActor
 from sttrl.engines.ray_placement import create_placement_group, on_bundle, plan_layout
 from sttrl.errors import EngineError, UserError
 
