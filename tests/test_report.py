@@ -233,3 +233,33 @@ def test_without_matplotlib_tables_are_written_and_plots_skipped(tmp_path, capsy
     assert not list((tmp_path / "out").glob("*.png"))
     out = capsys.readouterr().out
     assert "plots skipped: matplotlib is not installed (pip install matplotlib" in out
+
+
+def test_per_question_script_counts_boxed_expressions_as_restating_the_question(tmp_path):
+    """scripts/per_question.py: `9 - 5` for 4 has the right value (the grader says right) but
+    only restates the question; the last line counts such answers and their pass@1 without them."""
+    import dataclasses
+    import subprocess
+    from pathlib import Path
+
+    from sttrl.config import Config
+
+    cfg = Config(dataset="ARITH-TTT", num_questions=2, n_votes=4)
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    row = {"pseudo_label": "x", "label_correct": True, "maj@N_before": 1.0, "skip_reason": None,
+           "train": [{}], "seconds": {"total": 1.0}}
+    rows = [  # arith-L1-0000: 7 + 7 = 14; arith-L1-0001: 9 - 5 = 4
+        {**row, "id": "arith-L1-0000", "pass@1_before": 0.5, "pass@1_after": 0.75,
+         "answers_before": ["14", "13", None, "14"], "answers_after": ["14", "7 + 7", "14", "7+8"]},
+        {**row, "id": "arith-L1-0001", "pass@1_before": 0.25, "pass@1_after": 1.0,
+         "answers_before": ["4", "5", "5", "5"], "answers_after": ["9 - 5", "4", "9-5", "4"]},
+    ]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "per_question.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert out[-2].startswith("before: 0 of 8 ") and out[-2].endswith("counted wrong: 0.375")
+    # after: 4 expressions, 3 of them equal to the reference; right without them: "14", "14", "4", "4"
+    assert out[-1].startswith("after: 4 of 8 evaluation answers box an expression")
+    assert "(3 of them equal to the reference)" in out[-1]
+    assert out[-1].endswith("pass@1 with those counted wrong: 0.500")
