@@ -287,7 +287,7 @@ def grading_section(d: dict | None) -> tuple[list[str], list]:
     return lines, summary
 
 
-def weight_sync_section(d: dict | None) -> tuple[list[str], list]:
+def weight_sync_section(d: dict | None, reload: dict | None = None) -> tuple[list[str], list]:
     lines = ["## 7. Weight sync, actor to vLLM, on the scale engine (`bench_weight_sync.py`)", ""]
     if d is None:
         return lines + ["Not run: no `benchmarks/results/weight_sync.json`.", ""], []
@@ -302,6 +302,16 @@ def weight_sync_section(d: dict | None) -> tuple[list[str], list]:
                    [[f"`{k}`", fmt(r[k]["sync_s"]), ", ".join(fmt(x) for x in r[k]["all_s"]),
                      f"{r[k]['max_logprob_gap']:.1e}"] for k in paths])
     lines += [""]
+    if reload is not None:  # how vLLM's reload cost splits: why syncs are chunked, what a reset costs
+        r = reload["results"]
+        lines += ["vLLM's in-place reload alone (`profile_vllm_reload.py`: the whole checkpoint, already in "
+                  f"memory, {reload['settings']['bytes'] / 2**20:.0f} MiB as sent), median seconds of "
+                  f"{reload['settings']['repeats']}; `from_disk` is what a reset does:", ""]
+        lines += command(reload)
+        lines += table(["way", "reload calls", "median s", "all repeats"],
+                       [[f"`{k}`", v["calls"] or "chunked", fmt(v["median_s"]),
+                         ", ".join(fmt(x) for x in v["all_s"])] for k, v in r.items()])
+        lines += [""]
     return lines, []
 
 
@@ -345,14 +355,14 @@ def main() -> None:
     args = parser.parse_args()
 
     names = ["question", "question_ray", "trl", "generation", "reset", "grading", "train_profile",
-             "sampling_profile", "weight_sync"]
+             "sampling_profile", "weight_sync", "vllm_reload"]
     data = {n: load(args.results, n) for n in names}
     sections, summary = [], []
     parts = [question_section(data["question"]), question_section(data["question_ray"], "ray"),
              trl_section(data["trl"]), generation_section(data["generation"]), reset_section(data["reset"]),
              grading_section(data["grading"]),
              speedup_section(data["train_profile"], data["sampling_profile"]),
-             weight_sync_section(data["weight_sync"])]
+             weight_sync_section(data["weight_sync"], data["vllm_reload"])]
     for lines, rows in parts:
         sections += lines
         summary += rows

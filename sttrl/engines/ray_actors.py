@@ -15,9 +15,10 @@ import os
 import re
 from dataclasses import dataclass
 
-# Each vLLM reload call has a fixed cost (~30 ms on CPU): SmolLM2's 32 per-module calls took
-# 1.39 s, one call 0.48 s. Module groups are sent together up to this many bytes, which is the
-# extra memory a sync holds on actor rank 0 and on each engine.
+# Each vLLM reload call has a fixed cost: reloading SmolLM2 took 1.13 s in 33 per-module calls,
+# 0.62 s in 2 chunks of this size, 0.55 s in one call (benchmarks/profile_vllm_reload.py, CPU).
+# Module groups are sent together up to this many bytes, which is the extra memory a sync holds
+# on actor rank 0 and on each engine.
 SYNC_CHUNK_BYTES = 512 * 2**20
 
 
