@@ -29,8 +29,8 @@ them apart. What runs where (sttrl/engines/ray_placement.py has the layout):
     engine i - 1), set up once at start-up; rank 0 broadcasts each tensor, the engines know
     every shape and dtype in advance. Backend gloo on CPU; nccl on GPUs (same code, not yet run
     on a GPU here), gloo again where NCCL cannot work (colocated engines, tensor parallel). The
-    default because it measured no slower on CPU (benchmarks/bench_weight_sync.py: 2.6 s
-    against 2.7 s for SmolLM2-135M, mostly vLLM's reload) and on GPUs it skips host memory.
+    default because it measured faster on CPU (benchmarks/bench_weight_sync.py: 1.5 s
+    against 2.4 s for SmolLM2-135M) and on GPUs it skips host memory.
   - `object_store`: rank 0 `ray.put`s each layer and every engine loads it from Ray's object
     store.
   A dead engine fails the sync with a one-line error naming it; rank 0 keeps gathering so the
