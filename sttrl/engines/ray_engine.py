@@ -23,8 +23,7 @@ them apart. What runs where (sttrl/engines/ray_placement.py has the layout):
 - Weight sync: after every `train`, `restore` and `load_state_dict` that changed the weights,
   rank 0 gathers the ZeRO-3 parameters one at a time (all ranks take part) and buffers whole
   decoder layers (whole vLLM modules) up to SYNC_CHUNK_BYTES, which every vLLM engine then loads
-  in place. Two ways to
-  send it (`--weight_sync`):
+  in place. Two ways to send it (`--weight_sync`):
   - `broadcast` (default): a process group of its own (rank 0: actor rank 0, rank i: vLLM
     engine i - 1), set up once at start-up; rank 0 broadcasts each tensor, the engines know
     every shape and dtype in advance. Backend gloo on CPU; nccl on GPUs (same code, not yet run
