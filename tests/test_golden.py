@@ -1,0 +1,56 @@
+"""Fixed-seed runs on the tiny model write the lines recorded in tests/golden/.
+
+The records were written by the code before a refactor; a refactor that keeps behaviour must
+reproduce them. A change meant to alter results regenerates them on purpose:
+`STTRL_WRITE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_golden.py`, and says so in its
+commit. Floats are compared to 6 significant digits (timings are dropped).
+"""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from test_driver import lines, tiny_config, write_questions
+
+GOLDEN = Path(__file__).parent / "golden"
+CASES = {
+    "ttrl_reset": {},
+    "ttrl_continuous": {"continuous": True},
+    "ttrl_confidence_kl": {"voting_function": "confidence", "kl_coef": 0.01, "temperature": 0.8},
+    "ttft": {"adaptation_method": "ttft"},
+    "slot": {"adaptation_method": "slot", "lr": 0.1},
+    "memo": {"adaptation_method": "memo"},
+    "dataset": {"mode": "dataset", "prompts_per_step": 1, "eval_every": 1},
+}
+
+
+def canonical(value):
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items() if k not in ("seconds", "wall_seconds")}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return value
+
+
+def run_case(tiny_model, tmp_path, name):
+    from sttrl.driver import run as run_config
+
+    data = write_questions(tmp_path / "q.json", n=2)
+    out = tmp_path / name
+    run_config(tiny_config(tiny_model, data, out, seed=3, **CASES[name]))
+    files = ("steps.jsonl", "evals.jsonl") if CASES[name].get("mode") == "dataset" \
+        else ("results.jsonl",)
+    return {f: canonical([json.loads(x) for x in (out / f).read_text().splitlines()])
+            for f in files}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fixed_seed_run_matches_the_recorded_lines(tiny_model, tmp_path, name):
+    got = run_case(tiny_model, tmp_path, name)
+    path = GOLDEN / f"{name}.json"
+    if os.environ.get("STTRL_WRITE_GOLDEN") == "1":
+        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert got == json.loads(path.read_text())
