@@ -109,6 +109,7 @@ def main() -> None:
     from transformers import GenerationConfig
 
     from sttrl.data import format_prompt, make_arith, model_family
+    from sttrl.config import Config, resolve
     from sttrl.engines.local import LocalEngine
     from sttrl.engines.models import resolve_model
 
@@ -123,7 +124,7 @@ def main() -> None:
         return
     machine = machine_info()
     default_threads = torch.get_num_threads()
-    engine = LocalEngine(path, device="cpu")
+    engine = LocalEngine(resolve(Config(device="cpu"), on_gpu=False), path)
     engine.stop_ids = [-1]  # no sample may stop early: fixed work per call
     prompt = format_prompt(question, engine.tokenizer, model_family(path))
     prompt_ids = engine.encode(prompt)

@@ -33,8 +33,8 @@ def timed_question(engine, example, index: int, cfg, warmup_tokens: int) -> dict
     """
     import dataclasses
 
-    from sttrl.driver import run_question
-    from sttrl.engines.local import length_buckets
+    from sttrl.modes.question import run_question
+    from sttrl.engines.sequences import PASS_COST_TOKENS, length_buckets
 
     tokens = {"n": 0, "trained": 0, "padded": 0}
     generate, train = engine.generate, engine.train
@@ -49,7 +49,7 @@ def timed_question(engine, example, index: int, cfg, warmup_tokens: int) -> dict
         tokens["trained"] = sum(lens)
         # responses padded as both engines micro-batch them (length buckets)
         buckets = length_buckets([len(p) + len(r) for p, r in zip(batch.prompts, batch.responses)],
-                                 cfg.micro_batch_size)
+                                 cfg.micro_batch_size, PASS_COST_TOKENS)
         tokens["padded"] = sum(len(b) * max(lens[i] for i in b) for b in buckets)
         return train(batch, *a, **kw)
 
@@ -90,7 +90,7 @@ def serve(engine, examples, cfg, warmup_tokens: int) -> None:
         print("ROW " + json.dumps(timed_question(engine, examples[i], i, cfg, warmup_tokens)),
               flush=True)
     if hasattr(engine, "shutdown"):
-        engine.shutdown()
+        engine.close()
 
 
 def main() -> None:
@@ -109,7 +109,7 @@ def main() -> None:
     import torch
 
     from sttrl.config import Config, resolve
-    from sttrl.driver import build_engine, load_examples
+    from sttrl.run import build_engine, load_examples
     from sttrl.engines.models import resolve_model
 
     machine = machine_info()
@@ -137,7 +137,7 @@ def main() -> None:
               f"(padded {row['trained_padded_tokens']})  skipped={row['skipped_update']}", flush=True)
 
     if hasattr(engine, "shutdown"):
-        engine.shutdown()
+        engine.close()
     timed = rows[1:]
     med = {k: rnd(median([r["seconds"][k] for r in timed]), 4) for k in (*PHASES, "reset", "other")}
     wall = median([r["wall_s"] for r in timed])

@@ -265,7 +265,8 @@ def main() -> None:
 
     from sttrl.config import Config, resolve
     from sttrl.data import format_prompt
-    from sttrl.driver import build_engine, load_examples, question_seed
+    from sttrl.modes.common import question_seed
+    from sttrl.run import build_engine, load_examples
     from sttrl.engines.models import load_model, resolve_model
 
     machine = machine_info()

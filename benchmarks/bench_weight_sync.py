@@ -64,7 +64,7 @@ def main() -> None:
                 if n_params is None:
                     n_params = sum(w.numel() for w in engine.state_dict()["model"].values())
             finally:
-                engine.shutdown()
+                engine.close()
             results[how] = {"sync_s": rnd(median(times), 3), "all_s": [rnd(t, 3) for t in times],
                             "engine_start_s": rnd(startup, 1), "max_logprob_gap": gap}
             print(f"{how}: {median(times):.3f} s per sync (all {[round(t, 3) for t in times]}), "

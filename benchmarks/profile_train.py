@@ -49,8 +49,9 @@ def main() -> None:
     from sttrl.algorithms.ttrl import pseudo_label
     from sttrl.config import Config, resolve
     from sttrl.data import format_prompt
-    from sttrl.driver import build_engine, load_examples, question_seed
-    from sttrl.engines.base import TrainBatch
+    from sttrl.modes.common import question_seed
+    from sttrl.run import build_engine, load_examples
+    from sttrl.types import TrainBatch
     from sttrl.engines.models import resolve_model
     from sttrl.rewards import ttrl_rewards
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from sttrl.config import Config
-from sttrl.driver import load_examples
+from sttrl.run import load_examples
 from sttrl.rewards import grade
 
 EXPRESSION = re.compile(r"\d\s*[-+*/^×÷]\s*\(?-?\d")  # a digit, an operator, a digit

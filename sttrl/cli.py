@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             from sttrl.reporting.report import main as report_main
             return report_main(argv[1:])
         cfg = parse_config(argv)
-        from sttrl.driver import run
+        from sttrl.run import run
         summary = run(cfg)
     except UserError as err:
         print(f"sttrl: error: {err}", file=sys.stderr)

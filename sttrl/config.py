@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from sttrl.algorithms import METHODS
 from sttrl.errors import UserError
 
 ENGINES = ("local", "ray")
-METHODS = ("ttrl", "ttft", "slot", "memo")
 VOTING_FUNCTIONS = ("majority", "energy", "confidence")
 ADVANTAGE_ESTIMATORS = ("grpo", "gae")
 WEIGHT_SYNCS = ("broadcast", "object_store")
@@ -273,7 +273,7 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-DEFAULT_LR = {"ttrl": 1e-5, "memo": 1e-5, "ttft": 1e-4, "slot": 0.1}
+DATASET_LR = 5e-7  # the TTRL paper's peak learning rate for dataset-level training
 
 
 def resolve(cfg: Config, on_gpu: bool) -> Config:
@@ -294,14 +294,15 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
         # colocated engines fill the actor's GPUs; otherwise one GPU per rank and per engine
         cfg.vllm_num_engines = (cfg.actor_num_gpus // cfg.vllm_tensor_parallel_size
                                 if cfg.colocate else 2 if big else 1)
+    method = METHODS[cfg.adaptation_method]
     if cfg.steps_per_question is None:
-        cfg.steps_per_question = 5 if cfg.adaptation_method == "slot" else 3
+        cfg.steps_per_question = method.steps
     if cfg.prompt_family is None:
         from sttrl.data.prompts import model_family
         cfg.prompt_family = model_family(cfg.model)
     if cfg.lr is None:
-        lr = 5e-7 if cfg.mode == "dataset" else DEFAULT_LR[cfg.adaptation_method]
-        cfg.lr = lr / 2 if cfg.adaptation_method == "ttft" and cfg.continuous else lr
+        cfg.lr = (DATASET_LR if cfg.mode == "dataset" else
+                  method.continuous_lr if cfg.continuous else method.lr)
     if cfg.output_dir is None:
         name = Path(cfg.data_path).stem if cfg.data_path else cfg.dataset
         model = Path(cfg.model.rstrip("/")).name

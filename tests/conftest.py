@@ -47,3 +47,11 @@ def tiny_model(tmp_path_factory) -> str:
 def tiny_vllm_model(tmp_path_factory) -> str:
     """The tiny model with head_dim 32 (hidden 64, 2 heads): vLLM's CPU attention rejects 16."""
     return str(make_tiny_model(tmp_path_factory.mktemp("tiny_vllm") / "model", hidden=64))
+
+
+def local_engine(model_path: str, **fields):
+    """A LocalEngine on the CPU with these Config fields (the rest: resolved CPU defaults)."""
+    from sttrl.config import Config, resolve
+    from sttrl.engines.local import LocalEngine
+
+    return LocalEngine(resolve(Config(device="cpu", **fields), on_gpu=False), model_path)

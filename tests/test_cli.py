@@ -106,13 +106,13 @@ def test_launch_scripts_use_valid_flags(monkeypatch):
 
 
 def test_an_engine_failure_is_one_line_that_says_how_to_resume(monkeypatch, capsys):
-    import sttrl.driver
+    import sttrl.run
     from sttrl.errors import EngineError
 
     def fail(cfg):
         raise EngineError("sampling on the vLLM engines failed: vLLM engine 0 died")
 
-    monkeypatch.setattr(sttrl.driver, "run", fail)
+    monkeypatch.setattr(sttrl.run, "run", fail)
     assert main(["--engine", "ray", "--progress", "false"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "vLLM engine 0 died" in err and "re-run" in err

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sttrl.config import Config
-from sttrl.driver import run
+from sttrl.run import run
 from sttrl.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,10 +109,10 @@ def test_adaptation_never_receives_the_reference():
 
 
 def test_continuous_keeps_weights_and_reset_restores_them(tiny_model, tmp_path):
-    from sttrl.engines.local import LocalEngine
+    from conftest import local_engine
 
     data = write_questions(tmp_path / "q.json")
-    initial = LocalEngine(tiny_model).model.state_dict()
+    initial = local_engine(tiny_model).model.state_dict()
     run(tiny_config(tiny_model, data, tmp_path / "cont", continuous=True))
     adapted = torch.load(tmp_path / "cont" / "checkpoint.pt", weights_only=False)["engine"]["model"]
     assert any(not torch.equal(initial[k], adapted[k]) for k in initial)

@@ -2,8 +2,8 @@
 import torch
 
 from sttrl.algorithms.grpo import group_advantages, grpo_loss, kl_k3
-from sttrl.engines.base import TrainBatch
-from sttrl.engines.local import LocalEngine
+from sttrl.types import TrainBatch
+from conftest import local_engine
 
 PROMPT = "<|user|>What is 2 + 3?<|end|><|assistant|>"
 
@@ -15,7 +15,7 @@ def seq_logprob(engine, prompt_ids, text):
 
 
 def test_generate_is_seeded_and_records_token_stats(tiny_model):
-    engine = LocalEngine(tiny_model)
+    engine = local_engine(tiny_model)
     a = engine.generate(PROMPT, 6, 1.0, 1.0, 10, seed=7)
     b = engine.generate(PROMPT, 6, 1.0, 1.0, 10, seed=7)
     c = engine.generate(PROMPT, 6, 1.0, 1.0, 10, seed=8)
@@ -29,7 +29,7 @@ def test_generate_is_seeded_and_records_token_stats(tiny_model):
 
 
 def test_generation_logprobs_match_a_full_forward(tiny_model):
-    engine = LocalEngine(tiny_model)
+    engine = local_engine(tiny_model)
     samples = engine.generate(PROMPT, 4, 1.0, 1.0, 12, seed=0)
     scored = engine.score([engine.encode(PROMPT)] * 4, [s.token_ids for s in samples])  # [4, T]
     for i, s in enumerate(samples):
@@ -38,14 +38,14 @@ def test_generation_logprobs_match_a_full_forward(tiny_model):
 
 
 def test_top_p_keeps_only_the_nucleus(tiny_model):
-    engine = LocalEngine(tiny_model)
+    engine = local_engine(tiny_model)
     greedy = engine.generate(PROMPT, 1, 0.0, 1.0, 5, seed=0)[0].token_ids
     tiny_nucleus = engine.generate(PROMPT, 4, 1.0, 1e-6, 5, seed=3)
     assert all(s.token_ids == greedy for s in tiny_nucleus)
 
 
 def test_grpo_steps_raise_the_majority_answer(tiny_model):
-    engine = LocalEngine(tiny_model, lr=3e-3)
+    engine = local_engine(tiny_model, lr=3e-3)
     pid = engine.encode(PROMPT)
     tok = engine.tokenizer
     good = tok("5", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -60,7 +60,7 @@ def test_grpo_steps_raise_the_majority_answer(tiny_model):
 
 
 def test_reset_restores_weights_and_optimizer_bit_exactly(tiny_model):
-    engine = LocalEngine(tiny_model, lr=1e-2)
+    engine = local_engine(tiny_model, lr=1e-2)
     initial = [p.detach().clone() for p in engine.params]
     before = engine.generate(PROMPT, 4, 1.0, 1.0, 8, seed=1)
     pid = engine.encode(PROMPT)
@@ -76,7 +76,7 @@ def test_reset_restores_weights_and_optimizer_bit_exactly(tiny_model):
 
 
 def test_kl_uses_the_initial_model_once_weights_moved(tiny_model):
-    engine = LocalEngine(tiny_model, lr=1e-2)
+    engine = local_engine(tiny_model, lr=1e-2)
     pid = engine.encode(PROMPT)
     samples = engine.generate(PROMPT, 4, 1.0, 1.0, 8, seed=2)
     batch = TrainBatch.shared(pid, [s.token_ids for s in samples], [1.0, -1.0, 1.0, -1.0])
@@ -97,7 +97,7 @@ def test_group_advantages_and_k3():
 
 
 def test_batches_mixing_prompts_score_like_each_prompt_alone(tiny_model):
-    engine = LocalEngine(tiny_model)
+    engine = local_engine(tiny_model)
     short = engine.encode("<|user|>2+3?<|end|><|assistant|>")
     long = engine.encode("<|user|>What is the sum of 2 and 3?<|end|><|assistant|>")
     r1 = engine.tokenizer("5 is it", add_special_tokens=False)["input_ids"]
@@ -118,7 +118,7 @@ def assert_same_update(a, b):
 
 
 def test_length_buckets_cut_where_padding_pays_for_a_pass():
-    from sttrl.engines.local import length_buckets
+    from sttrl.engines.sequences import length_buckets
 
     def cost(buckets, lengths, pass_cost):
         return sum(pass_cost + len(b) * max(lengths[i] for i in b) for b in buckets)
@@ -141,12 +141,12 @@ def test_length_buckets_cut_where_padding_pays_for_a_pass():
     # 400 alone (padding 177 to 400 costs 223 > 96); 131 padded to 177 (46 < 96); 3 alone
     # (padding it to 177 costs 174 > 96)
     assert length_buckets([400, 177, 131, 3], 8, 96) == [[0], [1, 2], [3]]
-    assert length_buckets([], 4) == []
+    assert length_buckets([], 4, 96) == []
 
 
 def test_training_does_not_depend_on_how_rows_are_micro_batched(tiny_model):
     """Length buckets only regroup rows: one micro-batch per row gives the same update."""
-    engines = [LocalEngine(tiny_model, lr=1e-2, micro_batch_size=m) for m in (1, 8)]
+    engines = [local_engine(tiny_model, lr=1e-2, micro_batch_size=m) for m in (1, 8)]
     pid = engines[0].encode(PROMPT)
     samples = engines[0].generate(PROMPT, 6, 1.0, 1.0, 12, seed=4)
     batch = TrainBatch.shared(pid, [s.token_ids for s in samples], [1.0, -1, 1, -1, 0.5, -0.5])
@@ -164,7 +164,7 @@ def test_sharing_the_prompt_gives_the_same_update_as_a_forward_per_row(tiny_mode
     import sttrl.engines.local as local
 
     monkeypatch.setattr(local, "SHARE_MIN_TOKENS", 0)  # share whatever the micro-batch
-    shared, padded = (LocalEngine(tiny_model, lr=1e-2) for _ in range(2))
+    shared, padded = (local_engine(tiny_model, lr=1e-2) for _ in range(2))
     padded.share_prompt = False
     pid = shared.encode(PROMPT)
     samples = shared.generate(PROMPT, 6, 1.0, 1.0, 12, seed=5)
@@ -185,7 +185,7 @@ def test_sharing_the_prompt_gives_the_same_update_as_a_forward_per_row(tiny_mode
 def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(tiny_model):
     """--gradient_checkpointing really checkpoints (each layer runs again in the backward pass;
     transformers skips it for a model in eval mode) and leaves the update unchanged."""
-    plain, ckpt = LocalEngine(tiny_model, lr=1e-2), LocalEngine(tiny_model, lr=1e-2,
+    plain, ckpt = local_engine(tiny_model, lr=1e-2), local_engine(tiny_model, lr=1e-2,
                                                                 gradient_checkpointing=True)
     calls = []  # (module hooks do not fire in torch's recompute; a wrapped forward does)
     for layer in ckpt.model.model.layers:

@@ -36,7 +36,7 @@ def canonical(value):
 
 
 def run_case(tiny_model, tmp_path, name):
-    from sttrl.driver import run as run_config
+    from sttrl.run import run as run_config
 
     data = write_questions(tmp_path / "q.json", n=2)
     out = tmp_path / name

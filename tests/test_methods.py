@@ -8,30 +8,30 @@ import torch
 from sttrl.algorithms import memo, slot, ttft
 from sttrl.algorithms.grpo import group_advantages
 from sttrl.config import Config
-from sttrl.driver import run
-from sttrl.engines.base import TrainBatch
-from sttrl.engines.local import LocalEngine
+from sttrl.run import run
+from sttrl.types import TrainBatch
+from conftest import local_engine
 
 PROMPT = "<|user|>What is 2 + 3? Give the answer.<|end|><|assistant|>"
 
 
 def test_slot_changes_outputs_not_weights_and_reset_zeroes_the_delta(tiny_model):
-    engine = LocalEngine(tiny_model)
+    engine = local_engine(tiny_model)
     before = [p.detach().clone() for p in engine.params]
     ids = engine.encode(PROMPT)
     plain = engine.score([ids], [ids[1:4]])
     delta, history = slot.fit_delta(engine, ids, lr=0.1, steps=5)
     assert history[-1]["loss"] < history[0]["loss"]  # fits the prompt
-    engine.hidden_delta = delta
+    engine.set_head_hook(slot.HiddenDelta(delta))
     assert not torch.allclose(engine.score([ids], [ids[1:4]]), plain)  # decoding sees the delta
     assert all(torch.equal(p, q) for p, q in zip(engine.params, before))  # weights untouched
     engine.reset()
-    assert engine.hidden_delta is None
+    assert engine.head_hook is None
     assert torch.allclose(engine.score([ids], [ids[1:4]]), plain)
 
 
 def test_ttft_lowers_the_loss_on_agreeing_responses(tiny_model):
-    engine = LocalEngine(tiny_model, lr=1e-3)
+    engine = local_engine(tiny_model, lr=1e-3)
     ids = engine.encode(PROMPT)
     agree = [engine.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("5", "it is 5")]
     batch = TrainBatch.shared(ids, agree, [1.0, 1.0])
@@ -91,7 +91,7 @@ def test_every_method_runs_and_reports_the_same_metrics(tiny_model, tmp_path, me
 
 
 def test_dataset_level_ttrl_runs_an_episode_and_evaluates(tiny_model, tmp_path):
-    from sttrl.dataset_driver import lr_at
+    from sttrl.modes.dataset import lr_at
 
     rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1), "source": "toy", "id": i}
             for i in range(5)]

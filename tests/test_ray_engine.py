@@ -53,18 +53,18 @@ def engines(ray_cpu, tiny_vllm_model):
     model on its own bundle, and the local engine on the same model; energy voting, so the engine
     also fills logsumexp; weights reach vLLM through the object store (the broadcast path has
     its own test below). (The driver runs below use the default in-actor reference.)"""
-    from sttrl.engines.local import LocalEngine
+    from conftest import local_engine
     from sttrl.engines.ray_engine import RayEngine
 
     cfg = ray_config(tiny_vllm_model, actor_num_gpus=2, micro_batch_size=2,
                      voting_function="energy", separate_ref_gpu=True, weight_sync="object_store",
                      gradient_checkpointing=True)
     ray_engine = RayEngine(cfg, tiny_vllm_model)
-    local = LocalEngine(tiny_vllm_model, device="cpu", lr=cfg.lr, micro_batch_size=2)
+    local = local_engine(tiny_vllm_model, lr=cfg.lr, micro_batch_size=2)
     try:
         yield ray_engine, local
     finally:
-        ray_engine.shutdown()
+        ray_engine.close()
 
 
 def max_gap(a, b) -> float:
@@ -77,7 +77,7 @@ class TestAgainstTheLocalEngine:
     def test_samples_are_seeded_and_match_the_local_forward(self, engines):
         import torch
 
-        from sttrl.engines.local import pad_batch, response_logprobs
+        from sttrl.engines.sequences import pad_batch, response_logprobs
 
         eng, local = engines
         a = eng.generate(PROMPT, 6, 1.0, 1.0, 10, seed=7)
@@ -106,7 +106,7 @@ class TestAgainstTheLocalEngine:
         """GRPO steps equal the local engine's; vLLM serves the trained weights, then the initial
         ones after a reset: the check against silently stale rollout weights."""
         from sttrl.algorithms.grpo import group_advantages, grpo_loss
-        from sttrl.engines.base import TrainBatch
+        from sttrl.types import TrainBatch
 
         eng, local = engines
         pid = eng.encode(PROMPT)
@@ -157,7 +157,7 @@ class TestAgainstTheLocalEngine:
 
     def test_snapshots_and_checkpoints_round_trip(self, engines):
         from sttrl.algorithms.grpo import group_advantages, grpo_loss
-        from sttrl.engines.base import TrainBatch
+        from sttrl.types import TrainBatch
 
         eng, _ = engines
         pid = eng.encode(PROMPT)
@@ -206,7 +206,7 @@ def test_broadcast_sync_follows_the_actor_and_a_killed_engine_is_a_clear_error(r
     import time
 
     from sttrl.algorithms.grpo import group_advantages, grpo_loss
-    from sttrl.engines.base import TrainBatch
+    from sttrl.types import TrainBatch
     from sttrl.engines.ray_engine import RayEngine
     from sttrl.errors import EngineError
 
@@ -234,16 +234,16 @@ def test_broadcast_sync_follows_the_actor_and_a_killed_engine_is_a_clear_error(r
         eng.timeout = 60  # the actor ranks are free again: rank 0 kept gathering
         assert eng.state_dict()["world_size"] == 2
     finally:
-        eng.shutdown()
+        eng.close()
 
 
 def test_reference_actor_on_its_own(tiny_vllm_model):
     """The actor --separate_ref_gpu adds, called directly (no Ray needed)."""
-    from sttrl.engines.local import LocalEngine
+    from conftest import local_engine
     from sttrl.engines.ray_actors import ActorSettings
     from sttrl.engines.ray_trainer import ReferenceActor
 
-    local = LocalEngine(tiny_vllm_model, device="cpu")
+    local = local_engine(tiny_vllm_model)
     settings = ActorSettings(model_path=tiny_vllm_model, pad_id=local.tokenizer.pad_token_id,
                              micro_batch_size=2)
     pid = local.encode(PROMPT)
@@ -267,7 +267,7 @@ def gae_engine(ray_cpu, tiny_vllm_model):
     try:
         yield eng, critic_weights(eng)
     finally:
-        eng.shutdown()
+        eng.close()
 
 
 def critic_weights(eng) -> dict:
@@ -281,7 +281,7 @@ def same_weights(a: dict, b: dict) -> bool:
 def value_error(eng, batch, values) -> float:
     """Token mean of (V - R)^2, with R the returns GAE makes from these values."""
     from sttrl.algorithms.gae import gae, token_rewards
-    from sttrl.engines.local import pad_batch
+    from sttrl.engines.sequences import pad_batch
 
     mask = pad_batch(batch.prompts, batch.responses, 0, "cpu")[3]
     _, returns = gae(token_rewards(batch.rewards, mask), values, mask)
@@ -290,7 +290,7 @@ def value_error(eng, batch, values) -> float:
 
 class TestPPOWithACritic:
     def batch(self, eng):
-        from sttrl.engines.base import TrainBatch
+        from sttrl.types import TrainBatch
 
         samples = eng.generate(PROMPT, 7, 1.0, 1.0, 10, seed=3)  # 7 rows: ranks get 4 and 3
         # advantages are GRPO's; with gae the engine must ignore them (zeros would train nothing)
@@ -363,11 +363,11 @@ class TestPPOWithACritic:
         continuous mode checkpoints the critic, the dataset-level mode trains it too."""
         from test_driver import lines, write_questions
 
-        import sttrl.driver as driver
+        import sttrl.run as driver
 
         eng, _ = gae_engine
         monkeypatch.setattr(driver, "build_engine", lambda cfg: eng)
-        monkeypatch.setattr(driver, "shutdown_engine", lambda engine: None)
+        monkeypatch.setattr(eng, "close", lambda: None)
         data = write_questions(tmp_path / "q.json", n=4)
         cfg = ray_config(tiny_vllm_model, data_path=data, output_dir=str(tmp_path / "out"),
                          steps_per_question=2, prompts_per_step=4, **GAE_FLAGS, **kw)
@@ -404,7 +404,7 @@ def ray_run(ray_cpu, tiny_vllm_model, tmp_path_factory):
     question on, the KL needs the reference, here the ZeRO-3 copy inside the actor ranks)."""
     from test_driver import write_questions
 
-    from sttrl.driver import run
+    from sttrl.run import run
 
     tmp = tmp_path_factory.mktemp("ray_run")
     data = write_questions(tmp / "q.json", n=4)
@@ -416,7 +416,7 @@ def ray_run(ray_cpu, tiny_vllm_model, tmp_path_factory):
 def test_driver_writes_the_local_engines_format(ray_run, tiny_vllm_model):
     from test_driver import lines
 
-    from sttrl.driver import run
+    from sttrl.run import run
 
     tmp, data = ray_run
     run(ray_config(tiny_vllm_model, data_path=data, output_dir=str(tmp / "local"),
@@ -442,7 +442,7 @@ def test_a_killed_vllm_engine_is_a_clear_error_and_the_run_resumes(ray_run, tiny
                                                                     ray_cpu, monkeypatch):
     from test_driver import lines, without_timings
 
-    import sttrl.driver as driver
+    import sttrl.run as driver
     from sttrl.errors import EngineError
 
     tmp, data = ray_run
@@ -482,7 +482,7 @@ def test_smollm2_end_to_end_on_both_engines(ray_cpu, tmp_path):
     engine writes, line for line in structure, with the same pseudo-label machinery."""
     from test_driver import lines
 
-    from sttrl.driver import run
+    from sttrl.run import run
 
     flags = dict(num_questions=2, n_votes=8, n_train=4, n_eval=4, max_new_tokens=32, lr=1e-5,
                  sync_timeout=600, device="cpu")
@@ -507,7 +507,7 @@ def test_smollm2_end_to_end_on_both_engines(ray_cpu, tmp_path):
 def test_weight_updating_methods_run_on_the_scale_engine(ray_cpu, tiny_vllm_model, tmp_path, kw):
     from test_driver import write_questions
 
-    from sttrl.driver import run
+    from sttrl.run import run
 
     data = write_questions(tmp_path / "q.json", n=2)
     summary = run(ray_config(tiny_vllm_model, data_path=data, output_dir=str(tmp_path / "out"),

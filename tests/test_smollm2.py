@@ -23,7 +23,7 @@ def test_converted_model_matches_the_gguf_original(tmp_path):
 
 def test_two_arith_questions_end_to_end(tmp_path):
     from sttrl.config import Config
-    from sttrl.driver import run
+    from sttrl.run import run
 
     summary = run(Config(num_questions=2, n_eval=8, output_dir=str(tmp_path / "out"),
                          device="cpu", progress=False))

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from sttrl.engines.base import Sample
+from sttrl.types import Sample
 from sttrl.errors import UserError
 from sttrl.rewards import ttrl_rewards, vote, voting_weights
 

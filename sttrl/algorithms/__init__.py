@@ -1,0 +1,42 @@
+"""The adaptation methods, registered in one place: config, the modes and the report read
+`METHODS`, so a new method is one module and one entry here.
+
+Every method's `adapt(engine, question, prompt, cfg, seed, timer) -> sttrl.types.Adaptation`
+sees the question and the prompt, never the reference answer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from sttrl.algorithms import memo, slot, ttft, ttrl
+
+
+@dataclass(frozen=True)
+class Method:
+    """One adaptation method and the defaults that belong to it."""
+
+    adapt: Callable
+    """adapt(engine, question, prompt, cfg, seed, timer) -> Adaptation."""
+    lr: float
+    """Default learning rate in reset mode."""
+    continuous_lr: float
+    """Default learning rate with --continuous (learning carries over, so it may be smaller)."""
+    steps: int
+    """Default optimiser steps per question."""
+    row: str
+    """The report's row for a reset-mode run."""
+    continuous_row: str
+    """The report's row for a --continuous run."""
+
+
+METHODS: dict[str, Method] = {
+    "ttrl": Method(ttrl.adapt, lr=1e-5, continuous_lr=1e-5, steps=3,
+                   row="STTRL (reset)", continuous_row="STTRL (continuous)"),
+    "ttft": Method(ttft.adapt, lr=1e-4, continuous_lr=5e-5, steps=3,
+                   row="ttft", continuous_row="ttft (continuous)"),
+    "slot": Method(slot.adapt, lr=0.1, continuous_lr=0.1, steps=5,
+                   row="slot", continuous_row="slot (continuous)"),
+    "memo": Method(memo.adapt, lr=1e-5, continuous_lr=1e-5, steps=3,
+                   row="memo", continuous_row="memo (continuous)"),
+}

@@ -12,8 +12,8 @@ import math
 from sttrl.algorithms.grpo import group_advantages, grpo_loss
 from sttrl.algorithms.ttrl import skip_reason
 from sttrl.data.prompts import format_prompt
-from sttrl.engines.base import TrainBatch
-from sttrl.rewards import ttrl_rewards, vote, voting_weights, extract_answer
+from sttrl.rewards import extract_answer, ttrl_rewards, vote, voting_weights
+from sttrl.types import Adaptation, TrainBatch
 
 
 def marginal_rewards(answers: list[str | None], task: str) -> tuple[list[float], float]:
@@ -33,7 +33,7 @@ def marginal_rewards(answers: list[str | None], task: str) -> tuple[list[float],
     return rewards, entropy
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
+def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> Adaptation:
     B = cfg.memo_variants
     per = max(1, cfg.n_votes // B)
     prompts, samples = [], []
@@ -65,6 +65,5 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
                                    cfg.steps_per_question)
     # trained samples first, so answers[:len(rewards)] lines up with rewards for the metrics
     rest = sorted(set(range(len(answers))) - set(take))
-    return {"answers": [answers[i] for i in take + rest],
-            "label": label, "vote": stats, "rewards": rewards, "skip_reason": reason,
-            "train": history, "extra": {"marginal_entropy": entropy, "variants": B}}
+    return Adaptation([answers[i] for i in take + rest], label, stats, rewards, reason, history,
+                      extra={"marginal_entropy": entropy, "variants": B})

@@ -2,23 +2,33 @@
 
 For each question a delta in R^hidden starts at zero, is optimised by next-token cross-entropy
 on the prompt tokens alone (the hidden states come from one prefill and stay fixed, so each step
-costs only the LM head), and is then added before the LM head at every decoding step. The
-model's weights never change; reset sets the delta back to None (zero).
+costs only the LM head), and is then added before the LM head at every decoding step through
+the engine's head hook. The model's weights never change; reset removes the hook (delta zero).
 """
 from __future__ import annotations
 
 import torch
 
 from sttrl.algorithms.ttrl import sample_and_vote
+from sttrl.types import Adaptation
 
 WEIGHT_DECAY = 1e-8
 ADAM_EPS = 1e-5
 
 
+class HiddenDelta:
+    """The head hook SLOT hands the engine: hidden states [..., d] -> hidden + delta."""
+
+    def __init__(self, delta: torch.Tensor):
+        self.delta = delta  # [d], fp32
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self.delta.to(hidden.dtype)
+
+
 def fit_delta(engine, prompt_ids: list[int], lr: float, steps: int,
               start: torch.Tensor | None = None) -> tuple[torch.Tensor, list[dict]]:
     hidden = engine.prompt_hidden(prompt_ids)  # [P, d], fixed
-    head = engine.model.get_output_embeddings()
     targets = torch.tensor(prompt_ids[1:], device=hidden.device)  # [P-1]
     delta = torch.zeros(hidden.shape[-1], device=hidden.device, dtype=torch.float32)
     if start is not None:
@@ -27,7 +37,7 @@ def fit_delta(engine, prompt_ids: list[int], lr: float, steps: int,
     opt = torch.optim.AdamW([delta], lr=lr, weight_decay=WEIGHT_DECAY, eps=ADAM_EPS)
     history = []
     for _ in range(steps):
-        logits = head(hidden[:-1] + delta.to(hidden.dtype)).float()  # [P-1, V]
+        logits = engine.head_logits(hidden[:-1] + delta.to(hidden.dtype)).float()  # [P-1, V]
         loss = torch.nn.functional.cross_entropy(logits, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -36,15 +46,15 @@ def fit_delta(engine, prompt_ids: list[int], lr: float, steps: int,
     return delta.detach(), history
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
+def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> Adaptation:
     # SLOT does not use the vote; it is taken so every method reports the same metrics.
     _, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg, seed, timer)
     history = []
     if cfg.steps_per_question > 0:
         with timer("train"):
             # continuous mode starts from the delta the previous questions left behind
+            previous = engine.head_hook.delta if isinstance(engine.head_hook, HiddenDelta) else None
             delta, history = fit_delta(engine, engine.encode(prompt), cfg.lr,
-                                       cfg.steps_per_question, engine.hidden_delta)
-            engine.hidden_delta = delta
-    return {"answers": answers, "label": label, "vote": stats, "rewards": rewards,
-            "skip_reason": None, "train": history}
+                                       cfg.steps_per_question, previous)
+            engine.set_head_hook(HiddenDelta(delta))
+    return Adaptation(answers, label, stats, rewards, None, history)

@@ -7,7 +7,7 @@ so a unanimous vote still trains (it sharpens what the model already says).
 from __future__ import annotations
 
 from sttrl.algorithms.ttrl import sample_and_vote
-from sttrl.engines.base import TrainBatch
+from sttrl.types import Adaptation, TrainBatch
 
 
 def sft_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask):
@@ -16,7 +16,7 @@ def sft_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask):
     return nll, {"loss": float(nll.detach())}
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
+def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> Adaptation:
     samples, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg,
                                                               seed, timer)
     keep = [s.token_ids for s, r in zip(samples, rewards) if r > 0]
@@ -27,5 +27,4 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
         batch = TrainBatch.shared(engine.encode(prompt), keep, [1.0] * len(keep))
         with timer("train"):
             history = engine.train(batch, sft_loss, {}, cfg.steps_per_question)
-    return {"answers": answers, "label": label, "vote": stats, "rewards": rewards,
-            "skip_reason": reason, "train": history}
+    return Adaptation(answers, label, stats, rewards, reason, history)

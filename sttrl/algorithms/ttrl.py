@@ -6,8 +6,8 @@ method label-free, and the signature is what keeps it so.
 from __future__ import annotations
 
 from sttrl.algorithms.grpo import group_advantages, grpo_loss
-from sttrl.engines.base import TrainBatch
 from sttrl.rewards import extract_answer, ttrl_rewards, vote, voting_weights
+from sttrl.types import Adaptation, TrainBatch
 
 
 def pseudo_label(samples, task: str, cfg):
@@ -42,7 +42,7 @@ def skip_reason(label, rewards: list[float]) -> str | None:
     return None
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
+def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> Adaptation:
     """One question's test-time update; returns what happened, for the results line."""
     samples, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg,
                                                               seed, timer)
@@ -58,5 +58,4 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> dict:
             history = engine.train(batch, grpo_loss,
                                    {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef},
                                    cfg.steps_per_question)
-    return {"answers": answers, "label": label, "vote": stats, "rewards": rewards,
-            "skip_reason": reason, "train": history}
+    return Adaptation(answers, label, stats, rewards, reason, history)

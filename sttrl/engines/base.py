@@ -1,47 +1,36 @@
-"""The small interface every engine implements, and the record it returns per sample.
+"""The interface both engines implement in full, as the modes and methods use it.
 
-Data flows one way: an engine turns a prompt into `Sample`s; rewards read them; algorithms
-turn rewards into a `TrainBatch`; the engine applies it. Nothing here imports torch, so the
-rewards layer can read `Sample` without pulling in a deep-learning stack.
+`LocalEngine` (sttrl/engines/local.py) and `RayEngine` (sttrl/engines/ray/engine.py) are built
+the same way, `Engine(cfg, model_path)`, from a resolved `sttrl.config.Config`, and the modes
+cannot tell them apart. Records come from `sttrl.types`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from sttrl.types import Sample, TrainBatch
 
-@dataclass
-class Sample:
-    """One generated response and the per-token summaries the voting functions need.
-
-    All lists have one entry per generated token (the response only, never the prompt).
-    """
-
-    text: str
-    """Decoded response, special tokens stripped."""
-    token_ids: list[int]
-    """Generated token ids, including the end-of-sequence token when one was produced."""
-    logprobs: list[float] = field(default_factory=list)
-    """log p(token_t | prefix) under the untempered model (temperature 1, no top-p)."""
-    logsumexp: list[float] = field(default_factory=list)
-    """logsumexp of the raw logits z_t at each step; energy E = -mean_t logsumexp(z_t)."""
-    topk_logprob_mean: list[float] = field(default_factory=list)
-    """Mean of the top-k (k=20) untempered log-probs at each step; DeepConf confidence is its negation."""
-    finished: bool = True
-    """False when generation stopped at max_new_tokens rather than at end-of-sequence."""
+HeadHook = Callable[[Any], Any]
+"""Maps the final hidden states [..., d] entering the LM head to the ones the head should see."""
 
 
 class Engine(Protocol):
-    """What the per-question driver needs from a model runtime (local or distributed)."""
+    """What the modes and the methods need from a model runtime (local or distributed)."""
 
     tokenizer: Any
     """A Hugging Face tokenizer, for prompt templates and token counts."""
+
+    def __init__(self, cfg, model_path: str) -> None:
+        """Load the model at `model_path` as the resolved config `cfg` says (device, lr, ...)."""
+
+    def encode(self, prompt: str) -> list[int]:
+        """The token ids of a formatted prompt, as generate and train see it."""
 
     def generate(self, prompt: str, n: int, temperature: float, top_p: float,
                  max_new_tokens: int, seed: int) -> list[Sample]:
         """Sample n responses to one prompt; the same seed gives the same samples."""
 
-    def train(self, batch: "TrainBatch", loss_fn: Callable, loss_kwargs: dict,
+    def train(self, batch: TrainBatch, loss_fn: Callable, loss_kwargs: dict,
               steps: int) -> list[dict]:
         """Run `steps` optimiser steps on one batch; returns one stats dict per step.
 
@@ -54,29 +43,38 @@ class Engine(Protocol):
         ref_logprobs are the initial weights' (None unless loss_kwargs['kl_coef'] > 0).
         """
 
+    def set_lr(self, lr: float) -> None:
+        """The optimiser's learning rate from now on (dataset mode's schedule)."""
+
     def snapshot(self) -> Any:
-        """Capture the trainable state (weights and optimiser) for a later exact restore."""
+        """Capture the trainable state (weights, optimiser, head hook) for a later exact restore."""
 
     def restore(self, state: Any) -> None:
         """Return weights and optimiser to a snapshot, bit-exactly."""
 
+    def reset(self) -> None:
+        """Back to the initial weights, an empty optimiser state and no head hook."""
 
-@dataclass
-class TrainBatch:
-    """What an update trains on: responses, each continuing its own prompt, with advantages."""
+    def state_dict(self) -> dict:
+        """Everything a continuous run's checkpoint needs to resume this engine."""
 
-    prompts: list[list[int]]
-    """Prompt token ids, one list per response (per-question methods repeat one prompt)."""
-    responses: list[list[int]]
-    """Token ids of each response, as generated."""
-    advantages: list[float]
-    """One scalar per response (GRPO: group-normalised reward; SFT: 1 keeps a response)."""
-    rewards: list[float] | None = None
-    """Each response's outcome reward, for an engine with a critic (gae), which then computes
-    per-token advantages itself and ignores `advantages`; None for every other update."""
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from `state_dict()`'s output."""
 
-    @classmethod
-    def shared(cls, prompt_ids: list[int], responses: list[list[int]],
-               advantages: list[float], rewards: list[float] | None = None) -> "TrainBatch":
-        """All responses continue the same prompt."""
-        return cls([prompt_ids] * len(responses), responses, advantages, rewards)
+    def prompt_hidden(self, prompt_ids: list[int]) -> Any:
+        """The final hidden states [P, d] of a prompt as they enter the LM head, without the
+        head hook (SLOT; the scale engine refuses with a UserError)."""
+
+    def head_logits(self, hidden: Any) -> Any:
+        """The LM head on hidden states [..., d], without the head hook: logits [..., V]."""
+
+    def set_head_hook(self, hook: HeadHook | None) -> None:
+        """Apply `hook` to the hidden states before the LM head in every later forward pass
+        (generation and training); None removes it. Reset removes it too."""
+
+    @property
+    def head_hook(self) -> HeadHook | None:
+        """The hook set by `set_head_hook` (None when there is none)."""
+
+    def close(self) -> None:
+        """Release what the engine holds (Ray actors, vLLM engines); a no-op where nothing is."""

@@ -8,21 +8,33 @@ token, logsumexp of the logits, mean top-k log-prob) come out of the same pass f
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 
 from sttrl.data.prompts import encode_prompt
-from sttrl.engines.base import Sample, TrainBatch
 from sttrl.engines.models import enable_gradient_checkpointing, load_model
-
-TOP_K_CONFIDENCE = 20  # DeepConf's k for token confidence
+from sttrl.engines.sequences import (PASS_COST_TOKENS, SHARE_MIN_TOKENS, TOP_K_CONFIDENCE,
+                                     length_buckets, pad_batch, response_logprobs,
+                                     response_mask, shared_prompt_logprobs, stop_token_ids)
+from sttrl.errors import UserError
+from sttrl.types import Sample, TrainBatch
 
 
 def pick_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def reference_device(device: str, separate: bool) -> str:
+    """Where the frozen reference model goes: the actor's device, or with separate_ref_gpu the
+    next visible GPU."""
+    if not separate:
+        return device
+    if not device.startswith("cuda") or torch.cuda.device_count() < 2:
+        raise UserError("--separate_ref_gpu needs at least two visible GPUs")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    return f"cuda:{(index + 1) % torch.cuda.device_count()}"
 
 
 NUCLEUS_CANDIDATES = 1024  # top-p looks for its nucleus among these first (see sample_next)
@@ -61,185 +73,82 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     return order.gather(-1, draw(top * keep, generator)[:, None]).squeeze(-1)
 
 
-def stop_token_ids(generation_config, tokenizer) -> list[int]:
-    """Token ids that end a response: the generation config's EOS ids and the tokenizer's."""
-    ids = generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return sorted(set(ids))
-
-
-def pad_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int, device: str):
-    """Left-pad prompts and right-pad responses so every prompt ends at the same column.
-
-    Returns input ids and attention mask [B, P+T], position ids [B, P+T] and the response
-    mask [B, T]; the last T+1 logits of every row then predict exactly the response tokens.
-    Shared with the scale engine's trainer ranks, so both engines score the same way.
-    """
-    P = max(len(p) for p in prompts)
-    T = max(1, max(len(r) for r in responses))
-    ids = torch.full((len(responses), P + T), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    resp_mask = torch.zeros(len(responses), T)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        ids[i, P - len(p):P + len(r)] = torch.tensor(p + r)
-        attn[i, P - len(p):P + len(r)] = 1
-        resp_mask[i, :len(r)] = 1
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
-    return ids.to(device), attn.to(device), pos.to(device), resp_mask.to(device)
-
-
-# What one more forward and backward pass costs, in tokens of work: for SmolLM2 on the 2-core CPU
-# about 0.55 s against 6.3 ms per token, mostly writing every weight's gradient, which does not
-# shrink with the batch (measured for benchmarks/profile_train.py).
-PASS_COST_TOKENS = 96
-# Sharing a prompt's KV cache takes a second forward call: worth it once the copies of the
-# prompt it saves add up to this many tokens.
-SHARE_MIN_TOKENS = 64
-
-
-def length_buckets(lengths: list[int], max_rows: int,
-                   pass_cost: int = PASS_COST_TOKENS) -> list[list[int]]:
-    """Row indices in micro-batches of at most max_rows: the rows sorted longest first, cut where
-    the padding saved pays for another pass.
-
-    A micro-batch is padded to its longest row and costs pass_cost + rows x longest tokens of
-    work; the cuts minimise the sum exactly (dynamic programming over cut points). One long
-    sample among short ones made training cost 3x its tokens when every micro-batch was padded
-    to its longest row whatever the rest were.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    n = len(order)
-    best = [0.0] + [math.inf] * n  # best[k]: cheapest way to cut the k longest rows
-    cut = [0] * (n + 1)
-    for end in range(1, n + 1):
-        for start in range(max(0, end - max_rows), end):
-            cost = best[start] + pass_cost + (end - start) * lengths[order[start]]
-            if cost < best[end]:
-                best[end], cut[end] = cost, start
-    out, end = [], n
-    while end:
-        out.append(order[cut[end]:end])
-        end = cut[end]
-    return out[::-1]
-
-
-def response_logprobs(model, ids, attn, pos, T: int, with_logsumexp: bool = False):
-    """log p(response token) [B, T] (and, if asked, logsumexp of the raw logits [B, T])."""
-    # Only the last T+1 positions predict response tokens: skip the LM head on the prompt.
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
-                   logits_to_keep=T + 1, use_cache=False).logits[:, :-1, :].float()  # [B, T, V]
-    targets = ids[:, -T:]  # [B, T]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-    if with_logsumexp:
-        return logp, torch.logsumexp(logits, dim=-1)
-    return logp
-
-
-def shared_prompt_logprobs(model, prompt: list[int], responses: list[list[int]], pad_id: int,
-                           device, with_logsumexp: bool = False):
-    """log p(response token) [b, T] for responses that all continue one prompt (and, if asked,
-    the logsumexp of the raw logits [b, T]), running the prompt once instead of once per row.
-
-    The prompt's keys and values are computed once and repeated for the b rows; they stay in
-    the autograd graph, so the gradient is the one a full forward per row gives. On the CPU
-    default (ARITH-TTT, 8 rows) the prompt was half of the trained tokens.
-    """
-    b, P = len(responses), len(prompt)
-    T = max(1, max(len(r) for r in responses))
-    resp = torch.full((b, T), pad_id, dtype=torch.long)
-    for i, r in enumerate(responses):
-        resp[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    resp = resp.to(device)
-    out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
-    logits = out.logits[:, -1:, :].expand(b, 1, -1)  # [b, 1, V]: predicts the first token
-    if T > 1:
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(b)
-        pos = torch.arange(P, P + T - 1, device=device).expand(b, -1)  # [b, T-1]
-        # Right padding needs no attention mask: causal attention never looks ahead to it.
-        rest = model(input_ids=resp[:, :-1], past_key_values=cache, position_ids=pos,
-                     use_cache=True).logits  # [b, T-1, V]
-        logits = torch.cat([logits, rest], dim=1)
-    logits = logits.float()  # [b, T, V]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, resp[..., None]).squeeze(-1)
-    if with_logsumexp:
-        return logp, torch.logsumexp(logits, dim=-1)
-    return logp
-
-
-def response_mask(responses: list[list[int]], device) -> torch.Tensor:
-    """1 on each response's tokens, 0 on the right padding: [b, T]."""
-    mask = torch.zeros(len(responses), max(1, max(len(r) for r in responses)))
-    for i, r in enumerate(responses):
-        mask[i, :len(r)] = 1
-    return mask.to(device)
-
-
 class LocalEngine:
     """Generate, train and reset one Hugging Face causal LM in this process."""
 
-    def __init__(self, model_path: str, device: str = "auto", lr: float = 1e-5,
-                 weight_decay: float = 0.0, grad_clip: float = 1.0, micro_batch_size: int = 8,
-                 gradient_checkpointing: bool = False, ref_device: str | None = None,
-                 trust_remote_code: bool = False, generation_threads: int | None = None):
-        self.device = pick_device(device)
-        # None: torch's default. On the quiet 2-core machine 2 threads decode 1.1-1.5x faster than
-        # 1 (benchmarks/bench_generation.py); 1 thread wins only when another job holds a core.
-        self.generation_threads = generation_threads
+    def __init__(self, cfg, model_path: str):
+        self.device = pick_device(cfg.device)
+        self.ref_device = reference_device(self.device, cfg.separate_ref_gpu)
+        # None: torch's default, all cores; 1 thread only pays while another job holds a core.
+        self.generation_threads = cfg.generation_threads or None
         self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.model_path, self.trust_remote_code = model_path, trust_remote_code
+        self.model_path, self.trust_remote_code = model_path, cfg.trust_remote_code
         self.model, self.tokenizer = load_model(model_path, self.dtype, self.device,
-                                                trust_remote_code)
+                                                cfg.trust_remote_code)
         self.model.eval()  # no dropout in training either: rollouts and updates see one policy
-        self.gradient_checkpointing = gradient_checkpointing
-        if gradient_checkpointing:
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+        if self.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
-        # SLOT's vector, added to the final hidden states before the LM head when set.
-        self.hidden_delta: torch.Tensor | None = None
-        self.model.get_output_embeddings().register_forward_pre_hook(self._add_hidden_delta)
+        self._head_hook = None  # applied to the hidden states entering the LM head (SLOT)
+        self._head_hook_on = True
+        self.model.get_output_embeddings().register_forward_pre_hook(self._apply_head_hook)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        # Fused: one kernel over all weights. On the CPU a step took 0.09 s instead of 0.5 s, and
-        # the first step after a reset (empty state) 0.26 s instead of 2 s.
+        # Fused: one kernel over all weights instead of a loop of small ones
+        # (docs/PERFORMANCE.md has the measured step times).
         try:
-            self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay,
-                                               fused=True)
+            self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr,
+                                               weight_decay=cfg.weight_decay, fused=True)
         except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-            self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
-        self.grad_clip = grad_clip
-        self.micro_batch_size = micro_batch_size
+            self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr,
+                                               weight_decay=cfg.weight_decay)
+        self.grad_clip = cfg.grad_clip
+        self.micro_batch_size = cfg.micro_batch_size
         # Training runs each prompt once per micro-batch and shares its KV cache across the rows;
         # gradient checkpointing needs cache-free forwards, so it pads every row instead.
-        self.share_prompt = not gradient_checkpointing
-        self.ref_device = ref_device or self.device
+        self.share_prompt = not self.gradient_checkpointing
         self.ref_model = None  # built on first need from the initial weights
         self.initial = self.snapshot()
         self.pristine = True  # True while the weights equal the initial ones
-        self.stop_ids = self._stop_ids()
+        self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
 
-    def _stop_ids(self) -> list[int]:
-        return stop_token_ids(self.model.generation_config, self.tokenizer)
+    def close(self) -> None:
+        """Nothing to release: the model goes with the process."""
 
-    def _add_hidden_delta(self, module, inputs):
-        if self.hidden_delta is None:
+    # ---- the LM-head hook (SLOT) ------------------------------------------------------------
+    def _apply_head_hook(self, module, inputs):
+        if self._head_hook is None or not self._head_hook_on:
             return None
-        return (inputs[0] + self.hidden_delta.to(inputs[0].dtype),) + tuple(inputs[1:])
+        return (self._head_hook(inputs[0]),) + tuple(inputs[1:])
+
+    @property
+    def head_hook(self):
+        return self._head_hook
+
+    def set_head_hook(self, hook) -> None:
+        self._head_hook = hook
 
     @torch.no_grad()
     def prompt_hidden(self, prompt_ids: list[int]) -> torch.Tensor:
-        """The final hidden states [P, d] that enter the LM head, without any delta."""
+        """The final hidden states [P, d] that enter the LM head, without the hook."""
         captured = []
         head = self.model.get_output_embeddings()
-        hook = head.register_forward_pre_hook(lambda m, inp: captured.append(inp[0]))
-        saved, self.hidden_delta = self.hidden_delta, None
+        capture = head.register_forward_pre_hook(lambda m, inp: captured.append(inp[0]))
+        self._head_hook_on = False
         try:
             ids = torch.tensor([prompt_ids], device=self.device)
             self.model(input_ids=ids, logits_to_keep=0, use_cache=False)
         finally:
-            hook.remove()
-            self.hidden_delta = saved
+            capture.remove()
+            self._head_hook_on = True
         return captured[0][0].float()
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on hidden states [..., d], without the hook: logits [..., V]."""
+        self._head_hook_on = False
+        try:
+            return self.model.get_output_embeddings()(hidden)
+        finally:
+            self._head_hook_on = True
 
     # ---- generation -------------------------------------------------------------------------
     def generate(self, prompt: str, n: int, temperature: float, top_p: float,
@@ -312,7 +221,7 @@ class LocalEngine:
         out = []
         for rows in by_prompt.values():
             buckets = length_buckets([len(prompts[i]) + len(responses[i]) for i in rows],
-                                     self.micro_batch_size)
+                                     self.micro_batch_size, PASS_COST_TOKENS)
             out += [[rows[j] for j in bucket] for bucket in buckets]
         return out
 
@@ -399,14 +308,14 @@ class LocalEngine:
     def snapshot(self) -> dict:
         return {"params": [p.detach().clone() for p in self.params],
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                "hidden_delta": self.hidden_delta}
+                "head_hook": self._head_hook}
 
     @torch.no_grad()
     def restore(self, state: dict) -> None:
         for p, saved in zip(self.params, state["params"]):
             p.copy_(saved)
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        self.hidden_delta = state["hidden_delta"]
+        self._head_hook = state["head_hook"]
         self.pristine = state is self.initial
 
     def reset(self) -> None:
@@ -416,11 +325,11 @@ class LocalEngine:
     def state_dict(self) -> dict:
         """Weights and optimiser state, for a continuous run's checkpoint."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "hidden_delta": self.hidden_delta}
+                "head_hook": self._head_hook}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.hidden_delta = state.get("hidden_delta")
+        self._head_hook = state.get("head_hook")
         self.pristine = False
 

@@ -53,7 +53,7 @@ import time
 from dataclasses import dataclass
 
 from sttrl.data.prompts import encode_prompt
-from sttrl.engines.base import Sample, TrainBatch
+from sttrl.types import Sample, TrainBatch
 from sttrl.engines.ray_actors import ActorSettings
 from sttrl.engines.ray_rollout import RolloutActor
 from sttrl.engines.ray_trainer import CriticActor, ReferenceActor, TrainerActor
@@ -108,7 +108,7 @@ def shard(prompts: list[list[int]], responses: list[list[int]], world: int,
     at most doubles a row's cost). ZeRO-3's forward and backward are collectives, so every rank
     runs the same number of micro-batches: a rank with fewer gets empty ones, which it runs as a
     fully masked dummy row (zero loss, zero gradient)."""
-    from sttrl.engines.local import length_buckets
+    from sttrl.engines.sequences import PASS_COST_TOKENS, length_buckets
 
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -116,7 +116,8 @@ def shard(prompts: list[list[int]], responses: list[list[int]], world: int,
     for rank in range(world):
         rows = order[rank::world]
         plan.append([[rows[j] for j in bucket]
-                     for bucket in length_buckets([lengths[i] for i in rows], micro)])
+                     for bucket in length_buckets([lengths[i] for i in rows], micro,
+                                                  PASS_COST_TOKENS)])
     n_micro = max(1, max(len(p) for p in plan))
     return [p + [[] for _ in range(n_micro - len(p))] for p in plan]
 
@@ -172,7 +173,7 @@ class RayEngine:
                             "(CPU) or pip install '.[scale]' (GPU)")
         from transformers import AutoConfig, GenerationConfig
 
-        from sttrl.engines.local import stop_token_ids
+        from sttrl.engines.sequences import stop_token_ids
         from sttrl.engines.models import load_tokenizer
 
         self.cfg = cfg
@@ -215,7 +216,7 @@ class RayEngine:
             self._labels = {a._actor_id.hex(): name for name, a in self.actors.labelled()}
             self._setup()
         except BaseException:
-            self.shutdown()
+            self.close()
             raise
         self.initial = RaySnapshot("initial", 0, True)
 
@@ -272,7 +273,7 @@ class RayEngine:
     def rollouts(self) -> list:
         return self.actors.rollouts
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
         """Stop the vLLM engines, kill the actors, free the bundles; stop Ray if we started it."""
         if self.closed:
             return
@@ -453,7 +454,7 @@ class RayEngine:
         """PPO's whitened advantages [B, T], and the critic's training calls, already started
         (so the critic trains while the actor does) on the returns GAE gives."""
         from sttrl.algorithms.gae import gae, token_rewards, whiten
-        from sttrl.engines.local import pad_batch
+        from sttrl.engines.sequences import pad_batch
 
         if batch.rewards is None:
             raise UserError("--advantage_estimator gae trains on each response's reward; this "

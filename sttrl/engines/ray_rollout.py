@@ -10,7 +10,6 @@ import time
 from sttrl.engines.ray_actors import (SYNC_CHUNK_BYTES, ActorSettings, error_line, on_gpu,
                                       placement_info, sync_group, weight_groups)
 
-TOP_K_CONFIDENCE = 20  # DeepConf's k, as in the local engine
 CPU_KV_CACHE_BYTES = 512 * 2**20  # vLLM's KV cache on CPU; its own default sizes it from all RAM
 
 
@@ -70,6 +69,8 @@ class RolloutActor:
         """n samples with the untempered log-prob of each token and the mean top-20 log-prob."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+
+        from sttrl.engines.sequences import TOP_K_CONFIDENCE
 
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                 seed=seed, stop_token_ids=stop_ids, logprobs=TOP_K_CONFIDENCE,

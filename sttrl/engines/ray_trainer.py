@@ -145,7 +145,7 @@ class TrainerActor:
 
     def _batch(self, mb: dict):
         """Pad one micro-batch; an empty one becomes a fully masked dummy row (see `shard`)."""
-        from sttrl.engines.local import pad_batch
+        from sttrl.engines.sequences import pad_batch
 
         dummy = not mb["responses"]
         prompts = [mb["dummy"][0]] if dummy else mb["prompts"]
@@ -160,7 +160,7 @@ class TrainerActor:
         """Per micro-batch: token log-probs [b, T] (and logsumexp [b, T]) as CPU tensors."""
         import torch
 
-        from sttrl.engines.local import response_logprobs
+        from sttrl.engines.sequences import response_logprobs
 
         model = self._reference() if reference else self.engine
         out = []
@@ -182,7 +182,7 @@ class TrainerActor:
         """
         import torch
 
-        from sttrl.engines.local import response_logprobs
+        from sttrl.engines.sequences import response_logprobs
 
         kl = loss_kwargs.get("kl_coef", 0.0) > 0
         ref = None  # reference log-probs per micro-batch: from --separate_ref_gpu's actor, or ours
@@ -387,7 +387,7 @@ class ReferenceActor:
         """Token log-probs [B, T] (CPU) under the initial weights."""
         import torch
 
-        from sttrl.engines.local import pad_batch, response_logprobs
+        from sttrl.engines.sequences import pad_batch, response_logprobs
         from sttrl.engines.models import load_model
 
         s = self.settings

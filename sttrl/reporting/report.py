@@ -15,14 +15,15 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from sttrl.algorithms import METHODS
 from sttrl.errors import UserError
+from sttrl.files import read_jsonl
 
-METHODS = ("ttrl", "ttft", "slot", "memo")
 BASE = "base model"
-# Order of the rows under "base model": original dataset-level TTRL, per-question STTRL, baselines.
-ROWS = ("TTRL", "STTRL (reset)", "STTRL (continuous)", "ttft", "ttft (continuous)",
-        "slot", "slot (continuous)", "memo", "memo (continuous)")
-MARKERS = "os^DvP*Xh"  # one filled shape per row of ROWS; drawn hollow so overlaps stay visible
+# Order of the rows under "base model": original dataset-level TTRL, then each registered
+# method (STTRL first), reset and continuous.
+ROWS = ("TTRL",) + tuple(row for m in METHODS.values() for row in (m.row, m.continuous_row))
+MARKERS = "os^DvP*Xh"  # filled shapes, one per row in turn; drawn hollow so overlaps stay visible
 
 
 @dataclass
@@ -65,19 +66,13 @@ def read_text(path: Path) -> str:
 
 def read_results(path: Path) -> list[dict]:
     """results.jsonl, read-only. A torn last line (a run killed mid-write) is left out, as the
-    driver does on resume; any other bad line is an error naming it."""
-    records = []
-    for i, line in enumerate(read_text(path).splitlines(keepends=True), start=1):
-        if not line.endswith("\n"):
-            break
-        if not line.strip():
-            continue
-        rec = parse_json(line, path, first_line=i)
+    question mode does on resume; any other bad line is an error naming it."""
+    records = read_jsonl(path)
+    for i, rec in enumerate(records, start=1):
         if not isinstance(rec, dict) or not all(is_number(rec.get(k)) for k in
                                                 ("pass@1_before", "pass@1_after")):
-            raise UserError(f"{path} line {i}: expected an object with numeric pass@1_before "
+            raise UserError(f"{path} record {i}: expected an object with numeric pass@1_before "
                             "and pass@1_after")
-        records.append(rec)
     return records
 
 
@@ -97,10 +92,8 @@ def row_name(summary: dict, where: Path) -> str:
     if method not in METHODS:
         raise UserError(f"{where}: config adaptation_method must be one of {', '.join(METHODS)}, "
                         f"got {method!r}")
-    continuous = config.get("continuous", False)
-    if method == "ttrl":
-        return "STTRL (continuous)" if continuous else "STTRL (reset)"
-    return f"{method} (continuous)" if continuous else method
+    entry = METHODS[method]
+    return entry.continuous_row if config.get("continuous", False) else entry.row
 
 
 def load_run(run_dir: str) -> Run:
@@ -272,7 +265,7 @@ def plot_dataset(plt, dataset: str, runs: list[Run], records: dict[str, list[dic
         down = sum(r["pass@1_after"] < r["pass@1_before"] for r in recs)
         i = ROWS.index(run.row)
         ax.scatter([b for b, _ in points], [a for _, a in points],
-                   s=[30 * n for n in points.values()], marker=MARKERS[i], facecolors="none",
+                   s=[30 * n for n in points.values()], marker=MARKERS[i % len(MARKERS)], facecolors="none",
                    edgecolors=f"C{i}", linewidths=1.5,
                    label=f"{run.row}: {up} up, {down} down of {len(recs)}")
     ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), aspect="equal",

@@ -5,23 +5,9 @@ run redoes only the question that was in flight and never writes a line twice.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
-from sttrl.errors import UserError
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from sttrl.files import append_jsonl, read_jsonl
 
 
 class ResultsFile:
@@ -31,33 +17,14 @@ class ResultsFile:
         self.path = Path(output_dir) / "results.jsonl"
         self.records: list[dict] = []
         if self.path.exists():
-            self._load()
-
-    def _load(self) -> None:
-        raw = self.path.read_bytes()
-        keep = 0  # bytes of complete, parseable lines
-        for line in raw.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # the run was killed mid-write; this question is redone
-            try:
-                self.records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(f"{self.path}: line {len(self.records) + 1} is not valid JSON; "
-                                "fix or remove it to resume") from None
-            keep += len(line)
-        if keep < len(raw):
-            with open(self.path, "r+b") as f:
-                f.truncate(keep)
+            # a line torn by a kill is cut off: that question is redone
+            self.records = read_jsonl(self.path, truncate_torn=True)
 
     def done_ids(self) -> set[str]:
         return {str(r["id"]) for r in self.records}
 
     def append(self, record: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path, record)
         self.records.append(record)
 
 

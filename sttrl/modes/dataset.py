@@ -12,7 +12,6 @@ evaluation's line is written; a killed run restarts from the last checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 import zlib
@@ -23,11 +22,11 @@ import torch
 from sttrl.algorithms.grpo import group_advantages, grpo_loss
 from sttrl.algorithms.ttrl import pseudo_label
 from sttrl.data import format_prompt
-from sttrl.driver import question_seed, sample_answers
-from sttrl.engines.base import TrainBatch
-from sttrl.reporting.results import write_json_atomic
+from sttrl.files import append_jsonl, read_jsonl, rewrite_jsonl, write_atomic, write_json_atomic
+from sttrl.modes.common import question_seed, sample_answers
 from sttrl.rewards import ttrl_rewards
 from sttrl.rewards.metrics import pass_at_1
+from sttrl.types import TrainBatch
 
 
 def lr_at(step: int, total: int, peak: float, warmup_ratio: float) -> float:
@@ -86,13 +85,13 @@ def run_dataset(cfg, examples, engine) -> dict:
         state = torch.load(ckpt, weights_only=False)
         engine.load_state_dict(state["engine"])
         start, evals = state["step"], state["evals"]
-    rewrite_lines(evals_path, evals)
+    rewrite_jsonl(evals_path, evals)
     if steps_path.exists():  # drop steps taken after the checkpoint: they are redone
-        kept = [json.loads(x) for x in steps_path.read_text().splitlines() if x.strip()]
-        rewrite_lines(steps_path, [r for r in kept if r["step"] <= start])
+        kept = read_jsonl(steps_path)
+        rewrite_jsonl(steps_path, [r for r in kept if r["step"] <= start])
     if not evals:
         evals.append({"step": 0, "pass@1": evaluate_set(engine, examples, prompts, cfg)})
-        rewrite_lines(evals_path, evals)
+        rewrite_jsonl(evals_path, evals)
     order = list(range(len(examples)))
     began = time.perf_counter()
     for step in range(start, total):
@@ -104,15 +103,14 @@ def run_dataset(cfg, examples, engine) -> dict:
         engine.set_lr(lr_at(step, total, cfg.lr, cfg.warmup_ratio))
         stats = train_step(engine, [examples[i].question for i in chosen],
                            [prompts[i] for i in chosen], cfg, cfg.seed * 7919 + step * 1000)
-        append_line(steps_path, {"step": step + 1, "episode": episode, "lr": lr_at(
+        append_jsonl(steps_path, {"step": step + 1, "episode": episode, "lr": lr_at(
             step, total, cfg.lr, cfg.warmup_ratio), **stats})
         if (step + 1) % cfg.eval_every == 0 or step + 1 == total:
             evals.append({"step": step + 1,
                           "pass@1": evaluate_set(engine, examples, prompts, cfg)})
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"engine": engine.state_dict(), "step": step + 1, "evals": evals}, tmp)
-            tmp.replace(ckpt)
-            rewrite_lines(evals_path, evals)
+            state = {"engine": engine.state_dict(), "step": step + 1, "evals": evals}
+            write_atomic(ckpt, lambda tmp: torch.save(state, tmp))
+            rewrite_jsonl(evals_path, evals)
     summary = {"mode": "dataset", "questions": len(examples), "steps": total,
                "pass@1_before": evals[0]["pass@1"], "pass@1_after": evals[-1]["pass@1"],
                "evals": evals, "wall_seconds": time.perf_counter() - began,
@@ -120,11 +118,3 @@ def run_dataset(cfg, examples, engine) -> dict:
     write_json_atomic(out / "summary.json", summary)
     return summary
 
-
-def append_line(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-
-
-def rewrite_lines(path: Path, records: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))

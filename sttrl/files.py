@@ -1,0 +1,85 @@
+"""The run's files on disk: atomic writes, fsynced JSON lines, and the torn-line-tolerant reader.
+
+A run killed at any instant leaves at worst a partial last line of a .jsonl file and never a
+half-written .json or checkpoint; every writer in STTRL goes through here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from sttrl.errors import UserError
+
+
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)` on a temporary file beside `path`, fsync it, then rename it over
+    `path`: readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, data) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+    write_atomic(path, write)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line, flushed and fsynced before returning."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def rewrite_jsonl(path: Path, records: list[dict]) -> None:
+    """Replace a .jsonl file with these records, atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    write_atomic(path, write)
+
+
+def read_jsonl(path: Path, truncate_torn: bool = False) -> list:
+    """Every complete line of a .jsonl file, parsed. A last line without its newline (a run
+    killed mid-write) is left out (and, with truncate_torn, cut from the file so that a resumed
+    run appends after the last complete line); any other bad line is a one-line error naming it."""
+    path = Path(path)
+    raw = path.read_bytes()
+    records, keep = [], 0
+    for number, line in enumerate(raw.splitlines(keepends=True), start=1):
+        if not line.endswith(b"\n"):
+            break
+        keep += len(line)
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: line {number} is not UTF-8 text; fix or remove it") from None
+        try:
+            records.append(json.loads(text))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: invalid JSON at line {number}, column {err.colno} "
+                            f"({err.msg}); fix or remove that line") from None
+    if truncate_torn and keep < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+    return records
