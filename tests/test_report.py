@@ -77,15 +77,17 @@ def test_table_base_row_gain_and_csv(tmp_path, capsys):
     rows = table_rows(md)
     assert rows["method"] == ["ARITH-TTT"]
     assert rows["base model"] == ["0.478"]
-    assert rows["STTRL (reset)"] == ["0.512 (+0.034)"]
-    assert rows["STTRL (continuous)"] == ["0.450 (-0.028)"]
-    assert rows["ttft"] == ["0.478 (+0.000)"]  # no change is +0.000, never -0.000
+    assert rows["STTRL (reset)"] == ["0.512 (+0.034 [+0.034, +0.034])"]
+    assert rows["STTRL (continuous)"] == ["0.450 (-0.028 [-0.028, -0.028])"]
+    assert rows["ttft"] == ["0.478 (+0.000 [+0.000, +0.000]°)"]  # no change is +0.000, never -0.000
     assert f"Model: {MODEL}. Questions: ARITH-TTT 4." in md
     assert md in capsys.readouterr().out  # the table is printed too
 
     by_row = {r["row"]: r for r in read_csv(tmp_path / "out" / "table.csv")}
     assert by_row["base model"] == {"row": "base model", "dataset": "ARITH-TTT", "pass@1": "0.478",
-                                    "gain": "", "questions": "4", "run_dir": runs[0]}
+                                    "gain": "", "gain_ci95_lo": "", "gain_ci95_hi": "",
+                                    "questions": "4", "run_dir": runs[0]}
+    assert by_row["STTRL (reset)"]["gain_ci95_lo"] == by_row["STTRL (reset)"]["gain_ci95_hi"]
     assert by_row["STTRL (reset)"]["pass@1"] == "0.512"
     assert by_row["STTRL (reset)"]["gain"] == "0.034"
     assert by_row["STTRL (continuous)"]["gain"] == "-0.028"
@@ -96,7 +98,7 @@ def test_one_run_fills_exactly_one_method_cell(tmp_path):
     main([run, "--out", str(tmp_path / "out"), "--no-plots"])
     rows = table_rows((tmp_path / "out" / "table.md").read_text())
     assert list(rows) == ["method", "base model", "slot"]
-    assert rows["slot"] == ["0.500 (+0.250)"]
+    assert rows["slot"] == ["0.500 (+0.250 [+0.250, +0.250])"]
     filled = [r for r in read_csv(tmp_path / "out" / "table.csv") if r["pass@1"]]
     assert [(r["row"], r["pass@1"]) for r in filled] == [("base model", "0.25"), ("slot", "0.5")]
 
@@ -108,11 +110,11 @@ def test_missing_runs_are_empty_cells(tmp_path):
     main(runs + ["--out", str(tmp_path / "out"), "--no-plots"])
     rows = table_rows((tmp_path / "out" / "table.md").read_text())
     assert rows["method"] == ["A-TTT", "B-TTT"]
-    assert rows["memo"] == ["0.750 (+0.350)", ""]
+    assert rows["memo"] == ["0.750 (+0.350 [+0.350, +0.350])", ""]
     memo_b = [r for r in read_csv(tmp_path / "out" / "table.csv")
               if r["row"] == "memo" and r["dataset"] == "B-TTT"]
     assert memo_b == [{"row": "memo", "dataset": "B-TTT", "pass@1": "", "gain": "",
-                       "questions": "", "run_dir": ""}]
+                       "gain_ci95_lo": "", "gain_ci95_hi": "", "questions": "", "run_dir": ""}]
 
 
 def test_dataset_level_run_lands_in_ttrl_row(tmp_path):
@@ -141,7 +143,7 @@ def test_base_disagreement_prefers_reset_and_footnotes(tmp_path):
     md = (tmp_path / "out" / "table.md").read_text()
     rows = table_rows(md)
     assert rows["base model"] == ["0.400, n=4"]  # the reset run's, with counts per cell
-    assert rows["ttft"] == ["0.600 (+0.100), n=10"]  # gain over its own before-number
+    assert rows["ttft"] == ["0.600 (+0.100 [+0.100, +0.100]), n=10"]  # gain over its own before-number
     assert "ARITH-TTT varies by run (4, 10; shown in each cell)" in md  # sorted as numbers
     assert "the runs disagree on base pass@1" in md and "ttft 0.500 (n=10" in md
 
@@ -263,3 +265,18 @@ def test_per_question_script_counts_boxed_expressions_as_restating_the_question(
     assert out[-1].startswith("after: 4 of 8 evaluation answers box an expression")
     assert "(3 of them equal to the reference)" in out[-1]
     assert out[-1].endswith("pass@1 with those counted wrong: 0.500")
+
+
+def test_a_gain_inside_the_noise_is_marked_and_the_csv_has_its_interval(tmp_path):
+    run = tmp_path / "noisy"
+    make_run(tmp_path, "noisy", before=0.5, after=0.55, results=False)
+    per_question = [(0.5, 1.0), (0.5, 0.0), (0.5, 0.75), (0.5, 0.45)]  # mean gain +0.05
+    (run / "results.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i}", "pass@1_before": b, "pass@1_after": a}) + "\n"
+        for i, (b, a) in enumerate(per_question)))
+    assert main([str(run), "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    cell = table_rows((tmp_path / "out" / "table.md").read_text())["STTRL (reset)"][0]
+    assert cell.startswith("0.550 (+0.050 [-") and cell.endswith("]°)")
+    row = next(r for r in read_csv(tmp_path / "out" / "table.csv") if r["row"] == "STTRL (reset)")
+    assert float(row["gain_ci95_lo"]) < 0 < float(row["gain_ci95_hi"])
+

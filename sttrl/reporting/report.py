@@ -18,6 +18,7 @@ from pathlib import Path
 from sttrl.algorithms import METHODS
 from sttrl.errors import UserError
 from sttrl.files import read_jsonl
+from sttrl.reporting.stats import excludes_zero, paired_bootstrap_ci
 
 BASE = "base model"
 # Order of the rows under "base model": original dataset-level TTRL, then each registered
@@ -36,6 +37,7 @@ class Run:
     after: float | None
     questions: int | None  # None: the summary does not say
     per_question: bool  # False for a dataset-level TTRL run, which has no per-question records
+    gain_ci: tuple[float, float] | None = None  # paired bootstrap 95% interval of the gain
 
     @property
     def gain(self) -> float | None:
@@ -74,6 +76,21 @@ def read_results(path: Path) -> list[dict]:
             raise UserError(f"{path} record {i}: expected an object with numeric pass@1_before "
                             "and pass@1_after")
     return records
+
+
+def gain_interval(run_dir: Path, summary: dict) -> tuple[float, float] | None:
+    """The gain's 95% interval: from the run's per-question records when it has them (so old
+    runs get one too), else from summary.json, else None (a dataset-level run has neither)."""
+    path = run_dir / "results.jsonl"
+    if path.is_file():
+        records = read_results(path)
+        if records:
+            return paired_bootstrap_ci([r["pass@1_before"] for r in records],
+                                       [r["pass@1_after"] for r in records])
+    ci = summary.get("pass@1_gain_ci95")
+    if isinstance(ci, list) and len(ci) == 2 and all(is_number(v) for v in ci):
+        return (ci[0], ci[1])
+    return None
 
 
 def is_number(value) -> bool:
@@ -118,6 +135,7 @@ def load_run(run_dir: str) -> Run:
     questions = summary.get("questions")
     row = row_name(summary, summary_path)
     return Run(dir=run_dir, row=row, dataset=dataset, model=str(config.get("model", "?")),
+               gain_ci=gain_interval(path, summary),
                before=summary.get("pass@1_before"), after=summary.get("pass@1_after"),
                questions=questions if type(questions) is int else None,
                per_question=row != "TTRL")
@@ -183,6 +201,13 @@ def fmt_gain(gain: float) -> str:
     return f"{gain:+.3f}"
 
 
+def ci_text(ci: tuple[float, float] | None) -> str:
+    """' [lo, hi]', and a ° when the interval includes zero (no measured gain); '' without one."""
+    if ci is None:
+        return ""
+    return f" [{fmt_gain(ci[0])}, {fmt_gain(ci[1])}]" + ("" if excludes_zero(ci) else "°")
+
+
 def count(questions: int | None) -> str:
     return "?" if questions is None else str(questions)
 
@@ -194,7 +219,7 @@ def cell_text(table: Table, row: str, dataset: str) -> str:
     value = run.before if row == BASE else run.after
     text = fmt(value) if value is not None else "no results"
     if row != BASE and run.gain is not None:
-        text += f" ({fmt_gain(run.gain)})"
+        text += f" ({fmt_gain(run.gain)}{ci_text(run.gain_ci)})"
     if len(table.counts(dataset)) > 1:  # the column mixes question counts: say which per cell
         text += f", n={count(run.questions)}"
     return text
@@ -218,8 +243,9 @@ def to_markdown(table: Table, title: str) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
     out = [f"# {title}", "", header_line(table),
-           "Cells: pass@1 after adaptation (gain over the same run's pass@1 before adaptation); "
-           "an empty cell means no run.", "",
+           "Cells: pass@1 after adaptation (gain over the same run's pass@1 before adaptation "
+           "[its 95% paired-bootstrap interval over questions]); ° marks an interval that "
+           "includes zero, i.e. no measured gain; an empty cell means no run.", "",
            line(["method"] + table.datasets),
            line(["---"] * (len(table.datasets) + 1))]
     for row in [BASE] + table.rows:
@@ -237,16 +263,19 @@ def csv_number(value: float | None) -> str:
 def write_csv(table: Table, path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["row", "dataset", "pass@1", "gain", "questions", "run_dir"])
+        writer.writerow(["row", "dataset", "pass@1", "gain", "gain_ci95_lo", "gain_ci95_hi",
+                         "questions", "run_dir"])
         for row in [BASE] + table.rows:
             for dataset in table.datasets:
                 run = table.base[dataset] if row == BASE else table.cells.get((row, dataset))
                 if run is None:
-                    writer.writerow([row, dataset, "", "", "", ""])
+                    writer.writerow([row, dataset, "", "", "", "", "", ""])
                     continue
                 value = run.before if row == BASE else run.after
                 gain = None if row == BASE else run.gain
+                ci = (None, None) if row == BASE or run.gain_ci is None else run.gain_ci
                 writer.writerow([row, dataset, csv_number(value), csv_number(gain),
+                                 csv_number(ci[0]), csv_number(ci[1]),
                                  "" if run.questions is None else run.questions, run.dir])
 
 

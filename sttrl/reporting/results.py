@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sttrl.files import append_jsonl, read_jsonl
+from sttrl.reporting.stats import gain_summary
 
 
 class ResultsFile:
@@ -42,8 +43,8 @@ def summarize(records: list[dict], config: dict) -> dict:
         "maj@N_before": mean(float(r["maj@N_before"]) for r in records),
         "label_accuracy": mean(float(r["label_correct"]) for r in records),
         "reward_accuracy": mean(r["reward_accuracy"] for r in records),
-        "questions_improved": sum(r["pass@1_after"] > r["pass@1_before"] for r in records),
-        "questions_worse": sum(r["pass@1_after"] < r["pass@1_before"] for r in records),
+        **gain_summary([r["pass@1_before"] for r in records],
+                       [r["pass@1_after"] for r in records]),
         "updates_skipped": sum(bool(r["skipped"]) for r in records),
         "wall_seconds": sum(r["seconds"]["total"] for r in records),
         "seconds_per_question": mean(r["seconds"]["total"] for r in records),
