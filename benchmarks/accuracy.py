@@ -1,0 +1,197 @@
+"""The development benchmark: a grid of configurations on a development set, one table.
+
+Every grid point is an ordinary STTRL run (its own folder under --out/points/, resumable), all
+points on one engine. Samples drawn from the untouched model (the votes and the evaluation
+before the update, and the evaluation after a skipped update) are cached on disk by
+(model, prompt, sampling arguments, seed): points that share them sample once, and points added
+later reuse them. The samples are exactly those the run would draw itself, since the local
+engine's sampling depends only on those arguments.
+
+    .venv/bin/python benchmarks/accuracy.py --data_path runs/devsets/gain.json \\
+        --out runs/accuracy/gain --point default= --point lr3e-6="--lr 3e-6"
+
+`--point NAME=FLAGS`: FLAGS are `main.py` flags added to the shared ones (`--common`). The table
+(`--out/table.md`, `table.csv`) is rebuilt from every point folder present, so a later call
+with new points appends rows. Columns: pass@1 before and after, the paired gain with its 95%
+bootstrap interval over questions, maj@N, label accuracy, questions up / down / same, the gain
+on questions whose vote was right and on those whose vote was wrong, seconds per question
+(train and after-evaluation only: the cached phases cost nothing after the first point).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+class CachedSamples:
+    """An engine whose samples from the untouched model come from (and go to) a disk cache."""
+
+    def __init__(self, engine, path: Path, model: str):
+        self.engine, self.path, self.model = engine, path, model
+        self.cache: dict[str, list[dict]] = {}
+        self.hits = self.misses = 0
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    self.cache[entry["key"]] = entry["samples"]
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def key(self, *args) -> str:
+        return hashlib.sha1(json.dumps([self.model, *args]).encode()).hexdigest()
+
+    def generate(self, prompt, n, temperature, top_p, max_new_tokens, seed):
+        from sttrl.types import Sample
+
+        untouched = getattr(self.engine, "pristine", False) and self.engine.head_hook is None
+        if not untouched:
+            return self.engine.generate(prompt, n, temperature, top_p, max_new_tokens, seed)
+        key = self.key(prompt, n, temperature, top_p, max_new_tokens, seed)
+        if key in self.cache:
+            self.hits += 1
+            return [Sample(**s) for s in self.cache[key]]
+        self.misses += 1
+        samples = self.engine.generate(prompt, n, temperature, top_p, max_new_tokens, seed)
+        self.cache[key] = [asdict(s) for s in samples]
+        from sttrl.files import append_jsonl
+        append_jsonl(self.path, {"key": key, "samples": self.cache[key]})
+        return samples
+
+    def close(self):
+        """The engine outlives each point; the caller closes it at the end."""
+
+
+def parse_points(points: list[str]) -> list[tuple[str, list[str]]]:
+    out = []
+    for text in points:
+        name, sep, flags = text.partition("=")
+        if not sep or not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise SystemExit(f"--point must be NAME=FLAGS with a plain NAME, got {text!r}")
+        out.append((name, shlex.split(flags)))
+    return out
+
+
+def run_points(args) -> None:
+    from sttrl.cli import parse_config
+    from sttrl.config import resolve
+    from sttrl.engines.local import LocalEngine
+    from sttrl.engines.models import resolve_model
+    from sttrl.modes.question import run_questions
+    from sttrl.run import load_examples, on_gpu
+
+    out = Path(args.out)
+    engine = None
+    for name, flags in parse_points(args.point):
+        argv = shlex.split(args.common) + flags + ["--data_path", args.data_path, "--output_dir",
+                                                   str(out / "points" / name), "--progress",
+                                                   "false"]
+        cfg = parse_config(argv)
+        cfg = resolve(cfg, on_gpu(cfg))
+        if cfg.engine != "local":
+            raise SystemExit("the development benchmark runs on the local engine")
+        examples = load_examples(cfg)
+        if engine is None:
+            path = resolve_model(cfg.model)
+            engine = CachedSamples(LocalEngine(cfg, path), out / "samples.jsonl", path)
+        engine.reset()
+        engine.set_lr(cfg.lr)
+        print(f"[{name}] {' '.join(flags) or '(shared flags only)'}", flush=True)
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.output_dir) / "flags.txt").write_text(" ".join(argv) + "\n")
+        run_questions(cfg, examples, lambda: engine)
+        print(f"[{name}] cached samples used {engine.hits}, drawn {engine.misses}", flush=True)
+
+
+def point_row(name: str, folder: Path) -> dict | None:
+    from sttrl.files import read_jsonl
+    from sttrl.reporting.stats import paired_bootstrap_ci
+
+    path = folder / "results.jsonl"
+    if not path.exists():
+        return None
+    recs = read_jsonl(path)
+    if not recs:
+        return None
+    n = len(recs)
+    before = [r["pass@1_before"] for r in recs]
+    after = [r["pass@1_after"] for r in recs]
+    lo, hi = paired_bootstrap_ci(before, after)
+
+    def gain_where(keep):
+        rows = [r["pass@1_after"] - r["pass@1_before"] for r in recs if keep(r)]
+        return (sum(rows) / len(rows) if rows else None), len(rows)
+
+    right, n_right = gain_where(lambda r: r["label_correct"])
+    wrong, n_wrong = gain_where(lambda r: not r["label_correct"])
+    cost = [r["seconds"].get("train", 0) + r["seconds"].get("eval", 0) / 2 for r in recs]
+    flags = (folder / "flags.txt").read_text().strip() if (folder / "flags.txt").exists() else ""
+    return {"point": name, "questions": n, "pass@1_before": sum(before) / n,
+            "pass@1_after": sum(after) / n, "gain": (sum(after) - sum(before)) / n,
+            "gain_ci95_lo": lo, "gain_ci95_hi": hi,
+            "maj@N": sum(float(r["maj@N_before"]) for r in recs) / n,
+            "label_accuracy": sum(float(r["label_correct"]) for r in recs) / n,
+            "up": sum(a > b for b, a in zip(before, after)),
+            "down": sum(a < b for b, a in zip(before, after)),
+            "same": sum(a == b for b, a in zip(before, after)),
+            "gain_vote_right": right, "n_vote_right": n_right,
+            "gain_vote_wrong": wrong, "n_vote_wrong": n_wrong,
+            "updates_skipped": sum(bool(r["skipped"]) for r in recs),
+            "seconds_per_question": sum(cost) / n, "flags": flags}
+
+
+def write_table(out: Path) -> str:
+    rows = [row for folder in sorted((out / "points").glob("*"))
+            if (row := point_row(folder.name, folder)) is not None]
+    if not rows:
+        return "no finished points yet\n"
+    with open(out / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def f3(x):
+        return "-" if x is None else f"{x:+.3f}" if isinstance(x, float) and x < 0 else f"{x:.3f}"
+
+    head = ("| point | n | pass@1 before | after | gain [95% CI] | maj@N | label acc | up/down/same "
+            "| gain, vote right (n) | gain, vote wrong (n) | skipped | s/question |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        mark = "" if r["gain_ci95_lo"] > 0 or r["gain_ci95_hi"] < 0 else "°"
+        lines.append(
+            f"| {r['point']} | {r['questions']} | {r['pass@1_before']:.3f} | {r['pass@1_after']:.3f} "
+            f"| {r['gain']:+.3f} [{r['gain_ci95_lo']:+.3f}, {r['gain_ci95_hi']:+.3f}]{mark} "
+            f"| {r['maj@N']:.3f} | {r['label_accuracy']:.3f} | {r['up']}/{r['down']}/{r['same']} "
+            f"| {f3(r['gain_vote_right'])} ({r['n_vote_right']}) "
+            f"| {f3(r['gain_vote_wrong'])} ({r['n_vote_wrong']}) | {r['updates_skipped']} "
+            f"| {r['seconds_per_question']:.1f} |")
+    text = "\n".join(lines) + "\n\n° the interval includes zero.\n\nFlags per point:\n\n" + "".join(
+        f"- `{r['point']}`: `{r['flags']}`\n" for r in rows)
+    (out / "table.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_path", required=True, help="a TTT file (benchmarks/devsets.py)")
+    parser.add_argument("--out", required=True, help="folder for the points, the cache, the table")
+    parser.add_argument("--point", action="append", default=[], help="NAME=FLAGS, repeatable")
+    parser.add_argument("--common", default="", help="flags every point shares")
+    args = parser.parse_args()
+    if args.point:
+        run_points(args)
+    print(write_table(Path(args.out)))
+
+
+if __name__ == "__main__":
+    main()

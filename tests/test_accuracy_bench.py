@@ -1,0 +1,51 @@
+"""benchmarks/accuracy.py: cached samples are the ones the engine would draw, and only the
+untouched model's samples are cached."""
+import importlib.util
+import json
+from pathlib import Path
+
+from conftest import local_engine
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cached_samples_equal_fresh_ones_and_trained_weights_are_never_cached(tiny_model, tmp_path):
+    from sttrl.algorithms.grpo import grpo_loss
+    from sttrl.types import TrainBatch
+
+    acc = load("accuracy")
+    engine = local_engine(tiny_model, lr=1e-2)
+    cached = acc.CachedSamples(engine, tmp_path / "samples.jsonl", tiny_model)
+    args = ("<|user|>What is 2 + 3?<|end|><|assistant|>", 4, 1.0, 1.0, 8, 11)
+    first = cached.generate(*args)
+    assert (cached.hits, cached.misses) == (0, 1)
+    again = acc.CachedSamples(engine, tmp_path / "samples.jsonl", tiny_model).generate(*args)
+    fresh = engine.generate(*args)
+    assert [s.token_ids for s in first] == [s.token_ids for s in again] == [s.token_ids for s in fresh]
+    assert [s.logprobs for s in again] == [s.logprobs for s in fresh]
+    batch = TrainBatch.shared(engine.encode(args[0]), [s.token_ids for s in first],
+                              [1.0, -1.0, 0.5, -0.5])
+    engine.train(batch, grpo_loss, {"clip_eps": 0.2}, 1)
+    cached.generate(*args)  # trained weights: drawn, not looked up
+    assert (cached.hits, cached.misses) == (0, 1)
+    engine.reset()
+    cached.generate(*args)
+    assert cached.hits == 1
+
+
+def test_devsets_are_fixed_and_of_the_promised_sizes(tmp_path):
+    dev = load("devsets")
+    paths = dev.write_sets(tmp_path)
+    gain, noharm = (json.loads(paths[k].read_text()) for k in ("gain", "noharm"))
+    assert len(gain) == 48 and len(noharm) == 40
+    assert len({r["id"] for r in gain + noharm}) == 88
+    assert json.loads(dev.write_sets(tmp_path / "again")["gain"].read_text()) == gain
+    for row in gain + noharm:
+        assert int(row["answer"]) >= 0
