@@ -113,3 +113,82 @@ def test_hostile_inputs_are_fast(text, task):
     start = time.perf_counter()
     extract_answer(text, task=task)
     assert time.perf_counter() - start < 5
+
+
+# --- item 9: "Final Answer: <sentence>" takes the value the sentence commits to ---------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("Final Answer: The largest $n$ is 34.", "34"),
+    ("Final Answer: The value of $ABCDEFGH$ is 120.", "120"),
+    ("The final answer is: the domain of $f(x)$ is 19", "19"),
+    ("Final Answer: Jane started growing Sphere 3 hours ago.", "3"),
+    ("Final Answer: the area is $\\frac{3}{4}$ square units.", "\\frac{3}{4}"),
+    ("Final Answer: so we get x = 7 in the end.", "7"),
+    ("Final Answer: we have 3 boxes and the total weight is 12 kg.", "12"),
+    ("Final Answer: Jane has $2\\sqrt{3}$ apples", "2\\sqrt{3}"),
+    # short final answers keep working
+    ("Final Answer: $\\frac{1}{2}$", "\\frac{1}{2}"),
+    ("The final answer is 42", "42"),
+    ("Final Answer: x^2+1", "x^2+1"),
+    ("Final Answer: 2\\sqrt{3}", "2\\sqrt{3}"),
+    ("Final Answer: Evelyn", "Evelyn"),
+    ("Final Answer: 5 apples.", "5 apples"),
+    ("Final Answer: x \\geq 5", "x \\geq 5"),
+    ("Final Answer: x >= 5", "x >= 5"),
+    ("Final Answer: The answer is Evelyn.", "Evelyn"),
+    ("Final Answer: The value of x is 5, which is odd.", "5"),  # the last "is" with a value
+    ("Final Answer: The answer is 1, 2, 3.", "1, 2, 3"),         # a list stays one answer
+    ("Final Answer: The answer is (1, 2).", "(1, 2)"),
+    ("Final Answer: 5 is the answer", "5"),
+])
+def test_final_answer_sentence(text, expected):
+    assert extract_answer(text) == expected
+
+
+# --- item 11: the last number inside a math span returns the span -----------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("The answer is $\\frac{5}{6}$", "\\frac{5}{6}"),
+    ("so it is $10^3$", "10^3"),
+    ("which gives $\\sqrt{16}$.", "\\sqrt{16}"),
+    ("so \\(\\frac{5}{6}\\) it is", "\\frac{5}{6}"),
+    ("hence $x = \\frac{5}{6}$", "\\frac{5}{6}"),   # the span's value after its last "="
+    ("we get $3 + 4 = 7$ apples", "7"),
+    ("$$\\frac{7}{8}$$", "\\frac{7}{8}"),
+    ("costs \\$5 and \\$7", "7"),                    # escaped dollars are money, not math
+    ("$x$ is 5", "5"),                               # the number is outside the span
+    ("an unclosed $ 5", "5"),
+])
+def test_last_number_inside_math_span(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_last_number_span_too_long_falls_back_to_the_number():
+    text = "$" + "x+" * MAX_ANSWER_CHARS + "9$"
+    assert extract_answer(text) == "9"
+
+
+# --- item 13: gsm8k is a task name (graded as math) --------------------------------------------
+
+def test_gsm8k_task():
+    from sttrl.rewards.extract import check_task
+    assert check_task("gsm8k") == "math" and check_task("math") == "math"
+    assert extract_answer("so \\boxed{18}", task="gsm8k") == "18"
+    assert extract_answer("The answer is 18 dollars", task="gsm8k") == "18"
+    with pytest.raises(UserError, match="math, gpqa, gsm8k"):
+        check_task("aime")
+
+
+@pytest.mark.parametrize("text", [
+    "Final Answer: " + "word " * 200_000,
+    "Final Answer: " + "is " * 300_000,
+    "Final Answer: " + "$x$ " * 250_000,
+    "$" + "1+" * 500_000,
+    "$1$" * 300_000,
+    "\\(" * 400_000 + "1",
+    "$$" * 400_000 + "1",
+])
+def test_hostile_sentences_and_spans_are_fast(text):
+    start = time.perf_counter()
+    extract_answer(text)
+    assert time.perf_counter() - start < 5

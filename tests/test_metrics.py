@@ -51,3 +51,20 @@ def test_reward_accuracy():
     assert reward_accuracy([], [], "1", "math") == 0.0
     with pytest.raises(ValueError):
         reward_accuracy([1.0], [], "1", "math")
+
+
+@pytest.mark.parametrize("form, expected", [("strict", 0.0), ("symbolic", 1.0)])
+def test_metrics_pass_the_form_down(form, expected):
+    answers = ["9-4", "2+3", "9 - 4"]
+    assert pass_at_1(answers, "5", "math", form=form) == expected
+    assert maj_at_n(answers, "5", "math", form=form) == expected
+    assert maj_at_n(answers, "5", "math", weights=[1.0, 1.0, 1.0], form=form) == expected
+    assert label_accuracy("9-4", "5", "math", form=form) == expected
+    # truth under strict: nobody is right, so rewarding everyone is 0% accurate; under symbolic 100%
+    assert reward_accuracy([1.0, 1.0, 1.0], answers, "5", "math", form=form) == expected
+
+
+def test_metrics_default_form_is_strict():
+    assert pass_at_1(["9-4", "5"], "5") == 0.5
+    assert label_accuracy("\\frac{10}{2}", "5") == 0.0
+    assert pass_at_1(["18"], "18", "gsm8k") == 1.0

@@ -128,6 +128,78 @@ def test_rewards():
 
 def test_reward_never_sees_a_reference():
     params = list(inspect.signature(ttrl_rewards).parameters)
-    assert params == ["answers", "label", "task"]
+    assert params == ["answers", "label", "task", "form"]
     for name in params:
         assert not any(word in name for word in ("ref", "gold", "truth", "target", "solution"))
+
+
+# --- item 7: DeepConf filters among answered traces ---------------------------------------------
+
+def _conf(c):
+    return _sample([0.0], [-float(c)])  # confidence c
+
+
+def test_confidence_filter_skips_unanswered_traces():
+    samples = [_conf(c) for c in (9, 8, 7, 2, 1)]
+    answers = [None, None, "5", "3", "3"]
+    # the old call shape (no answers) behaves as before: the two unanswered traces take both slots
+    old = voting_weights("confidence", samples, keep_frac=0.4)
+    assert old == pytest.approx([9.0, 8.0, 0.0, 0.0, 0.0])
+    assert vote(answers, old)[0] == "3"
+    # with answers, ceil(0.4 * 3 answered) = 2 slots go to the two most confident answered traces
+    new = voting_weights("confidence", samples, keep_frac=0.4, answers=answers)
+    assert new == pytest.approx([0.0, 0.0, 7.0, 2.0, 0.0])
+    assert vote(answers, new)[0] == "5"
+    # keep_frac = 1 is unchanged by answers
+    assert voting_weights("confidence", samples, answers=answers) == pytest.approx([9, 8, 7, 2, 1])
+    # the rounding rule is the same: 0.1 * 10 answered keeps 1
+    ten = [_conf(i) for i in range(1, 11)]
+    kept = voting_weights("confidence", ten + [_conf(99)], keep_frac=0.1, answers=["1"] * 10 + [None])
+    assert sum(w > 0 for w in kept) == 1 and kept[9] == pytest.approx(10.0)
+    # other weightings accept answers and ignore them
+    assert voting_weights("majority", samples, answers=answers) == [1.0] * 5
+    assert voting_weights("energy", samples, answers=answers) == voting_weights("energy", samples)
+    with pytest.raises(ValueError):
+        voting_weights("confidence", samples, keep_frac=0.4, answers=answers[:2])
+
+
+def test_confidence_filter_with_no_answered_traces():
+    samples = [_conf(3), _conf(2)]
+    assert voting_weights("confidence", samples, keep_frac=0.5, answers=[None, None]) == [0.0, 0.0]
+
+
+# --- item 8: strict answer form in clusters and rewards -------------------------------------------
+
+def test_strict_vote_does_not_merge_unevaluated_expressions():
+    # "9 - 4" must never join the "5" cluster (nor "5" the "9 - 4" one, whichever comes first)
+    label, stats = vote(["5", "9 - 4", "5.0", "9-4", "\\frac{10}{2}", "5"])
+    assert label == "5" and stats.cluster_counts == {"5": 3, "9 - 4": 3}
+    assert stats.sample_cluster == [0, 1, 0, 1, 1, 0]
+    label, stats = vote(["9 - 4", "5", "9-4", "5.0", "5"])
+    assert label == "5" and stats.cluster_counts == {"9 - 4": 2, "5": 3}
+    # two unevaluated expressions of the same value still agree with each other
+    assert vote(["2+3", "9-4"])[1].cluster_counts == {"2+3": 2}
+    # symbolic merges them all, as before
+    label, stats = vote(["9 - 4", "5", "9-4", "5.0", "5"], form="symbolic")
+    assert label == "9 - 4" and stats.cluster_counts == {"9 - 4": 5}
+
+
+def test_strict_rewards():
+    assert ttrl_rewards(["5", "9-4", "5.0", "10/2", None], "5") == [1.0, 0.0, 1.0, 0.0, 0.0]
+    assert ttrl_rewards(["5", "9-4", "5.0", "10/2", None], "5", form="symbolic") == [1.0, 1.0, 1.0, 1.0, 0.0]
+    assert ttrl_rewards(["\\sqrt{18}", "3\\sqrt{2}", "4"], "3\\sqrt2") == [1.0, 1.0, 0.0]
+    assert ttrl_rewards(["0.5", "1/2", "2/4"], "\\frac{1}{2}") == [1.0, 1.0, 0.0]
+
+
+def test_vote_unknown_form():
+    with pytest.raises(UserError, match="strict, symbolic"):
+        vote(["1"], form="exact")
+
+
+# --- item 10: comma lists do not merge with numbers ------------------------------------------------
+
+def test_comma_list_does_not_merge_with_a_number():
+    label, stats = vote(["12, 345", "12345", "12,345"])
+    assert stats.cluster_counts == {"12, 345": 1, "12345": 2} and label == "12345"
+    _, stats = vote(["12, 345", "12345"], form="symbolic")
+    assert stats.cluster_counts == {"12, 345": 1, "12345": 1}

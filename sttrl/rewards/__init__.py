@@ -1,12 +1,12 @@
 """Rewards layer: extract answers, grade them, vote a pseudo-label, turn agreement into rewards."""
 from sttrl.rewards.extract import extract_answer
-from sttrl.rewards.grade import clear_grade_cache, grade, set_grade_timeout
+from sttrl.rewards.grade import ANSWER_FORMS, clear_grade_cache, grade, set_grade_timeout
 from sttrl.rewards.metrics import label_accuracy, maj_at_n, pass_at_1, pass_at_k, reward_accuracy
 from sttrl.rewards.reward import ttrl_rewards
 from sttrl.rewards.vote import VoteStats, vote, voting_weights
 
 __all__ = [
-    "extract_answer", "grade", "clear_grade_cache", "set_grade_timeout", "vote", "VoteStats",
+    "ANSWER_FORMS", "extract_answer", "grade", "clear_grade_cache", "set_grade_timeout", "vote", "VoteStats",
     "voting_weights", "ttrl_rewards", "pass_at_1", "maj_at_n", "pass_at_k", "label_accuracy",
     "reward_accuracy",
 ]

@@ -3,22 +3,25 @@ from __future__ import annotations
 
 import math
 
-from sttrl.rewards.grade import grade
+from sttrl.rewards.grade import check_form, grade
 from sttrl.rewards.vote import vote
 
 
-def pass_at_1(answers: list[str | None], reference: str, task: str = "math") -> float:
+def pass_at_1(answers: list[str | None], reference: str, task: str = "math", *,
+              form: str = "strict") -> float:
     """Mean correctness over the k samples of one question (0.0 for no samples)."""
+    check_form(form)
     if not answers:
         return 0.0
-    return sum(grade(a, reference, task) for a in answers) / len(answers)
+    return sum(grade(a, reference, task, form=form) for a in answers) / len(answers)
 
 
 def maj_at_n(answers: list[str | None], reference: str, task: str = "math",
-             weights: list[float] | None = None) -> float:
-    """1.0 if the (weighted) vote's label is correct, else 0.0."""
-    label, _ = vote(answers, weights, task)
-    return label_accuracy(label, reference, task)
+             weights: list[float] | None = None, *, form: str = "strict") -> float:
+    """1.0 if the (weighted) vote's label is correct, else 0.0; the form decides both the
+    clusters and the grade of the label."""
+    label, _ = vote(answers, weights, task, form=form)
+    return label_accuracy(label, reference, task, form=form)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -33,18 +36,20 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def label_accuracy(label: str | None, reference: str, task: str = "math") -> float:
+def label_accuracy(label: str | None, reference: str, task: str = "math", *,
+                   form: str = "strict") -> float:
     """1.0 if the pseudo-label is correct, else 0.0 (a missing label counts as wrong)."""
-    return 1.0 if grade(label, reference, task) else 0.0
+    return 1.0 if grade(label, reference, task, form=form) else 0.0
 
 
 def reward_accuracy(pseudo_rewards: list[float], answers: list[str | None], reference: str,
-                    task: str = "math") -> float:
+                    task: str = "math", *, form: str = "strict") -> float:
     """Share of samples whose pseudo-reward equals the reward the reference would give
     (rewards are read as correct when > 0.5); 0.0 for no samples."""
+    check_form(form)
     if len(pseudo_rewards) != len(answers):
         raise ValueError(f"{len(pseudo_rewards)} rewards but {len(answers)} answers")
     if not answers:
         return 0.0
-    true = [grade(a, reference, task) for a in answers]
+    true = [grade(a, reference, task, form=form) for a in answers]
     return sum((r > 0.5) == t for r, t in zip(pseudo_rewards, true)) / len(answers)

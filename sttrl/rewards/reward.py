@@ -5,12 +5,17 @@ metrics.py (evaluation only).
 """
 from __future__ import annotations
 
-from sttrl.rewards.grade import grade
+from sttrl.rewards.extract import check_task
+from sttrl.rewards.grade import check_form, grade
 
 
-def ttrl_rewards(answers: list[str | None], label: str | None, task: str = "math") -> list[float]:
-    """1.0 for each answer that grades equal to the pseudo-label, else 0.0. With no label (nothing
+def ttrl_rewards(answers: list[str | None], label: str | None, task: str = "math", *,
+                 form: str = "strict") -> list[float]:
+    """1.0 for each answer that grades equal to the pseudo-label (under the answer form: with
+    "strict", a plain-number label rewards only plain numbers), else 0.0. With no label (nothing
     voted) every reward is 0.0; the caller flags the question."""
+    check_task(task)
+    check_form(form)
     if label is None:
         return [0.0] * len(answers)
-    return [1.0 if grade(answer, label, task) else 0.0 for answer in answers]
+    return [1.0 if grade(answer, label, task, form=form) else 0.0 for answer in answers]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sttrl.errors import UserError
 from sttrl.rewards.extract import check_task
-from sttrl.rewards.grade import grade
+from sttrl.rewards.grade import check_form, grade
 
 WEIGHTINGS = ("majority", "energy", "confidence")
 
@@ -32,7 +32,7 @@ class VoteStats:
 
 
 def vote(answers: list[str | None], weights: list[float] | None = None,
-         task: str = "math") -> tuple[str | None, VoteStats]:
+         task: str = "math", *, form: str = "strict") -> tuple[str | None, VoteStats]:
     """Weighted vote over clusters of equivalent answers.
 
     Answers are taken in order; each joins the first existing cluster whose representative
@@ -41,8 +41,11 @@ def vote(answers: list[str | None], weights: list[float] | None = None,
     1e-9 relative count as equal), then the most members, then the earliest first member.
     If every voting weight is 0 the weights carry no information: the winner is then the plain
     majority by that same rule and majority_ratio is the member share.
+    The answer form decides what "equal" means (grade's form): under "strict" an unevaluated
+    expression such as "9 - 4" never joins the cluster of the plain number "5".
     """
-    check_task(task)
+    task = check_task(task)
+    check_form(form)
     if weights is None:
         weights = [1.0] * len(answers)
     if len(weights) != len(answers):
@@ -61,7 +64,7 @@ def vote(answers: list[str | None], weights: list[float] | None = None,
             continue
         c = seen.get(answer)
         if c is None:
-            c = next((j for j, rep in enumerate(reps) if grade(answer, rep, task)), None)
+            c = next((j for j, rep in enumerate(reps) if grade(answer, rep, task, form=form)), None)
             if c is None:
                 reps.append(answer)
                 counts.append(0)
@@ -95,14 +98,18 @@ def vote(answers: list[str | None], weights: list[float] | None = None,
     return label, stats
 
 
-def voting_weights(name: str, samples: list, tau: float = 1.0, keep_frac: float = 1.0) -> list[float]:
+def voting_weights(name: str, samples: list, tau: float = 1.0, keep_frac: float = 1.0,
+                   answers: list[str | None] | None = None) -> list[float]:
     """One non-negative weight per sample (sttrl.engines.base.Sample).
 
     majority:   w_i = 1
     energy:     E_i = -mean_t logsumexp_t,  w = softmax(-E / tau)   (lower energy, more weight)
     confidence: C_i = mean_t(-topk_logprob_mean_t) (DeepConf; higher = more confident), w_i = C_i;
                 keep_frac < 1 keeps only the ceil(keep_frac * n) most confident samples (ties: earlier
-                sample first) and gives the rest weight 0.
+                sample first) and gives the rest weight 0. With `answers` (one extracted answer per
+                sample), the filter runs among the answered samples, as DeepConf does: n is the
+                number of answers that are not None and an unanswered sample never takes a slot.
+                Without `answers`, n is the number of samples (the old behaviour).
     A sample with no tokens (or a non-finite score) gets weight 0 and takes no part in the softmax
     or the ranking. If that leaves every weight 0, vote() falls back to the plain majority.
     """
@@ -112,6 +119,8 @@ def voting_weights(name: str, samples: list, tau: float = 1.0, keep_frac: float 
         raise UserError(f"voting temperature tau must be > 0, got {tau!r}")
     if not 0 < keep_frac <= 1:
         raise UserError(f"keep_frac must be in (0, 1], got {keep_frac!r}")
+    if answers is not None and len(answers) != len(samples):
+        raise ValueError(f"{len(samples)} samples but {len(answers)} answers")
     if name == "majority":
         return [1.0] * len(samples)
 
@@ -126,8 +135,10 @@ def voting_weights(name: str, samples: list, tau: float = 1.0, keep_frac: float 
     conf = [_mean([-v for v in s.topk_logprob_mean]) for s in samples]
     weights = [0.0 if c is None else max(c, 0.0) for c in conf]
     if keep_frac < 1:
-        keep = math.ceil(keep_frac * len(samples) - 1e-9)  # 0.1 * 10 is 1.0000000000000002
-        ranked = sorted((i for i, c in enumerate(conf) if c is not None), key=lambda i: -conf[i])
+        answered = [True] * len(samples) if answers is None else [a is not None for a in answers]
+        keep = math.ceil(keep_frac * sum(answered) - 1e-9)  # 0.1 * 10 is 1.0000000000000002
+        ranked = sorted((i for i, c in enumerate(conf) if c is not None and answered[i]),
+                        key=lambda i: -conf[i])
         kept = set(ranked[:keep])
         weights = [w if i in kept else 0.0 for i, w in enumerate(weights)]
     return weights
