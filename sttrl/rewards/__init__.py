@@ -2,11 +2,15 @@
 from sttrl.rewards.extract import extract_answer
 from sttrl.rewards.grade import ANSWER_FORMS, clear_grade_cache, grade, set_grade_timeout
 from sttrl.rewards.metrics import label_accuracy, maj_at_n, pass_at_1, pass_at_k, reward_accuracy
-from sttrl.rewards.reward import ttrl_rewards
+from sttrl.rewards.reward import random_rewards, ttrl_rewards
 from sttrl.rewards.vote import VoteStats, vote, voting_weights
+
+# --reward: agreement with the vote (label-free), the ground truth (oracle.py: an upper bound),
+# or random rewards at the vote's positive rate (the null)
+REWARDS = ("vote", "oracle", "random")
 
 __all__ = [
     "ANSWER_FORMS", "extract_answer", "grade", "clear_grade_cache", "set_grade_timeout", "vote", "VoteStats",
-    "voting_weights", "ttrl_rewards", "pass_at_1", "maj_at_n", "pass_at_k", "label_accuracy",
+    "voting_weights", "ttrl_rewards", "random_rewards", "REWARDS", "pass_at_1", "maj_at_n", "pass_at_k", "label_accuracy",
     "reward_accuracy",
 ]

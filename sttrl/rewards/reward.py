@@ -19,3 +19,19 @@ def ttrl_rewards(answers: list[str | None], label: str | None, task: str = "math
     if label is None:
         return [0.0] * len(answers)
     return [1.0 if grade(answer, label, task, form=form) else 0.0 for answer in answers]
+
+
+def random_rewards(like: list[float], seed: int, exact: bool = False) -> list[float]:
+    """The spurious-rewards control: rewards that carry no information about the answers, with
+    the positive rate of `like` (the vote's rewards for the same samples), so the update has the
+    same size. Bernoulli draws at that rate, or with `exact` a random subset of exactly as many
+    positives. Seeded per question: the same seed gives the same rewards."""
+    import random
+
+    rng = random.Random(seed)
+    positives = sum(r > 0 for r in like)
+    if exact:
+        chosen = set(rng.sample(range(len(like)), positives))
+        return [1.0 if i in chosen else 0.0 for i in range(len(like))]
+    rate = positives / len(like) if like else 0.0
+    return [1.0 if rng.random() < rate else 0.0 for _ in like]
