@@ -41,7 +41,7 @@ def main() -> None:
 
     from sttrl.config import Config, resolve
     from sttrl.engines.models import resolve_model
-    from sttrl.engines.ray_engine import RayEngine
+    from sttrl.engines.ray.engine import RayEngine
 
     machine = machine_info()
     path = resolve_model(args.model)

@@ -34,8 +34,8 @@ def main() -> None:
     from transformers import AutoConfig
 
     from sttrl.engines.models import resolve_model
-    from sttrl.engines.ray_actors import SYNC_CHUNK_BYTES, ActorSettings, weight_groups
-    from sttrl.engines.ray_rollout import RolloutActor
+    from sttrl.engines.ray.common import SYNC_CHUNK_BYTES, ActorSettings, weight_groups
+    from sttrl.engines.ray.rollout import RolloutActor
 
     machine = machine_info()
     path = resolve_model(args.model)

@@ -54,7 +54,7 @@ def engines(ray_cpu, tiny_vllm_model):
     also fills logsumexp; weights reach vLLM through the object store (the broadcast path has
     its own test below). (The driver runs below use the default in-actor reference.)"""
     from conftest import local_engine
-    from sttrl.engines.ray_engine import RayEngine
+    from sttrl.engines.ray.engine import RayEngine
 
     cfg = ray_config(tiny_vllm_model, actor_num_gpus=2, micro_batch_size=2,
                      voting_function="energy", separate_ref_gpu=True, weight_sync="object_store",
@@ -207,7 +207,7 @@ def test_broadcast_sync_follows_the_actor_and_a_killed_engine_is_a_clear_error(r
 
     from sttrl.algorithms.grpo import group_advantages, grpo_loss
     from sttrl.types import TrainBatch
-    from sttrl.engines.ray_engine import RayEngine
+    from sttrl.engines.ray.engine import RayEngine
     from sttrl.errors import EngineError
 
     cfg = ray_config(tiny_vllm_model, actor_num_gpus=2, weight_sync="broadcast")
@@ -240,8 +240,8 @@ def test_broadcast_sync_follows_the_actor_and_a_killed_engine_is_a_clear_error(r
 def test_reference_actor_on_its_own(tiny_vllm_model):
     """The actor --separate_ref_gpu adds, called directly (no Ray needed)."""
     from conftest import local_engine
-    from sttrl.engines.ray_actors import ActorSettings
-    from sttrl.engines.ray_trainer import ReferenceActor
+    from sttrl.engines.ray.common import ActorSettings
+    from sttrl.engines.ray.trainer import ReferenceActor
 
     local = local_engine(tiny_vllm_model)
     settings = ActorSettings(model_path=tiny_vllm_model, pad_id=local.tokenizer.pad_token_id,
@@ -261,7 +261,7 @@ GAE_FLAGS = dict(advantage_estimator="gae", actor_num_gpus=2, micro_batch_size=2
 def gae_engine(ray_cpu, tiny_vllm_model):
     """2 actor ranks and 2 critic ranks (micro-batches of 2: both groups run dummy rows), and
     the critic's initial full weights."""
-    from sttrl.engines.ray_engine import RayEngine
+    from sttrl.engines.ray.engine import RayEngine
 
     eng = RayEngine(ray_config(tiny_vllm_model, **GAE_FLAGS), tiny_vllm_model)
     try:

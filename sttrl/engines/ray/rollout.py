@@ -7,7 +7,7 @@ import logging
 import os
 import time
 
-from sttrl.engines.ray_actors import (SYNC_CHUNK_BYTES, ActorSettings, error_line, on_gpu,
+from sttrl.engines.ray.common import (SYNC_CHUNK_BYTES, ActorSettings, error_line, on_gpu,
                                       placement_info, sync_group, weight_groups)
 
 CPU_KV_CACHE_BYTES = 512 * 2**20  # vLLM's KV cache on CPU; its own default sizes it from all RAM

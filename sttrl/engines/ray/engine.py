@@ -54,10 +54,10 @@ from dataclasses import dataclass
 
 from sttrl.data.prompts import encode_prompt
 from sttrl.types import Sample, TrainBatch
-from sttrl.engines.ray_actors import ActorSettings
-from sttrl.engines.ray_rollout import RolloutActor
-from sttrl.engines.ray_trainer import CriticActor, ReferenceActor, TrainerActor
-from sttrl.engines.ray_placement import create_placement_group, on_bundle, plan_layout
+from sttrl.engines.ray.common import ActorSettings
+from sttrl.engines.ray.rollout import RolloutActor
+from sttrl.engines.ray.trainer import CriticActor, ReferenceActor, TrainerActor
+from sttrl.engines.ray.placement import create_placement_group, on_bundle, plan_layout
 from sttrl.errors import EngineError, UserError
 
 PROMPT_ROOM = 4096  # tokens of prompt vLLM must have room for beyond max_new_tokens

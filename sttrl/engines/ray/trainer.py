@@ -8,7 +8,7 @@ import os
 import socket
 import time
 
-from sttrl.engines.ray_actors import (ActorSettings, error_line, on_gpu, placement_info,
+from sttrl.engines.ray.common import (ActorSettings, error_line, on_gpu, placement_info,
                                       sync_backend, sync_group, tied_output_embedding,
                                       weight_groups)
 
