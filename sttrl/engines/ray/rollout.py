@@ -1,19 +1,19 @@
-"""The scale engine's vLLM rollout actor (one engine; tensor parallel through vLLM's own Ray
-workers). See `ray_actors` for what the actors share."""
+"""The scale engine's vLLM rollout actor: one engine (tensor parallel through vLLM's own Ray
+workers) that samples and scores; its end of the weight sync is `weight_sync.WeightReceiver`.
+See `common` for what the actors share."""
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import time
 
-from sttrl.engines.ray.common import (SYNC_CHUNK_BYTES, ActorSettings, error_line, on_gpu,
-                                      placement_info, sync_group, weight_groups)
+from sttrl.engines.ray.common import ActorSettings, on_gpu, placement_info
+from sttrl.engines.ray.weight_sync import WeightReceiver
 
 CPU_KV_CACHE_BYTES = 512 * 2**20  # vLLM's KV cache on CPU; its own default sizes it from all RAM
 
 
-class RolloutActor:
+class RolloutActor(WeightReceiver):
     """One vLLM engine, running in this actor's process (no engine-core subprocess)."""
 
     def __init__(self, index: int, bundles: list[int], settings: ActorSettings):
@@ -32,24 +32,24 @@ class RolloutActor:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         if not gpu:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"  # a shared box: don't pin threads
-            # vLLM compiles its log-prob helpers lazily even in eager mode: 5-20 s on first use.
+            # vLLM compiles its log-prob helpers lazily even in eager mode: a long first call.
             os.environ["TORCH_COMPILE_DISABLE"] = "1"
-            # Ray gives a 1-CPU actor one thread; 2 threads sampled 1.3-1.5x faster on the
-            # 2-core machine (benchmarks/bench_generation.py), and the actor ranks are idle
-            # meanwhile. vLLM forbids changing this once its engine is up.
+            # Ray gives a 1-CPU actor one thread; sampling is faster on the machine's share of
+            # cores (benchmarks/bench_generation.py), and the actor ranks are idle meanwhile.
+            # vLLM forbids changing this once its engine is up.
             import torch
             torch.set_num_threads(s.train_threads
-                                  or max(1, (os.cpu_count() or 1) // s.vllm_engines))
+                                  or max(1, (os.cpu_count() or 1) // s.vllm_num_engines))
         kwargs = dict(model=s.model_path, seed=s.seed, max_model_len=s.max_model_len,
                       max_num_seqs=s.max_num_seqs, trust_remote_code=s.trust_remote_code,
-                      tensor_parallel_size=s.tensor_parallel_size)
+                      tensor_parallel_size=s.vllm_tensor_parallel_size)
         if gpu:
             kwargs.update(dtype="bfloat16", gpu_memory_utilization=0.45 if s.colocate else 0.9,
                           enable_sleep_mode=s.colocate)
         else:
             kwargs.update(dtype="float32", enforce_eager=True,
                           kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
-        if s.tensor_parallel_size > 1:  # untested here: needs GPUs
+        if s.vllm_tensor_parallel_size > 1:  # untested here: needs GPUs
             # vLLM's Ray workers go on this engine's bundles of the captured placement group.
             os.environ["VLLM_RAY_BUNDLE_INDICES"] = ",".join(map(str, self.bundles))
             if s.colocate:
@@ -100,93 +100,6 @@ class RolloutActor:
                                 params, use_tqdm=False)[0]
         P = len(prompt_ids)  # out.prompt_logprobs[k]: token k given tokens < k
         return [out.prompt_logprobs[P + i][t].logprob for i, t in enumerate(response_ids)]
-
-    def load_weights(self, chunk: dict) -> None:
-        """Replace the weights of whole modules in place (HF names -> tensors)."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(chunk.items())})
-
-    def load_initial_weights(self, tied: dict[str, str]) -> bool:
-        """Reload the checkpoint this engine started from, from disk (reset mode): no gather or
-        transfer, and it runs while the actor ranks restore their own copy. `tied`: as in a
-        sync, the tied output embedding is sent under its own name too (vLLM's reload does not
-        follow the tie, and the checkpoint lists it once). False when the model is not a local
-        safetensors directory (a hub name): the driver syncs from the actor instead."""
-        from safetensors import safe_open
-
-        files = sorted(glob.glob(os.path.join(self.settings.model_path, "*.safetensors")))
-        if not files:
-            return False
-        handles = [safe_open(f, framework="pt") for f in files]
-        where = {name: h for h in handles for name in h.keys()}
-        chunk, size = {}, 0
-        for unit in weight_groups(sorted(where)):  # sorted: a layer's tensors are consecutive
-            tensors = {name: where[name].get_tensor(name) for name in unit}
-            tensors.update({dst: tensors[src] for src, dst in tied.items() if src in tensors})
-            unit_size = sum(t.nbytes for t in tensors.values())
-            if chunk and size + unit_size > SYNC_CHUNK_BYTES:
-                self.load_weights(chunk)
-                chunk, size = {}, 0
-            chunk.update(tensors)
-            size += unit_size
-        self.load_weights(chunk)
-        self.weights_loaded()
-        return True
-
-    def weights_loaded(self) -> None:
-        """After the last chunk: cached prompt KV was computed with the old weights."""
-        self.llm.reset_prefix_cache()
-
-    def join_sync_group(self, addr: str, port: int, rank: int, world: int, plan: dict) -> None:
-        """Join actor rank 0's weight-sync group; `plan` (TrainerActor.sync_plan) says what
-        each broadcast will hold."""
-        self.plan = plan
-        self.sync_device = "cuda" if plan["backend"] == "nccl" else "cpu"
-        self.sync_group = sync_group(addr, port, rank, world, plan["backend"],
-                                     self.settings.sync_timeout)
-
-    def receive_weights(self) -> str | None:
-        """Receive rank 0's broadcasts (TrainerActor.broadcast_weights) and load each module
-        group, the previous group loading while the next one arrives. If loading fails, keep
-        receiving without loading, so rank 0 is never left waiting on this engine; the error
-        comes back as a string for the driver.
-
-        With vllm_tensor_parallel_size > 1 this front actor receives on CPU (gloo) and
-        `load_weights`' collective_rpc relays the tensors to vLLM's Ray workers (untested: needs
-        GPUs).
-        """
-        import torch
-
-        error, arrived = None, None  # arrived: the last group received, not loaded yet
-
-        def load(chunk: dict) -> None:
-            nonlocal error
-            if error is not None:
-                return
-            for src, dst in self.plan["tied"].items():
-                if src in chunk:
-                    chunk[dst] = chunk[src]  # vLLM's reload does not follow the tie: send both
-            try:
-                self.load_weights(chunk)
-            except Exception as err:  # noqa: BLE001 - reported to the driver
-                error = f"vLLM engine {self.index}: {error_line(err)}"
-
-        for group in self.plan["groups"]:
-            chunk = {name: torch.empty(shape, dtype=dtype, device=self.sync_device)
-                     for name, shape, dtype in group}
-            try:
-                works = [self.sync_group.broadcast(t, 0) for t in chunk.values()]
-                if arrived is not None:
-                    load(arrived)
-                for work in works:
-                    work.wait()
-            except Exception as err:  # noqa: BLE001 - rank 0 died or timed out: the group is gone
-                return f"vLLM engine {self.index}: {error_line(err)}"
-            arrived = chunk
-        if arrived is not None:
-            load(arrived)
-        if error is None:
-            self.weights_loaded()
-        return error
 
     def sleep(self) -> None:
         """Colocated on GPUs: free weights and KV cache while the actor trains (no-op on CPU)."""
