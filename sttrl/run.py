@@ -27,7 +27,7 @@ def build_engine(cfg: Config):
     from sttrl.engines.models import resolve_model
 
     if cfg.engine == "ray":
-        from sttrl.engines.ray_engine import RayEngine as engine_class
+        from sttrl.engines.ray.engine import RayEngine as engine_class
     else:
         from sttrl.engines.local import LocalEngine as engine_class
     return engine_class(cfg, resolve_model(cfg.model))

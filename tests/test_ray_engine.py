@@ -54,7 +54,7 @@ def engines(ray_cpu, tiny_vllm_model):
     also fills logsumexp; weights reach vLLM through the object store (the broadcast path has
     its own test below). (The driver runs below use the default in-actor reference.)"""
     from conftest import local_engine
-    from sttrl.engines.ray_engine import RayEngine
+    from sttrl.engines.ray.engine import RayEngine
 
     cfg = ray_config(tiny_vllm_model, actor_num_gpus=2, micro_batch_size=2,
                      voting_function="energy", separate_ref_gpu=True, weight_sync="object_store",
@@ -179,6 +179,51 @@ class TestAgainstTheLocalEngine:
         eng.reset()
 
 
+    def test_snapshots_do_not_accumulate(self, engines):
+        """Each snapshot is a full optimiser state on every rank: the ranks keep the initial one
+        and only the newest other one, and a released snapshot cannot be restored."""
+        from sttrl.algorithms.grpo import group_advantages, grpo_loss
+        from sttrl.types import TrainBatch
+
+        eng, _ = engines
+        pid = eng.encode(PROMPT)
+        samples = eng.generate(PROMPT, 4, 1.0, 1.0, 10, seed=5)
+        batch = TrainBatch.shared(pid, [s.token_ids for s in samples], group_advantages([1.0, 0, 0, 1]))
+        fixed = samples[0].token_ids
+        first = eng.snapshot()
+        for _ in range(3):
+            eng.train(batch, grpo_loss, KL, steps=1)
+            snap = eng.snapshot()
+            at_snapshot = eng.score_on_engines(pid, fixed)[0]
+            eng.train(batch, grpo_loss, KL, steps=1)
+            eng.restore(snap)
+            assert max_gap(eng.score_on_engines(pid, fixed)[0], at_snapshot) < LOGPROB_TOL
+        held = eng._get([r.snapshot_keys.remote() for r in eng.ranks], "snapshot keys")
+        assert held == [["initial", snap.key]] * len(eng.trainers)
+        with pytest.raises(ValueError, match="released"):
+            eng.restore(first)
+        eng.reset()
+        assert eng.check_weights(pid, fixed) < LOGPROB_TOL
+
+    def test_the_whole_engine_protocol(self, engines):
+        """Every member of sttrl/engines/base.py's Engine; SLOT's hidden-state hooks refuse."""
+        import inspect
+
+        from sttrl.engines.base import Engine
+        from sttrl.engines.ray.engine import RayEngine
+        from sttrl.errors import UserError
+
+        eng, _ = engines
+        members = [n for n in vars(Engine) if not n.startswith("_")] + list(Engine.__annotations__)
+        assert [n for n in members if not hasattr(eng, n)] == []
+        assert list(inspect.signature(RayEngine).parameters) == ["cfg", "model_path"]
+        assert eng.head_hook is None
+        eng.set_head_hook(None)  # nothing to remove
+        for call in (lambda: eng.prompt_hidden([1, 2]), lambda: eng.head_logits(None),
+                     lambda: eng.set_head_hook(lambda h: h)):
+            with pytest.raises(UserError, match="slot needs --engine local"):
+                call()
+
     def test_every_wait_has_a_timeout(self, engines, ray_cpu):
         from sttrl.errors import EngineError
 
@@ -207,7 +252,7 @@ def test_broadcast_sync_follows_the_actor_and_a_killed_engine_is_a_clear_error(r
 
     from sttrl.algorithms.grpo import group_advantages, grpo_loss
     from sttrl.types import TrainBatch
-    from sttrl.engines.ray_engine import RayEngine
+    from sttrl.engines.ray.engine import RayEngine
     from sttrl.errors import EngineError
 
     cfg = ray_config(tiny_vllm_model, actor_num_gpus=2, weight_sync="broadcast")
@@ -240,8 +285,8 @@ def test_broadcast_sync_follows_the_actor_and_a_killed_engine_is_a_clear_error(r
 def test_reference_actor_on_its_own(tiny_vllm_model):
     """The actor --separate_ref_gpu adds, called directly (no Ray needed)."""
     from conftest import local_engine
-    from sttrl.engines.ray_actors import ActorSettings
-    from sttrl.engines.ray_trainer import ReferenceActor
+    from sttrl.engines.ray.common import ActorSettings
+    from sttrl.engines.ray.trainer import ReferenceActor
 
     local = local_engine(tiny_vllm_model)
     settings = ActorSettings(model_path=tiny_vllm_model, pad_id=local.tokenizer.pad_token_id,
@@ -261,7 +306,7 @@ GAE_FLAGS = dict(advantage_estimator="gae", actor_num_gpus=2, micro_batch_size=2
 def gae_engine(ray_cpu, tiny_vllm_model):
     """2 actor ranks and 2 critic ranks (micro-batches of 2: both groups run dummy rows), and
     the critic's initial full weights."""
-    from sttrl.engines.ray_engine import RayEngine
+    from sttrl.engines.ray.engine import RayEngine
 
     eng = RayEngine(ray_config(tiny_vllm_model, **GAE_FLAGS), tiny_vllm_model)
     try:
@@ -351,6 +396,8 @@ class TestPPOWithACritic:
         assert not same_weights(critic_weights(eng), at_snapshot)
         eng.restore(snap)
         assert same_weights(critic_weights(eng), at_snapshot)
+        held = eng._get([r.snapshot_keys.remote() for r in eng.ranks], "snapshot keys")
+        assert held == [["initial", snap.key]] * 4  # 2 actor and 2 critic ranks
         eng.reset()
         eng.load_state_dict(saved)  # a resumed --continuous run
         assert same_weights(critic_weights(eng), at_snapshot)

@@ -7,7 +7,7 @@ import tempfile
 import pytest
 
 from sttrl.config import Config, resolve
-from sttrl.engines.ray_placement import Layout, bundle_specs, plan_layout
+from sttrl.engines.ray.placement import Layout, bundle_specs, plan_layout
 from sttrl.errors import EngineError
 
 # name -> (flags, expected layout); the README's table of layouts is this list
@@ -89,9 +89,8 @@ def bundle_gpus(ray, pg, n: int) -> dict[int, list]:
 def test_actors_land_on_their_bundles(fake_gpu_ray, name):
     from ray.util.placement_group import remove_placement_group
 
-    from sttrl.engines.ray_actors import ActorSettings
-    from sttrl.engines.ray_engine import spawn_actors
-    from sttrl.engines.ray_placement import create_placement_group
+    from sttrl.engines.ray.common import ActorSettings
+    from sttrl.engines.ray.placement import create_placement_group, spawn_actors
 
     ray = fake_gpu_ray
     flags, layout = LAYOUTS[name]
@@ -131,7 +130,7 @@ def test_actors_land_on_their_bundles(fake_gpu_ray, name):
 
 @needs_ray
 def test_a_layout_that_does_not_fit_is_a_clear_error(fake_gpu_ray):
-    from sttrl.engines.ray_placement import create_placement_group
+    from sttrl.engines.ray.placement import create_placement_group
 
     with pytest.raises(EngineError, match="8 GPUs.*did not fit.*4 GPUs"):
         create_placement_group(LAYOUTS["8 GPUs"][1], timeout=3)
@@ -140,7 +139,7 @@ def test_a_layout_that_does_not_fit_is_a_clear_error(fake_gpu_ray):
 def test_weight_sync_groups_keep_modules_whole_within_the_budget():
     """vLLM rebuilds a module from one reload call's tensors: a push never splits a decoder
     layer, packs consecutive modules up to the byte budget, and keeps the parameter order."""
-    from sttrl.engines.ray_actors import weight_groups
+    from sttrl.engines.ray.weight_sync import weight_groups
 
     names = ["model.embed_tokens.weight"]
     for i in range(3):

@@ -1,4 +1,5 @@
-"""Where the scale engine's Ray actors go: one placement group, one bundle per GPU.
+"""Where the scale engine's Ray actors go: one placement group, one bundle per GPU, and every actor
+created on its bundle (`spawn_actors`).
 
 `plan_layout` is pure Python (no Ray): it numbers the bundles and says which role sits on which.
 Bundles come in this order: actor ranks, then the separate reference (if any), then the critic
@@ -15,6 +16,7 @@ Default layout on one node of 4 GPUs (actor_num_gpus 2, vllm_num_engines 2):
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from sttrl.errors import EngineError
@@ -108,3 +110,47 @@ def on_bundle(pg, layout: Layout, bundle: int, gpu_share: bool = True, **extra) 
                    placement_group_capture_child_tasks=True)}
     options.update(extra)
     return options
+
+
+@dataclass
+class Actors:
+    """Handles of every actor the engine placed."""
+
+    trainers: list
+    rollouts: list
+    ref: object | None = None
+    critics: list = field(default_factory=list)
+
+    def labelled(self) -> list[tuple[str, object]]:
+        out = [(f"actor rank {i}", a) for i, a in enumerate(self.trainers)]
+        out += [(f"vLLM engine {i}", a) for i, a in enumerate(self.rollouts)]
+        if self.ref is not None:
+            out.append(("reference actor", self.ref))
+        out += [(f"critic rank {i}", a) for i, a in enumerate(self.critics)]
+        return out
+
+
+def spawn_actors(cfg, pg, layout: Layout, settings) -> Actors:
+    """Create (not set up) every actor on its bundle; cheap: constructors only store arguments.
+    `settings`: the `ActorSettings` every actor gets (the critic's with lr = --critic_lr)."""
+    import ray
+
+    from sttrl.engines.ray.critic import CriticActor
+    from sttrl.engines.ray.rollout import RolloutActor
+    from sttrl.engines.ray.trainer import ReferenceActor, TrainerActor
+
+    trainer, rollout = ray.remote(TrainerActor), ray.remote(RolloutActor)
+    world = len(layout.actor)
+    trainers = [trainer.options(**on_bundle(pg, layout, b)).remote(rank, world, b, settings)
+                for rank, b in enumerate(layout.actor)]
+    tp = cfg.vllm_tensor_parallel_size
+    rollouts = [rollout.options(**on_bundle(pg, layout, bundles[0], gpu_share=tp == 1))
+                .remote(i, bundles, settings) for i, bundles in enumerate(layout.vllm)]
+    ref = None
+    if layout.ref is not None:
+        ref = ray.remote(ReferenceActor).options(**on_bundle(pg, layout, layout.ref)).remote(
+            layout.ref, settings)
+    critic_settings = dataclasses.replace(settings, lr=cfg.critic_lr)
+    critics = [ray.remote(CriticActor).options(**on_bundle(pg, layout, b)).remote(
+        rank, len(layout.critic), b, critic_settings) for rank, b in enumerate(layout.critic)]
+    return Actors(trainers, rollouts, ref, critics)

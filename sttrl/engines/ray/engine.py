@@ -1,0 +1,395 @@
+"""The scale engine (`--engine ray`): vLLM samples, DeepSpeed ZeRO-3 trains, Ray places both.
+
+`RayEngine` is the driver's side: it starts the actors and orchestrates them, and implements the
+whole `Engine` protocol (sttrl/engines/base.py) with the local engine's semantics; the modes
+cannot tell the two apart. The other files of this package hold one distributed role each
+(see its __init__.py).
+
+What runs where:
+
+- `generate`: the n samples are split across the vLLM engines, each with its own seed
+  (deterministic for a given number of engines). vLLM returns each token's untempered log-prob
+  and the top-20 log-probs (for DeepConf confidence). It does not return the logsumexp of the raw
+  logits that energy voting needs, so with `--voting_function energy` (`need_logsumexp`) the
+  engine scores the samples once more on the actor ranks and fills `Sample.logsumexp`; with the
+  other voting functions `Sample.logsumexp` stays empty.
+- `train`: the actor ranks are data-parallel over responses (`zero.shard`); the loss is divided
+  by the token count of the whole batch, so the update is the local engine's token mean. The
+  first step's old log-probs come from its own forward pass; reference log-probs are computed
+  only when kl_coef > 0 and the weights have moved from the initial ones. With
+  `--advantage_estimator gae` the critic ranks train at the same time (critic.py).
+- After every change of weights the vLLM engines are brought up to date (weight_sync.py).
+- Reset: every rank restores its in-memory copy of the initial partitioned weights and optimizer
+  state, while every engine that holds other weights reloads the initial checkpoint from disk.
+- Snapshots: the ranks hold the initial one and at most one other (each is a full copy of the
+  optimiser state): a new `snapshot()` releases the previous one.
+- SLOT's hidden-state hooks are refused (`UserError`): vLLM samples, and its hidden states are
+  not exposed.
+
+Every Ray call waits at most `--sync_timeout` seconds; a dead actor, a failed call or a timeout
+raises a one-line `EngineError`.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+from sttrl.data.prompts import encode_prompt
+from sttrl.engines.ray.common import ActorSettings, wait
+from sttrl.engines.ray.critic import gae_targets
+from sttrl.engines.ray.placement import create_placement_group, plan_layout, spawn_actors
+from sttrl.engines.ray.weight_sync import WeightSync
+from sttrl.engines.ray.zero import merge_steps, micro_batches, shard
+from sttrl.errors import UserError
+from sttrl.types import Sample, TrainBatch
+
+NO_HIDDEN_STATES = ("--adaptation_method slot needs --engine local: the scale engine samples with "
+                    "vLLM, which does not expose the hidden states entering the LM head")
+
+
+@dataclass(frozen=True)
+class RaySnapshot:
+    """A snapshot held by the actor and critic ranks (their partitions and optimizer state) under
+    `key`, of the weights with this version (weight_sync.WeightSync)."""
+
+    key: str
+    version: int
+
+
+def split_counts(n: int, parts: int) -> list[int]:
+    """n samples over `parts` engines, as even as possible, the first engines taking the extra."""
+    return [n // parts + (i < n % parts) for i in range(parts)]
+
+
+def engine_seed(seed: int, index: int) -> int:
+    """Engine 0 uses the seed itself; the others distinct seeds derived from it."""
+    return (seed + 1_000_003 * index) % (2**31 - 1)
+
+
+class RayEngine:
+    """Generate with vLLM, train with DeepSpeed ZeRO-3, all placed by Ray (see module docstring)."""
+
+    def __init__(self, cfg, model_path: str):
+        import importlib.util
+
+        missing = [m for m in ("ray", "vllm", "deepspeed") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UserError(f"--engine ray needs {', '.join(missing)}: bash scripts/setup.sh --scale "
+                            "(CPU) or pip install '.[scale]' (GPU)")
+        from transformers import AutoConfig, GenerationConfig
+
+        from sttrl.engines.models import load_tokenizer
+        from sttrl.engines.sequences import stop_token_ids
+
+        self.cfg = cfg
+        self.timeout = cfg.sync_timeout
+        self.tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
+        hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+        try:
+            generation = GenerationConfig.from_pretrained(model_path)
+        except OSError:
+            generation = GenerationConfig.from_model_config(hf_config)
+        self.stop_ids = stop_token_ids(generation, self.tokenizer)
+        self.need_logsumexp = cfg.voting_function == "energy"
+        self.settings = ActorSettings.from_config(
+            cfg, model_path, self.tokenizer.pad_token_id,
+            getattr(hf_config, "max_position_embeddings", None))
+        self.untouched = True  # weights and optimizer are the initial snapshot, bit for bit
+        self.initial = RaySnapshot("initial", 0)
+        self.held: RaySnapshot | None = None  # the one snapshot besides the initial one
+        self._keys = itertools.count(1)
+        self._labels: dict[str, str] = {}
+        self._own_ray, self._ray_tmp, self.pg, self.actors = False, None, None, None
+        self.closed = False
+        try:
+            self._start_ray()
+            self.layout = plan_layout(cfg)
+            self.pg = create_placement_group(self.layout, self.timeout)
+            self.actors = spawn_actors(cfg, self.pg, self.layout, self.settings)
+            # actor id -> "vLLM engine 0" etc., to name the actor in a Ray error
+            self._labels = {a._actor_id.hex(): name for name, a in self.actors.labelled()}
+            self.weights = WeightSync(cfg.weight_sync, self.trainers, self.rollouts, self._get)
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- start-up and shut-down ---------------------------------------------------------------
+    def _start_ray(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return  # someone else's Ray (a test, a notebook): use it, leave it running
+        address = self.cfg.ray_address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            # a short temp dir: Ray's unix socket paths must stay under 108 characters
+            self._ray_tmp = tempfile.mkdtemp(prefix="ray_", dir="/tmp")
+            ray.init(num_cpus=self.cfg.ray_num_cpus or os.cpu_count(), _temp_dir=self._ray_tmp,
+                     include_dashboard=False)
+        self._own_ray = True
+
+    def _setup(self) -> None:
+        a = self.actors
+        addr, port = self._get(a.trainers[0].master_address.remote(), "actor start-up")
+        calls = [t.setup.remote(addr, port) for t in a.trainers]
+        calls += [r.setup.remote() for r in a.rollouts]
+        if a.critics:  # the critic ranks' own process group: critic rank 0's rendezvous
+            caddr, cport = self._get(a.critics[0].master_address.remote(), "critic start-up")
+            while (caddr, cport) == (addr, port):  # two free-port picks can coincide
+                caddr, cport = self._get(a.critics[0].master_address.remote(), "critic start-up")
+            calls += [c.setup.remote(caddr, cport) for c in a.critics]
+        if a.ref is not None:
+            calls.append(a.ref.setup.remote())
+        self._get(calls, "engine start-up (loading the model into the actor and vLLM)")
+        self.weights.open()
+
+    @property
+    def trainers(self) -> list:
+        return self.actors.trainers
+
+    @property
+    def rollouts(self) -> list:
+        return self.actors.rollouts
+
+    @property
+    def ranks(self) -> list:
+        """Every ZeRO-3 rank that holds trained state: the actor's, then the critic's."""
+        return self.actors.trainers + self.actors.critics
+
+    @property
+    def pristine(self) -> bool:
+        """The actor holds the initial weights (version 0): the policy is the reference."""
+        return self.weights.actor == 0
+
+    def close(self) -> None:
+        """Stop the vLLM engines, kill the actors, free the bundles; stop Ray if we started it."""
+        if self.closed:
+            return
+        self.closed = True
+        import ray
+
+        if ray.is_initialized():
+            if self.actors is not None:
+                stops = [r.shutdown.remote() for r in self.actors.rollouts]
+                try:
+                    ray.wait(stops, num_returns=len(stops), timeout=30)
+                except Exception:  # noqa: BLE001 - a dead engine has nothing left to stop
+                    pass
+                for _, actor in self.actors.labelled():
+                    try:
+                        ray.kill(actor)
+                    except Exception:  # noqa: BLE001
+                        pass
+            if self.pg is not None:
+                from ray.util.placement_group import remove_placement_group
+                try:
+                    remove_placement_group(self.pg)
+                except Exception:  # noqa: BLE001
+                    pass
+            if self._own_ray:
+                ray.shutdown()
+        if self._ray_tmp:
+            shutil.rmtree(self._ray_tmp, ignore_errors=True)
+
+    def _get(self, refs, what: str):
+        """ray.get with the sync timeout, failing fast on the first dead actor or error."""
+        return wait(refs, what, self.timeout, self._labels)
+
+    # ---- generation -----------------------------------------------------------------------------
+    def encode(self, prompt: str) -> list[int]:
+        return encode_prompt(prompt, self.tokenizer)
+
+    def generate(self, prompt: str, n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, seed: int) -> list[Sample]:
+        prompt_ids = self.encode(prompt)
+        calls = [r.generate.remote(prompt_ids, k, temperature, top_p, max_new_tokens,
+                                   engine_seed(seed, i), self.stop_ids)
+                 for i, (r, k) in enumerate(zip(self.rollouts, split_counts(n, len(self.rollouts))))
+                 if k]
+        raw = [s for part in self._get(calls, "sampling on the vLLM engines") for s in part]
+        samples = [Sample(text=self.tokenizer.decode(s["token_ids"], skip_special_tokens=True),
+                          token_ids=s["token_ids"], logprobs=s["logprobs"],
+                          topk_logprob_mean=s["topk"], finished=s["finished"]) for s in raw]
+        if self.need_logsumexp:  # energy voting: vLLM has no logsumexp of the raw logits
+            scored = self.score_on_actor([prompt_ids] * len(samples),
+                                         [s.token_ids for s in samples], with_logsumexp=True)
+            for s, (_, lse) in zip(samples, scored):
+                s.logsumexp = lse
+        return samples
+
+    # ---- scoring --------------------------------------------------------------------------------
+    def score_on_actor(self, prompts: list[list[int]], responses: list[list[int]],
+                       with_logsumexp: bool = False) -> list[tuple]:
+        """Per response: (log-probs,) or (log-probs, logsumexp) under the actor's weights."""
+        plan = shard(prompts, responses, len(self.trainers), self.cfg.micro_batch_size)
+        calls = [t.score.remote(micro_batches(p, prompts, responses), with_logsumexp)
+                 for t, p in zip(self.trainers, plan)]
+        rows: list = [None] * len(responses)
+        for rank_plan, rank_out in zip(plan, self._get(calls, "scoring on the actor ranks")):
+            for idx, got in zip(rank_plan, rank_out):
+                for j, i in enumerate(idx):
+                    rows[i] = tuple(g[j, :len(responses[i])].tolist() for g in got)
+        return rows
+
+    def score_on_engines(self, prompt_ids: list[int], response_ids: list[int]) -> list[list[float]]:
+        """Token log-probs of one fixed response under the weights each vLLM engine holds."""
+        return self._get([r.score.remote(prompt_ids, response_ids) for r in self.rollouts],
+                         "scoring on the vLLM engines")
+
+    def check_weights(self, prompt_ids: list[int], response_ids: list[int]) -> float:
+        """Largest |log p| gap, over tokens and engines, between vLLM and the actor: the test
+        for silently stale engine weights (fp32 on CPU: ~1e-5; bf16 on GPU is much looser)."""
+        actor = self.score_on_actor([prompt_ids], [response_ids])[0][0]
+        return max(abs(a - b) for lps in self.score_on_engines(prompt_ids, response_ids)
+                   for a, b in zip(actor, lps))
+
+    def critic_values(self, prompts: list[list[int]], responses: list[list[int]]):
+        """The critic's V [B, T] of the state before each response token (zero on padding)."""
+        import torch
+
+        critics = self.actors.critics
+        plan = shard(prompts, responses, len(critics), self.cfg.micro_batch_size)
+        calls = [c.values.remote(micro_batches(p, prompts, responses))
+                 for c, p in zip(critics, plan)]
+        out = torch.zeros(len(responses), max(1, max(len(r) for r in responses)))  # [B, T]
+        for rank_plan, rank_out in zip(plan, self._get(calls, "values on the critic ranks")):
+            for idx, got in zip(rank_plan, rank_out):
+                for j, i in enumerate(idx):
+                    out[i, :len(responses[i])] = got[j, :len(responses[i])]
+        return out
+
+    # ---- training -------------------------------------------------------------------------------
+    def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
+        n_tokens = float(max(1, sum(len(r) for r in batch.responses)))
+        use_ref = loss_kwargs.get("kl_coef", 0.0) > 0 and not self.pristine
+        per_token = {}  # [B, T] tensors the actor ranks get sliced per micro-batch
+        if use_ref and self.actors.ref is not None:  # --separate_ref_gpu
+            per_token["ref"] = self._get(self.actors.ref.score.remote(batch.prompts,
+                                                                      batch.responses),
+                                         "scoring on the reference actor")  # [B, T]
+        advantages, critic_calls = batch.advantages, []
+        self.untouched = False
+        if self.actors.critics:  # gae: per-token advantages from the critic replace the batch's
+            per_token["advantages"], critic_calls = self._train_critic(batch, steps, n_tokens)
+            advantages = None
+        plan = shard(batch.prompts, batch.responses, len(self.trainers),
+                     self.cfg.micro_batch_size)
+        self._on_rollouts("sleep")
+        calls = [t.train.remote(micro_batches(p, batch.prompts, batch.responses,
+                                              advantages, per_token),
+                                loss_fn, loss_kwargs, steps, n_tokens, use_ref)
+                 for t, p in zip(self.trainers, plan)]
+        per_rank = self._get(calls + critic_calls, "training on the actor ranks"
+                             + (" and the critic ranks" if critic_calls else ""))
+        self.weights.changed()
+        self._on_rollouts("wake_up")
+        self.weights.sync(self.timeout)
+        history = merge_steps(per_rank[:len(calls)], n_tokens)
+        for merged, critic in zip(history, merge_steps(per_rank[len(calls):], n_tokens)):
+            critic["critic_grad_norm"] = critic.pop("grad_norm")
+            merged.update(critic)
+        return history
+
+    def _train_critic(self, batch: TrainBatch, steps: int, n_tokens: float):
+        """PPO's whitened advantages [B, T] (critic.gae_targets), and the critic's training
+        calls towards the returns, already started (so the critic trains while the actor does)."""
+        cfg, critics = self.cfg, self.actors.critics
+        advantages, returns, values = gae_targets(batch, self.critic_values, cfg.gamma, cfg.lambd)
+        plan = shard(batch.prompts, batch.responses, len(critics), cfg.micro_batch_size)
+        targets = {"returns": returns, "old_values": values}
+        calls = [c.train.remote(micro_batches(p, batch.prompts, batch.responses,
+                                              per_token=targets), steps, n_tokens, cfg.value_clip)
+                 for c, p in zip(critics, plan)]
+        return advantages, calls
+
+    def set_lr(self, lr: float) -> None:
+        self.untouched = False
+        calls = [t.set_lr.remote(lr) for t in self.trainers]
+        # the critic follows the actor's schedule (dataset mode) from its own peak, critic_lr
+        calls += [c.set_lr.remote(lr * self.cfg.critic_lr / self.cfg.lr)
+                  for c in self.actors.critics]
+        self._get(calls, "setting the learning rate")
+
+    def _on_rollouts(self, method: str) -> None:
+        if self.cfg.colocate:  # vLLM sleep mode frees the shared GPUs (a no-op on CPU)
+            self._get([getattr(r, method).remote() for r in self.rollouts], f"vLLM {method}")
+
+    # ---- reset, snapshots and checkpoints -------------------------------------------------------
+    def snapshot(self) -> RaySnapshot:
+        """Actor and critic ranks each keep their partitions and optimizer state under a key.
+        Only the newest snapshot is kept besides the initial one: this releases the previous."""
+        key = f"snapshot-{next(self._keys)}"
+        previous = self.held.key if self.held is not None else None
+        self._get([r.snapshot.remote(key, previous) for r in self.ranks], "snapshot")
+        self.held = RaySnapshot(key, self.weights.actor)
+        return self.held
+
+    def restore(self, state: RaySnapshot) -> None:
+        if state is self.initial and self.untouched:
+            return  # nothing changed since the last reset (a skipped question): nothing to do
+        if state is not self.initial and state != self.held:
+            newest = self.held.key if self.held else "none"
+            raise ValueError(f"{state.key} was released: the scale engine keeps the initial "
+                             f"snapshot and only the newest other one ({newest})")
+        restores = [r.restore.remote(state.key) for r in self.ranks]
+        # Version 0 is the checkpoint on disk the engines started from (a loaded state gets a
+        # new number): they reload it themselves while the ranks restore, instead of a sync.
+        reloads = self.weights.reload_calls(state.version)
+        got = self._get(restores + reloads, "restore")
+        self.weights.reloaded(got[len(restores):])
+        self.weights.actor = state.version
+        self.untouched = state is self.initial
+        self.weights.sync(self.timeout)
+
+    def reset(self) -> None:
+        """Back to the initial weights and (empty) optimizer state: actor, critic and engines."""
+        self.restore(self.initial)
+
+    def state_dict(self) -> dict:
+        """Full weights (gathered on rank 0) and each rank's optimizer state, for checkpoints."""
+        weights = self._get([t.full_weights.remote() for t in self.trainers], "gathering weights")[0]
+        optimizer = self._get([t.optimizer_state.remote() for t in self.trainers],
+                              "saving the optimizer state")
+        state = {"model": weights, "optimizer": optimizer, "world_size": len(self.trainers)}
+        if self.actors.critics:  # gae: the critic ranks' partitions and Adam state likewise
+            state["critic_optimizer"] = self._get(
+                [c.optimizer_state.remote() for c in self.actors.critics], "saving the critic")
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("world_size") != len(self.trainers):
+            raise UserError(f"this checkpoint was written by {state.get('world_size')} actor ranks "
+                            f"(--actor_num_gpus), not {len(self.trainers)}")
+        critics = self.actors.critics
+        if critics and "critic_optimizer" not in state:
+            raise UserError("this checkpoint has no critic (it was written without "
+                            "--advantage_estimator gae)")
+        # each rank's fp32 partition is in its optimizer state: loading it restores the weights
+        self.untouched = False
+        calls = [t.load_optimizer_state.remote(s)
+                 for t, s in zip(self.trainers, state["optimizer"])]
+        calls += [c.load_optimizer_state.remote(s)
+                  for c, s in zip(critics, state.get("critic_optimizer", []))]
+        self._get(calls, "loading a checkpoint")
+        self.weights.changed()
+        self.weights.sync(self.timeout)
+
+    # ---- SLOT's hidden-state hooks: refused (vLLM does not expose the hidden states) ----------
+    def prompt_hidden(self, prompt_ids: list[int]):
+        raise UserError(NO_HIDDEN_STATES)
+
+    def head_logits(self, hidden):
+        raise UserError(NO_HIDDEN_STATES)
+
+    def set_head_hook(self, hook) -> None:
+        if hook is not None:  # None: there is never a hook to remove
+            raise UserError(NO_HIDDEN_STATES)
+
+    @property
+    def head_hook(self) -> None:
+        return None

@@ -1,0 +1,122 @@
+"""The policy's DeepSpeed ZeRO-3 ranks (`TrainerActor`: scoring, the policy loss, its end of the
+weight sync) and the frozen reference model on its own GPU (`ReferenceActor`). The rank base is
+`zero.ZeroRank`; the weight sync is `weight_sync.WeightSender`."""
+from __future__ import annotations
+
+from sttrl.engines.ray.common import ActorSettings, on_gpu, placement_info
+from sttrl.engines.ray.weight_sync import WeightSender
+from sttrl.engines.ray.zero import ZeroRank, ds_config
+
+
+class TrainerActor(WeightSender, ZeroRank):
+    """One data-parallel DeepSpeed ZeRO-3 rank of the policy, plus its shard of the reference
+    (the frozen initial weights, built on first need)."""
+
+    def __init__(self, rank: int, world: int, bundle: int, settings: ActorSettings):
+        super().__init__(rank, world, bundle, settings)
+        self.ref_engine = None
+
+    def _pretrained(self, dtype):
+        from transformers import AutoModelForCausalLM
+
+        s = self.settings
+        return AutoModelForCausalLM.from_pretrained(s.model_path, dtype=dtype,
+                                                    trust_remote_code=s.trust_remote_code)
+
+    def _reference(self):
+        if self.ref_engine is None:
+            import deepspeed
+
+            model = self._load(train=False)
+            self.ref_engine, *_ = deepspeed.initialize(model=model,
+                                                       config=ds_config(self.settings, False))
+            self.ref_engine.eval()
+        return self.ref_engine
+
+    def score(self, micro_batches: list[dict], with_logsumexp: bool = False,
+              reference: bool = False) -> list:
+        """Per micro-batch: token log-probs [b, T] (and logsumexp [b, T]) as CPU tensors."""
+        import torch
+
+        from sttrl.engines.sequences import response_logprobs
+
+        model = self._reference() if reference else self.engine
+        out = []
+        with torch.no_grad():
+            for mb in micro_batches:
+                ids, attn, pos, mask, dummy = self._batch(mb)
+                got = response_logprobs(model, ids, attn, pos, mask.shape[1], with_logsumexp)
+                got = got if with_logsumexp else (got,)
+                out.append(None if dummy else tuple(g.float().cpu() for g in got))
+        return out
+
+    def train(self, micro_batches: list[dict], loss_fn, loss_kwargs: dict, steps: int,
+              n_tokens: float, use_ref: bool) -> list[dict]:
+        """`steps` optimiser steps of `loss_fn` on this rank's micro-batches (token mean over the
+        whole batch: see `ZeroRank._steps`); per step, stat sums and grad norm."""
+        import torch
+
+        from sttrl.engines.sequences import response_logprobs
+
+        kl = loss_kwargs.get("kl_coef", 0.0) > 0
+        ref = None  # reference log-probs per micro-batch: from --separate_ref_gpu's actor, or ours
+        if kl and use_ref:
+            if any("ref" in mb for mb in micro_batches):
+                ref = [mb.get("ref") for mb in micro_batches]
+                ref = [None if r is None else r.to(self.device) for r in ref]
+            else:
+                ref = [None if r is None else r[0].to(self.device)
+                       for r in self.score(micro_batches, reference=True)]
+        old = [None] * len(micro_batches)  # the first step's own log-probs: that step is on-policy
+
+        def loss(j, mb, ids, attn, pos, mask):
+            new = response_logprobs(self.engine, ids, attn, pos, mask.shape[1])  # [b, T]
+            if old[j] is None:
+                old[j] = new.detach()
+            mb_ref = None
+            if kl:  # while pristine the policy is the reference: no second model needed
+                mb_ref = old[j] if ref is None or ref[j] is None else ref[j]
+            adv = mb["advantages"]  # per response (a list), or per token (gae: [b, T] tensor)
+            adv = adv.to(self.device) if isinstance(adv, torch.Tensor) else torch.tensor(
+                adv or [0.0], dtype=torch.float32, device=self.device)  # [b] or [b, T]
+            return loss_fn(new, old[j], mb_ref, adv, mask, **loss_kwargs)
+
+        return self._steps(micro_batches, steps, n_tokens, loss)
+
+
+class ReferenceActor:
+    """The frozen initial model on its own bundle (--separate_ref_gpu): scores, never trains."""
+
+    def __init__(self, bundle: int, settings: ActorSettings):
+        self.bundle, self.settings = bundle, settings
+        self.model = None
+
+    def info(self) -> dict:
+        return placement_info("ref", 0, [self.bundle])
+
+    def setup(self) -> float:
+        return 0.0  # the model is loaded on first use: reset-mode runs never need it
+
+    def score(self, prompts: list[list[int]], responses: list[list[int]]):
+        """Token log-probs [B, T] (CPU) under the initial weights."""
+        import torch
+
+        from sttrl.engines.models import load_model
+        from sttrl.engines.sequences import pad_batch, response_logprobs
+
+        s = self.settings
+        device = "cuda" if on_gpu() else "cpu"
+        if self.model is None:
+            dtype = torch.bfloat16 if device == "cuda" else torch.float32
+            self.model = load_model(s.model_path, dtype, device, s.trust_remote_code)[0].eval()
+            self.model.requires_grad_(False)
+        T = max(1, max(len(r) for r in responses))
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(responses), s.micro_batch_size):
+                ids, attn, pos, mask = pad_batch(prompts[i:i + s.micro_batch_size],
+                                                 responses[i:i + s.micro_batch_size],
+                                                 s.pad_id, device)
+                lp = response_logprobs(self.model, ids, attn, pos, mask.shape[1])
+                out.append(torch.nn.functional.pad(lp.float().cpu(), (0, T - mask.shape[1])))
+        return torch.cat(out)
