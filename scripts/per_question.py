@@ -1,8 +1,9 @@
 """Print one run's per-question lines as a markdown table: python scripts/per_question.py RUN_DIR
 
 Also counts the evaluation answers (before and after the update) that box an arithmetic expression instead
-of its value ("9 - 2" for 7): the grader counts those right when the value is, so the last lines give
-pass@1 with them counted wrong too.
+of its value ("9 - 2" for 7). The symbolic answer form counts those right when the value is; the
+strict form (the default) counts them wrong. The last lines give pass@1 both ways, for runs made
+under either form.
 """
 import json
 import re
@@ -40,7 +41,7 @@ cfg = Config(**{k: v for k, v in config.items() if k in fields})
 reference = {e.question.id: e.answer for e in load_examples(cfg)}
 for when in ("before", "after"):
     answers = [(a, reference[r["id"]]) for r in rows for a in r[f"answers_{when}"]]
-    right = [a is not None and grade(a, ref) for a, ref in answers]
+    right = [a is not None and grade(a, ref, form="symbolic") for a, ref in answers]
     boxed_sums = [bool(a and EXPRESSION.search(a)) for a, _ in answers]
     strict = sum(ok and not expr for ok, expr in zip(right, boxed_sums)) / len(answers)
     print(f"{when}: {sum(boxed_sums)} of {len(answers)} evaluation answers box an expression, not "

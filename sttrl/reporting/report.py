@@ -7,138 +7,19 @@ DIR/<dataset>_per_question.png per data set (pass@1 before vs after, one point p
 Every number in the table is read from a summary.json; a cell with no run stays empty.
 """
 from __future__ import annotations
+from __future__ import annotations
 
 import argparse
 import csv
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from sttrl.algorithms import METHODS
 from sttrl.errors import UserError
-from sttrl.files import read_jsonl
-from sttrl.reporting.stats import excludes_zero, paired_bootstrap_ci
+from sttrl.reporting.runs import BASE, MARKERS, ROWS, Run, load_run, read_results
+from sttrl.reporting.stats import excludes_zero
 
-BASE = "base model"
-# Order of the rows under "base model": original dataset-level TTRL, then each registered
-# method (STTRL first), reset and continuous.
-ROWS = ("TTRL",) + tuple(row for m in METHODS.values() for row in (m.row, m.continuous_row))
-MARKERS = "os^DvP*Xh"  # filled shapes, one per row in turn; drawn hollow so overlaps stay visible
-
-
-@dataclass
-class Run:
-    dir: str
-    row: str
-    dataset: str
-    model: str
-    before: float | None  # the run's own pass@1 before adaptation, on its own questions
-    after: float | None
-    questions: int | None  # None: the summary does not say
-    per_question: bool  # False for a dataset-level TTRL run, which has no per-question records
-    gain_ci: tuple[float, float] | None = None  # paired bootstrap 95% interval of the gain
-
-    @property
-    def gain(self) -> float | None:
-        if self.before is None or self.after is None:
-            return None
-        return self.after - self.before
-
-
-# ---- reading run directories -----------------------------------------------------------------
-
-def parse_json(text: str, path: Path, first_line: int = 1):
-    """json.loads, but a syntax error names the file, line and column (first_line: where
-    `text` starts in the file, for one line of a .jsonl)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        line = err.lineno + first_line - 1
-        raise UserError(f"{path}: invalid JSON at line {line}, column {err.colno} "
-                        f"({err.msg})") from None
-
-
-def read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
-
-
-def read_results(path: Path) -> list[dict]:
-    """results.jsonl, read-only. A torn last line (a run killed mid-write) is left out, as the
-    question mode does on resume; any other bad line is an error naming it."""
-    records = read_jsonl(path)
-    for i, rec in enumerate(records, start=1):
-        if not isinstance(rec, dict) or not all(is_number(rec.get(k)) for k in
-                                                ("pass@1_before", "pass@1_after")):
-            raise UserError(f"{path} record {i}: expected an object with numeric pass@1_before "
-                            "and pass@1_after")
-    return records
-
-
-def gain_interval(run_dir: Path, summary: dict) -> tuple[float, float] | None:
-    """The gain's 95% interval: from the run's per-question records when it has them (so old
-    runs get one too), else from summary.json, else None (a dataset-level run has neither)."""
-    path = run_dir / "results.jsonl"
-    if path.is_file():
-        records = read_results(path)
-        if records:
-            return paired_bootstrap_ci([r["pass@1_before"] for r in records],
-                                       [r["pass@1_after"] for r in records])
-    ci = summary.get("pass@1_gain_ci95")
-    if isinstance(ci, list) and len(ci) == 2 and all(is_number(v) for v in ci):
-        return (ci[0], ci[1])
-    return None
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def row_name(summary: dict, where: Path) -> str:
-    config = summary["config"]
-    # runs from before the mode option have none: they are per question
-    mode = config.get("mode") or summary.get("mode") or "question"
-    if mode == "dataset":
-        return "TTRL"
-    if mode != "question":
-        raise UserError(f"{where}: config mode must be question or dataset, got {mode!r}")
-    method = config.get("adaptation_method")
-    if method not in METHODS:
-        raise UserError(f"{where}: config adaptation_method must be one of {', '.join(METHODS)}, "
-                        f"got {method!r}")
-    entry = METHODS[method]
-    return entry.continuous_row if config.get("continuous", False) else entry.row
-
-
-def load_run(run_dir: str) -> Run:
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise UserError(f"{run_dir}: no such directory; pass run output directories")
-    summary_path = path / "summary.json"
-    if not summary_path.is_file():
-        raise UserError(f"{run_dir} has no summary.json; pass run output directories "
-                        "(a run's --output_dir)")
-    summary = parse_json(read_text(summary_path), summary_path)
-    config = summary.get("config") if isinstance(summary, dict) else None
-    if not isinstance(config, dict):
-        raise UserError(f"{summary_path}: expected an object with a \"config\" object")
-    for key in ("pass@1_before", "pass@1_after"):
-        # None is what an unfinished run with no questions yet writes
-        if summary.get(key) is not None and not is_number(summary[key]):
-            raise UserError(f"{summary_path}: {key} must be a number, got {summary[key]!r}")
-    dataset = Path(config["data_path"]).stem if config.get("data_path") else config.get("dataset")
-    if not isinstance(dataset, str) or not dataset:
-        raise UserError(f"{summary_path}: config has neither dataset nor data_path")
-    questions = summary.get("questions")
-    row = row_name(summary, summary_path)
-    return Run(dir=run_dir, row=row, dataset=dataset, model=str(config.get("model", "?")),
-               gain_ci=gain_interval(path, summary),
-               before=summary.get("pass@1_before"), after=summary.get("pass@1_after"),
-               questions=questions if type(questions) is int else None,
-               per_question=row != "TTRL")
+__all__ = ["build_table", "load_run", "main"]
 
 
 # ---- the table -------------------------------------------------------------------------------
