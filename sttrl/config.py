@@ -62,8 +62,8 @@ class Config:
     """grpo (group-normalised rewards, no critic) or gae (PPO with a critic; engine=ray, ttrl only)."""
     critic_lr: float = 9e-6
     """advantage_estimator=gae: the critic's AdamW learning rate (OpenRLHF's and TTRL's PPO default)."""
-    value_clip: float = 0.2
-    """advantage_estimator=gae: how far one update may move a value from its value when scored."""
+    value_clip: float = 0.5
+    """advantage_estimator=gae: how far one update may move a value from its value when scored (0.5, as OpenRLHF, verl and TTRL)."""
     gamma: float = 1.0
     """advantage_estimator=gae: discount per token."""
     lambd: float = 0.95
