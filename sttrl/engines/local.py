@@ -225,25 +225,28 @@ class LocalEngine:
             out += [[rows[j] for j in bucket] for bucket in buckets]
         return out
 
-    def _logprobs(self, model, prompt: list[int], responses: list[list[int]]) -> torch.Tensor:
-        """log p [b, T] of responses that continue one prompt."""
+    def _logprobs(self, model, prompt: list[int], responses: list[list[int]],
+                  temperature: float = 1.0) -> torch.Tensor:
+        """log p [b, T] of responses that continue one prompt, under softmax(logits / T)."""
         device = next(model.parameters()).device
         if self.share_prompt and (len(responses) - 1) * len(prompt) >= SHARE_MIN_TOKENS:
             return shared_prompt_logprobs(model, prompt, responses, self.tokenizer.pad_token_id,
-                                          device)
+                                          device, temperature=temperature)
         ids, attn, pos, mask = pad_batch([prompt] * len(responses), responses,
                                          self.tokenizer.pad_token_id, device)
-        return response_logprobs(model, ids, attn, pos, mask.shape[1])
+        return response_logprobs(model, ids, attn, pos, mask.shape[1], temperature=temperature)
 
     @torch.no_grad()
     def score(self, prompts: list[list[int]], responses: list[list[int]],
-              model=None) -> torch.Tensor:
-        """Per-token log-probs [B, T] of responses (padding positions hold junk; mask them)."""
+              model=None, temperature: float = 1.0) -> torch.Tensor:
+        """Per-token log-probs [B, T] of responses (padding positions hold junk; mask them),
+        under softmax(logits / temperature) (default: the untempered model)."""
         model = model or self.model
         width = max(1, max(len(r) for r in responses))
         out = torch.zeros(len(responses), width, device=self.device)
         for rows in self._micro_batches(prompts, responses):
-            lp = self._logprobs(model, prompts[rows[0]], [responses[i] for i in rows])  # [b, T]
+            lp = self._logprobs(model, prompts[rows[0]], [responses[i] for i in rows],
+                                temperature)  # [b, T]
             out[rows, :lp.shape[1]] = lp.to(self.device)
         return out
 
@@ -254,7 +257,8 @@ class LocalEngine:
             self.ref_model, _ = load_model(self.model_path, self.dtype, self.ref_device,
                                            self.trust_remote_code)
             self.ref_model.eval().requires_grad_(False)
-        return self.score(batch.prompts, batch.responses, model=self.ref_model)
+        return self.score(batch.prompts, batch.responses, model=self.ref_model,
+                          temperature=batch.temperature)
 
     def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
         # Training mode only switches on checkpointing (dropout is off: see models.py).
@@ -282,7 +286,8 @@ class LocalEngine:
             self.optimizer.zero_grad(set_to_none=True)
             sums: dict = {}
             for j, (rows, responses, mask, adv) in enumerate(micro):
-                new = self._logprobs(self.model, batch.prompts[rows[0]], responses)  # [b, T]
+                new = self._logprobs(self.model, batch.prompts[rows[0]], responses,
+                                     batch.temperature)  # [b, T]
                 if old[j] is None:
                     old[j] = new.detach()
                 mb_ref = None

@@ -68,7 +68,8 @@ def train_step(engine, questions, prompts, cfg, step_seed: int) -> dict:
     if not kept:
         return {"groups_trained": 0}
     gae = cfg.advantage_estimator == "gae"  # the engine's critic makes per-token advantages
-    batch = TrainBatch(batch_prompts, responses, advantages, all_rewards if gae else None)
+    batch = TrainBatch(batch_prompts, responses, advantages, all_rewards if gae else None,
+                       temperature=cfg.temperature)
     history = engine.train(batch, grpo_loss,
                            {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef}, steps=1)
     return {"groups_trained": kept, **history[0]}
