@@ -351,11 +351,12 @@ def test_bf16_autocast_with_fp32_masters_keeps_small_updates(tiny_model):
             assert all(p.dtype == torch.float32 for p in engine.params)  # the masters
         change = torch.cat([(p.detach().float() - s).flatten()
                             for p, s in zip(engine.params, start)])
-        return change, scored
+        return change, scored, torch.cat([p.grad.float().flatten() for p in engine.params])
 
-    fp32, fp32_scored = update("fp32")
-    mixed, mixed_scored = update("autocast")
-    pure, _ = update("bf16")
-    assert not torch.equal(mixed_scored, fp32_scored)  # the forwards really ran in bf16
+    fp32, fp32_scored, fp32_grad = update("fp32")
+    mixed, mixed_scored, mixed_grad = update("autocast")
+    pure, _, _ = update("bf16")
+    # the forwards, in scoring and in training, really ran in bf16
+    assert not torch.equal(mixed_scored, fp32_scored) and not torch.equal(mixed_grad, fp32_grad)
     assert (mixed - fp32).norm() / fp32.norm() < 0.1
     assert pure.norm() < 0.5 * fp32.norm()

@@ -7,6 +7,7 @@ token, logsumexp of the logits, mean top-k log-prob) come out of the same pass f
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -81,7 +82,15 @@ class LocalEngine:
         self.ref_device = reference_device(self.device, cfg.separate_ref_gpu)
         # None: torch's default, all cores; 1 thread only pays while another job holds a core.
         self.generation_threads = cfg.generation_threads or None
-        self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        # Weights and AdamW state stay fp32 on every device; on a GPU the forward passes
+        # (generation, scoring, training) run under bf16 autocast. bf16 weights updated in place
+        # lose every step smaller than half a bf16 ulp (lr 5e-7 against a 0.02 weight: all of
+        # them), as DeepSpeed's bf16 mode and verl's FSDP avoid with fp32 masters. One fp32 copy
+        # is simpler than a bf16 model plus fp32 masters (no copy-back after each step; snapshot,
+        # restore and checkpoints unchanged) and smaller (4 bytes a weight, not 2 + 4).
+        # A test may set autocast_dtype to bf16 on the CPU to run the GPU's numerics there.
+        self.dtype = torch.float32
+        self.autocast_dtype = torch.bfloat16 if self.device.startswith("cuda") else None
         self.model_path, self.trust_remote_code = model_path, cfg.trust_remote_code
         self.model, self.tokenizer = load_model(model_path, self.dtype, self.device,
                                                 cfg.trust_remote_code)
@@ -114,6 +123,16 @@ class LocalEngine:
     def close(self) -> None:
         """Nothing to release: the model goes with the process."""
 
+    def _autocast(self):
+        """The precision of every forward pass: bf16 autocast over fp32 weights, or plain.
+
+        Entered per forward call and never across an optimiser step: autocast caches its bf16
+        copies of the weights until the outermost context exits.
+        """
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.split(":")[0], dtype=self.autocast_dtype)
+
     # ---- the LM-head hook (SLOT) ------------------------------------------------------------
     def _apply_head_hook(self, module, inputs):
         if self._head_hook is None or not self._head_hook_on:
@@ -136,17 +155,23 @@ class LocalEngine:
         self._head_hook_on = False
         try:
             ids = torch.tensor([prompt_ids], device=self.device)
-            self.model(input_ids=ids, logits_to_keep=0, use_cache=False)
+            with self._autocast():
+                self.model(input_ids=ids, logits_to_keep=0, use_cache=False)
         finally:
             capture.remove()
             self._head_hook_on = True
         return captured[0][0].float()
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The LM head on hidden states [..., d], without the hook: logits [..., V]."""
+        """The LM head on hidden states [..., d], without the hook: logits [..., V].
+
+        The hidden states are cast to the head's dtype (SLOT hands fp32 states to what may be
+        a bf16 head), under the engine's autocast."""
+        head = self.model.get_output_embeddings()
         self._head_hook_on = False
         try:
-            return self.model.get_output_embeddings()(hidden)
+            with self._autocast():
+                return head(hidden.to(head.weight.dtype))
         finally:
             self._head_hook_on = True
 
@@ -157,7 +182,8 @@ class LocalEngine:
         if self.device == "cpu" and self.generation_threads:
             torch.set_num_threads(self.generation_threads)
         try:
-            return self._generate(prompt, n, temperature, top_p, max_new_tokens, seed)
+            with self._autocast():  # one region: the weights are cast to bf16 once per call
+                return self._generate(prompt, n, temperature, top_p, max_new_tokens, seed)
         finally:
             torch.set_num_threads(threads)
 
@@ -229,12 +255,15 @@ class LocalEngine:
                   temperature: float = 1.0) -> torch.Tensor:
         """log p [b, T] of responses that continue one prompt, under softmax(logits / T)."""
         device = next(model.parameters()).device
-        if self.share_prompt and (len(responses) - 1) * len(prompt) >= SHARE_MIN_TOKENS:
-            return shared_prompt_logprobs(model, prompt, responses, self.tokenizer.pad_token_id,
-                                          device, temperature=temperature)
-        ids, attn, pos, mask = pad_batch([prompt] * len(responses), responses,
-                                         self.tokenizer.pad_token_id, device)
-        return response_logprobs(model, ids, attn, pos, mask.shape[1], temperature=temperature)
+        with self._autocast():
+            if self.share_prompt and (len(responses) - 1) * len(prompt) >= SHARE_MIN_TOKENS:
+                return shared_prompt_logprobs(model, prompt, responses,
+                                              self.tokenizer.pad_token_id, device,
+                                              temperature=temperature)
+            ids, attn, pos, mask = pad_batch([prompt] * len(responses), responses,
+                                             self.tokenizer.pad_token_id, device)
+            return response_logprobs(model, ids, attn, pos, mask.shape[1],
+                                     temperature=temperature)
 
     @torch.no_grad()
     def score(self, prompts: list[list[int]], responses: list[list[int]],
