@@ -289,40 +289,73 @@ class LocalEngine:
         return self.score(batch.prompts, batch.responses, model=self.ref_model,
                           temperature=batch.temperature)
 
-    def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
+    def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int,
+              mini_batches: list[list[int]] | None = None,
+              lrs: list[float] | None = None) -> list[dict]:
+        """`steps` optimiser steps on the whole batch; or, with `mini_batches` (row indices),
+        `steps` epochs of one optimiser step per mini-batch (PPO's epochs over mini-batches).
+
+        Old log-probs are those of the policy that sampled: the weights as they are when train
+        is called, at `batch.temperature`. The first step takes them from its own forward (so it
+        is exactly on-policy); the other mini-batches' are computed before the first step.
+        `lrs`, if given, is the learning rate of each optimiser step in order. The loss is a
+        token mean over the rows of each step.
+        """
         # Training mode only switches on checkpointing (dropout is off: see models.py).
         self.model.train(self.gradient_checkpointing)
         try:
-            return self._train(batch, loss_fn, loss_kwargs, steps)
+            return self._train(batch, loss_fn, loss_kwargs, steps, mini_batches, lrs)
         finally:
             self.model.eval()
 
-    def _train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
+    def _plan(self, batch: TrainBatch, rows: list[int]):
+        """One optimiser step's micro-batches over `rows`: (rows, responses, mask [b, T],
+        advantages [b]) each, and the step's token count."""
+        micro = []
+        for sub in self._micro_batches([batch.prompts[i] for i in rows],
+                                       [batch.responses[i] for i in rows]):
+            idx = [rows[j] for j in sub]
+            responses = [batch.responses[i] for i in idx]
+            adv = torch.tensor([batch.advantages[i] for i in idx], dtype=torch.float32,
+                               device=self.device)
+            micro.append((idx, responses, response_mask(responses, self.device), adv))
+        return micro, float(max(1, sum(len(batch.responses[i]) for i in rows)))
+
+    def _train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int,
+               mini_batches, lrs) -> list[dict]:
         kl = loss_kwargs.get("kl_coef", 0.0) > 0
-        n_tokens = float(max(1, sum(len(r) for r in batch.responses)))
         ref = None  # [B, T]: the initial weights' log-probs, once the weights have moved
         if kl and not self.pristine:
             ref = self._reference_logprobs(batch)
-        micro = []  # (rows, their responses, mask [b, T], advantages [b])
-        for rows in self._micro_batches(batch.prompts, batch.responses):
-            responses = [batch.responses[i] for i in rows]
-            adv = torch.tensor([batch.advantages[i] for i in rows], dtype=torch.float32,
-                               device=self.device)
-            micro.append((rows, responses, response_mask(responses, self.device), adv))
-        old = [None] * len(micro)  # filled by the first step's own forward: that step is on-policy
+        groups = mini_batches if mini_batches is not None else [list(range(len(batch.responses)))]
+        plans = [self._plan(batch, rows) for rows in groups]
+        schedule = [plan for _ in range(steps) for plan in plans]  # one entry per optimiser step
+        if lrs is not None and len(lrs) != len(schedule):
+            raise ValueError(f"{len(lrs)} learning rates for {len(schedule)} optimiser steps")
+        # old[(plan, micro)]: the first step fills its own from its forward; every other
+        # mini-batch's is scored now, before any step, with the same micro-batches
+        old: dict = {}
+        with torch.no_grad():
+            for p, (micro, _) in enumerate(plans[1:], start=1):
+                for j, (rows, responses, _, _) in enumerate(micro):
+                    old[p, j] = self._logprobs(self.model, batch.prompts[rows[0]], responses,
+                                               batch.temperature)
         history = []
-        for _ in range(steps):
+        for step, (micro, n_tokens) in enumerate(schedule):
+            p = step % len(plans)
+            if lrs is not None:
+                self.set_lr(lrs[step])
             self.optimizer.zero_grad(set_to_none=True)
             sums: dict = {}
             for j, (rows, responses, mask, adv) in enumerate(micro):
                 new = self._logprobs(self.model, batch.prompts[rows[0]], responses,
                                      batch.temperature)  # [b, T]
-                if old[j] is None:
-                    old[j] = new.detach()
+                if (p, j) not in old:
+                    old[p, j] = new.detach()
                 mb_ref = None
-                if kl:  # while pristine the policy is the reference: no second model needed
-                    mb_ref = old[j] if ref is None else ref[rows, :mask.shape[1]]
-                loss_sum, stats = loss_fn(new, old[j], mb_ref, adv, mask, **loss_kwargs)
+                if kl:  # while pristine the policy that sampled is the reference: no 2nd model
+                    mb_ref = old[p, j] if ref is None else ref[rows, :mask.shape[1]]
+                loss_sum, stats = loss_fn(new, old[p, j], mb_ref, adv, mask, **loss_kwargs)
                 (loss_sum / n_tokens).backward()
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
