@@ -62,8 +62,8 @@ class Config:
     """grpo (group-normalised rewards, no critic) or gae (PPO with a critic; engine=ray, ttrl only)."""
     critic_lr: float = 9e-6
     """advantage_estimator=gae: the critic's AdamW learning rate (OpenRLHF's and TTRL's PPO default)."""
-    value_clip: float = 0.2
-    """advantage_estimator=gae: how far one update may move a value from its value when scored."""
+    value_clip: float = 0.5
+    """advantage_estimator=gae: how far one update may move a value from its value when scored (0.5, as OpenRLHF, verl and TTRL)."""
     gamma: float = 1.0
     """advantage_estimator=gae: discount per token."""
     lambd: float = 0.95
@@ -82,11 +82,13 @@ class Config:
     episodes: int = 1
     """mode=dataset: passes over the test set."""
     prompts_per_step: int = 8
-    """mode=dataset: questions per optimiser step."""
+    """mode=dataset: questions per rollout batch (sampled, voted and rewarded together)."""
+    mini_batch_prompts: int = 1
+    """mode=dataset: questions per optimiser step within a rollout batch (TTRL's verl recipe: 1, so 8 steps per batch of 8); the steps share the batch's old log-probs."""
     eval_every: int = 5
     """mode=dataset: evaluate mean pass@1 every this many steps (and before and after)."""
     warmup_ratio: float = 0.03
-    """mode=dataset: share of steps with linear lr warm-up before the cosine decay."""
+    """mode=dataset: share of optimiser steps with linear lr warm-up from 0 before the cosine decay."""
     adaptation_method: str = "ttrl"
     """ttrl (per-question GRPO), ttft, slot or memo."""
     voting_function: str = "majority"
@@ -109,8 +111,8 @@ class Config:
     """Optimiser steps per question (default 3; 5 for slot)."""
     lr: float | None = None
     """Learning rate (default 1e-5 for ttrl and memo, 1e-4 for ttft, 0.1 for slot)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
+    weight_decay: float | None = None
+    """AdamW weight decay (default 0.0 per question, 0.01 with mode=dataset, as TTRL)."""
     clip_eps: float = 0.2
     """PPO/GRPO ratio clip."""
     kl_coef: float = 0.001
@@ -207,7 +209,7 @@ def validate(cfg: Config) -> Config:
         elif kind.startswith("str"):
             _check(isinstance(value, str) and value != "", f"--{f.name} must be a non-empty string")
     _check(cfg.mode in ("question", "dataset"), f"--mode must be question or dataset, got {cfg.mode!r}")
-    for name in ("episodes", "prompts_per_step", "eval_every"):
+    for name in ("episodes", "prompts_per_step", "mini_batch_prompts", "eval_every"):
         v = getattr(cfg, name)
         _check(1 <= v <= 1_000_000, f"--{name} must be an integer from 1 to 1000000, got {v}")
     _check(0 <= cfg.warmup_ratio < 1, f"--warmup_ratio must be from 0 to below 1, got {cfg.warmup_ratio}")
@@ -236,7 +238,7 @@ def validate(cfg: Config) -> Config:
         _check(0 < v <= 1, f"--{name} must be > 0 and <= 1, got {v}")
     for name in ("weight_decay", "kl_coef", "clip_eps", "grad_clip"):
         v = getattr(cfg, name)
-        _check(v >= 0, f"--{name} must be >= 0, got {v}")
+        _check(v is None or v >= 0, f"--{name} must be >= 0, got {v}")
     _check(1 <= cfg.memo_variants <= 4, f"--memo_variants must be from 1 to 4, got {cfg.memo_variants}")
     _check(cfg.energy_tau > 0, f"--energy_tau must be > 0, got {cfg.energy_tau}")
     _check(cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")
@@ -274,6 +276,7 @@ def validate(cfg: Config) -> Config:
 
 
 DATASET_LR = 5e-7  # the TTRL paper's peak learning rate for dataset-level training
+DATASET_WEIGHT_DECAY = 0.01  # TTRL's verl recipe
 
 
 def resolve(cfg: Config, on_gpu: bool) -> Config:
@@ -300,6 +303,8 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
     if cfg.prompt_family is None:
         from sttrl.data.prompts import model_family
         cfg.prompt_family = model_family(cfg.model)
+    if cfg.weight_decay is None:
+        cfg.weight_decay = DATASET_WEIGHT_DECAY if cfg.mode == "dataset" else 0.0
     if cfg.lr is None:
         cfg.lr = (DATASET_LR if cfg.mode == "dataset" else
                   method.continuous_lr if cfg.continuous else method.lr)

@@ -43,12 +43,18 @@ class TrainBatch:
     rewards: list[float] | None = None
     """Each response's outcome reward, for an engine with a critic (gae), which then computes
     per-token advantages itself and ignores `advantages`; None for every other update."""
+    temperature: float = 1.0
+    """The temperature the responses were sampled at. The engines compute the training
+    log-probs (new, old and reference) from logits / temperature, so the ratio and its clip are
+    those of the policy that sampled (as TRL, verl and OpenRLHF do). 1.0 for SFT on the samples
+    (ttft: TRL's SFT uses untempered logits); <= 0 (greedy rollouts) trains as 1.0."""
 
     @classmethod
     def shared(cls, prompt_ids: list[int], responses: list[list[int]],
-               advantages: list[float], rewards: list[float] | None = None) -> "TrainBatch":
+               advantages: list[float], rewards: list[float] | None = None,
+               temperature: float = 1.0) -> "TrainBatch":
         """All responses continue the same prompt."""
-        return cls([prompt_ids] * len(responses), responses, advantages, rewards)
+        return cls([prompt_ids] * len(responses), responses, advantages, rewards, temperature)
 
 
 @dataclass

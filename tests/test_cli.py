@@ -90,21 +90,6 @@ def test_main_py_and_module_share_the_parser():
     assert bad.returncode == 2 and bad.stderr.strip().startswith("sttrl: error:")
 
 
-def test_launch_scripts_use_valid_flags(monkeypatch):
-    import shlex
-
-    monkeypatch.chdir(REPO)  # the scripts cd to the repo root before running
-
-    scripts = sorted((REPO / "examples" / "ttrl").glob("*/*.sh"))
-    assert len(scripts) == 20
-    for script in scripts:
-        text = script.read_text().replace("\\\n", " ")
-        line = next(x for x in text.splitlines() if x.startswith("python main.py"))
-        args = [a for a in shlex.split(line)[2:] if a != "$@"]
-        cfg = parse_config(args)
-        assert cfg.mode == "dataset" and cfg.lr == 5e-7
-
-
 def test_an_engine_failure_is_one_line_that_says_how_to_resume(monkeypatch, capsys):
     import sttrl.run
     from sttrl.errors import EngineError

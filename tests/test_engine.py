@@ -1,4 +1,5 @@
 """The local engine on a tiny random model: sampling, scoring, GRPO steps, exact reset."""
+import pytest
 import torch
 
 from sttrl.algorithms.grpo import group_advantages, grpo_loss, kl_k3
@@ -230,3 +231,132 @@ def test_sampling_follows_the_tempered_nucleus_distribution(monkeypatch):
             assert (got - want).abs().max() < 0.015, (temperature, top_p, k, got, want)
     gen = torch.Generator().manual_seed(0)
     assert (local.sample_next(logits.expand(4, -1), 0.0, 1.0, gen) == 0).all()  # greedy
+
+
+def test_group_advantages_use_the_sample_std():
+    """TRL, verl and OpenRLHF divide by the unbiased (n - 1) std; one sample has no std."""
+    import math
+
+    rewards = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    mean = sum(rewards) / 8
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / 7)
+    assert group_advantages(rewards) == pytest.approx([(r - mean) / (std + 1e-6) for r in rewards])
+    assert group_advantages([1.0]) == [0.0]
+    assert group_advantages([0.3]) == [0.0]
+
+
+def reference_grpo_grads(model, ref_model, prompt, responses, advantages, temperature,
+                         clip_eps, kl_coef):
+    """The tempered GRPO loss written out plainly: a full forward per row, logits / T,
+    log-softmax, ratio to the detached policy (the first step of a call), clipped objective,
+    k3 KL to ref_model, one token mean over the batch. Returns the parameter gradients."""
+    model.zero_grad(set_to_none=True)
+    n_tokens = sum(len(r) for r in responses)
+    total = 0.0
+    for r, a in zip(responses, advantages):
+        ids = torch.tensor([prompt + r])
+        target = torch.tensor(r)[:, None]
+
+        def logp(m):
+            logits = m(input_ids=ids).logits[0, len(prompt) - 1:-1].float() / temperature
+            return torch.log_softmax(logits, -1).gather(-1, target).squeeze(-1)
+
+        new = logp(model)
+        with torch.no_grad():
+            ref = logp(ref_model)
+        ratio = torch.exp(new - new.detach())
+        objective = torch.maximum(-a * ratio, -a * ratio.clamp(1 - clip_eps, 1 + clip_eps))
+        d = ref - new
+        total = total + (objective + kl_coef * (torch.exp(d) - d - 1)).sum()
+    (total / n_tokens).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_training_logprobs_are_those_of_the_sampling_temperature(tiny_model, monkeypatch, share):
+    """At T = 0.7 the policy that sampled is softmax(z / T): the first step is on-policy
+    (ratio exactly 1, nothing clipped) and the gradient is the tempered GRPO loss's, both while
+    the policy is the reference and once the frozen initial model is (continuous)."""
+    import sttrl.engines.local as local
+    from transformers import AutoModelForCausalLM
+
+    T = 0.7
+    monkeypatch.setattr(local, "SHARE_MIN_TOKENS", 0 if share else 10**9)
+    engine = local_engine(tiny_model, lr=1e-2, grad_clip=1e9)
+    pid = engine.encode(PROMPT)
+    responses = [s.token_ids for s in engine.generate(PROMPT, 4, T, 1.0, 10, seed=3)]
+    adv = [1.0, -1.0, 0.5, -0.5]
+    batch = TrainBatch.shared(pid, responses, adv, temperature=T)
+    assert batch.temperature == T
+    seen = []
+
+    def spy(new, old, ref, advantages, mask, **kw):
+        seen.append((new.detach().clone(), old.clone()))
+        return grpo_loss(new, old, ref, advantages, mask, **kw)
+
+    kw = {"clip_eps": 0.2, "kl_coef": 0.1}
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    for call in range(2):  # pristine (ref = the policy), then moved (ref = the initial model)
+        policy.load_state_dict(engine.model.state_dict())
+        seen.clear()
+        stats = engine.train(batch, spy, kw, steps=1)
+        assert stats[0]["clip_frac"] == 0.0
+        assert all(torch.equal(new, old) for new, old in seen)  # ratio exactly 1
+        want = reference_grpo_grads(policy, initial, pid, responses, adv, T, **kw)
+        got = [p.grad for p in engine.model.parameters()]
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert torch.allclose(g, w, atol=1e-6, rtol=1e-4), call
+    # the voting summaries stay untempered
+    sample = engine.generate(PROMPT, 1, T, 1.0, 6, seed=0)[0]
+    untempered = engine.score([pid], [sample.token_ids])[0, :len(sample.token_ids)]
+    assert torch.allclose(untempered, torch.tensor(sample.logprobs), atol=1e-4)
+
+
+def test_greedy_rollouts_train_on_untempered_logprobs(tiny_model):
+    """Temperature 0 (greedy) cannot divide the logits: it trains as temperature 1."""
+    grads = []
+    for t in (0.0, 1.0):
+        engine = local_engine(tiny_model, lr=1e-2)
+        pid = engine.encode(PROMPT)
+        responses = [s.token_ids for s in engine.generate(PROMPT, 3, 1.0, 1.0, 8, seed=1)]
+        engine.train(TrainBatch.shared(pid, responses, [1.0, -1.0, 0.0], temperature=t),
+                     grpo_loss, {"clip_eps": 0.2, "kl_coef": 0.0}, steps=1)
+        grads.append([p.grad.clone() for p in engine.params])
+        assert all(torch.isfinite(g).all() for g in grads[-1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_bf16_autocast_with_fp32_masters_keeps_small_updates(tiny_model):
+    """bf16 forwards with fp32 weights (the GPU setting, forced here on the CPU): 20 AdamW steps
+    at lr 1e-6 move the weights as the fp32 run does, while the same steps applied in place to
+    bf16 weights are mostly rounded away (half a bf16 ulp of a 0.02 weight is 6e-5)."""
+    probe = local_engine(tiny_model)
+    assert probe.autocast_dtype is None  # CPU default: plain fp32
+    pid = probe.encode(PROMPT)
+    responses = [s.token_ids for s in probe.generate(PROMPT, 4, 1.0, 1.0, 10, seed=2)]
+    batch = TrainBatch.shared(pid, responses, [1.0, -1.0, 0.5, -0.5])
+
+    def update(mode):
+        engine = local_engine(tiny_model, lr=1e-6)
+        if mode == "autocast":
+            engine.autocast_dtype = torch.bfloat16
+        elif mode == "bf16":
+            engine.model.to(torch.bfloat16)
+        start = [p.detach().float().clone() for p in engine.params]
+        scored = engine.score([pid], [responses[0]])
+        engine.train(batch, grpo_loss, {"clip_eps": 0.2, "kl_coef": 0.0}, steps=20)
+        if mode == "autocast":
+            assert all(p.dtype == torch.float32 for p in engine.params)  # the masters
+        change = torch.cat([(p.detach().float() - s).flatten()
+                            for p, s in zip(engine.params, start)])
+        return change, scored, torch.cat([p.grad.float().flatten() for p in engine.params])
+
+    fp32, fp32_scored, fp32_grad = update("fp32")
+    mixed, mixed_scored, mixed_grad = update("autocast")
+    pure, _, _ = update("bf16")
+    # the forwards, in scoring and in training, really ran in bf16
+    assert not torch.equal(mixed_scored, fp32_scored) and not torch.equal(mixed_grad, fp32_grad)
+    assert (mixed - fp32).norm() / fp32.norm() < 0.1
+    assert pure.norm() < 0.5 * fp32.norm()

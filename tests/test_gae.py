@@ -87,3 +87,13 @@ def test_policy_loss_takes_per_token_advantages():
     only_first = grpo_loss(lp, old, None, torch.tensor([[1.0, 0, 0], [0, 0, 0]]), MASK)[0]
     ratio = torch.exp(lp[0, 0] - old[0, 0])
     assert only_first == pytest.approx(-ratio.item())  # within the clip range
+
+
+def test_the_value_clip_default_is_05():
+    """OpenRLHF, verl and TTRL clip values at 0.5."""
+    import inspect
+
+    from sttrl.config import Config
+
+    assert Config().value_clip == 0.5
+    assert inspect.signature(value_loss).parameters["value_clip"].default == 0.5

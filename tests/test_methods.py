@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sttrl.algorithms import memo, slot, ttft
-from sttrl.algorithms.grpo import group_advantages
+from sttrl.algorithms.grpo import group_advantages, grpo_loss
 from sttrl.config import Config
 from sttrl.run import run
 from sttrl.types import TrainBatch
@@ -109,6 +109,149 @@ def test_dataset_level_ttrl_runs_an_episode_and_evaluates(tiny_model, tmp_path):
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
     assert summary["pass@1_before"] == evals[0]["pass@1"]
     assert summary["pass@1_after"] == evals[-1]["pass@1"]
-    # warm-up then cosine decay
+    # warm-up from 0 (3 steps) then cosine decay
     lrs = [lr_at(i, 100, 1.0, 0.03) for i in range(100)]
-    assert lrs[0] < lrs[2] == 1.0 and lrs[49] > 0.5 > lrs[52] and lrs[-1] < 0.01
+    assert lrs[0] == 0.0 < lrs[2] < lrs[3] == 1.0 and lrs[49] > 0.5 > lrs[52] and lrs[-1] < 0.01
+
+
+def test_slot_fits_a_bf16_model(tiny_model):
+    """On a GPU the LM head is bf16 while prompt_hidden is fp32: the fit casts to the head's
+    dtype, keeps the delta in fp32 and takes the loss in fp32."""
+    engine = local_engine(tiny_model)
+    engine.model.to(torch.bfloat16)
+    ids = engine.encode(PROMPT)
+    delta, history = slot.fit_delta(engine, ids, lr=0.1, steps=5)
+    assert delta.dtype == torch.float32
+    assert all(math.isfinite(h["loss"]) for h in history)
+    assert history[-1]["loss"] < history[0]["loss"]
+    engine.set_head_hook(slot.HiddenDelta(delta))
+    assert engine.generate(PROMPT, 2, 1.0, 1.0, 4, seed=0)[0].token_ids  # decoding in bf16
+
+
+def test_slot_continuous_first_loss_is_the_loss_at_the_current_delta(tiny_model):
+    """With a delta already hooked in (continuous mode), the fit starts from that delta and its
+    first loss is the prompt's cross-entropy under it, counted once, not twice."""
+    engine = local_engine(tiny_model)
+    ids = engine.encode(PROMPT)
+    previous, _ = slot.fit_delta(engine, ids, lr=0.1, steps=3)
+    engine.set_head_hook(slot.HiddenDelta(previous))
+    # independently: the full model with the hook on scores the prompt's own tokens
+    at_current = float(-engine.score([ids[:1]], [ids[1:]])[0].mean())
+    twice = slot.HiddenDelta(2 * previous)
+    engine.set_head_hook(twice)
+    at_double = float(-engine.score([ids[:1]], [ids[1:]])[0].mean())
+    engine.set_head_hook(slot.HiddenDelta(previous))
+    _, history = slot.fit_delta(engine, ids, lr=0.1, steps=2, start=previous)
+    assert history[0]["loss"] == pytest.approx(at_current, rel=1e-5)
+    assert abs(at_current - at_double) > 1e-3  # the two would be told apart
+
+
+def test_lr_warmup_starts_from_zero():
+    """verl's linear warm-up: lr = peak * step / warm, so the first optimiser step has lr 0."""
+    from sttrl.modes.dataset import lr_at
+
+    assert lr_at(0, 100, 1.0, 0.1) == 0.0
+    assert lr_at(5, 100, 1.0, 0.1) == pytest.approx(0.5)
+    assert lr_at(10, 100, 1.0, 0.1) == pytest.approx(1.0)  # warm-up done: the cosine's start
+    assert lr_at(55, 100, 1.0, 0.1) == pytest.approx(0.5)
+    assert lr_at(0, 100, 1.0, 0.0) == 1.0  # no warm-up: the cosine from the peak
+
+
+def test_mini_batches_share_the_old_logprobs_of_the_policy_that_sampled(tiny_model):
+    """One optimiser step per mini-batch; every mini-batch's old log-probs are the ones the
+    batch had before the first step, at the rollout temperature, and each step gets its lr."""
+    T = 0.7
+    engine = local_engine(tiny_model, lr=1e-2)
+    a = engine.encode(PROMPT)
+    b = engine.encode("<|user|>What is 4 + 4?<|end|><|assistant|>")
+    ra = [s.token_ids for s in engine.generate(PROMPT, 3, T, 1.0, 8, seed=1)]
+    rb = [s.token_ids for s in engine.generate("<|user|>What is 4 + 4?<|end|><|assistant|>",
+                                               3, T, 1.0, 8, seed=2)]
+    batch = TrainBatch([a] * 3 + [b] * 3, ra + rb, [1.0, -1.0, 0.5, 1.0, -0.5, -1.0],
+                       temperature=T)
+    sampled = engine.score(batch.prompts, batch.responses, temperature=T)
+    seen = []
+
+    def spy(new, old, ref, advantages, mask, **kw):
+        seen.append((new.detach().clone(), old.clone(), ref.clone(), mask))
+        return grpo_loss(new, old, ref, advantages, mask, **kw)
+
+    kw = {"clip_eps": 0.2, "kl_coef": 0.01}
+    # lr 0 first: that step leaves the weights where they were
+    stats = engine.train(batch, spy, kw, steps=1, mini_batches=[[0, 1, 2], [3, 4, 5], [0, 1, 2]],
+                         lrs=[0.0, 1e-2, 1e-2])
+    assert len(stats) == 3 and stats[0]["clip_frac"] == 0.0
+    rows = [[0, 1, 2], [3, 4, 5], [0, 1, 2]]
+    for (new, old, ref, mask), r in zip(seen, rows):
+        width = mask.shape[1]
+        assert torch.allclose(old, sampled[r, :width], atol=1e-6)  # the sampling policy's
+        assert torch.allclose(ref, old)  # pristine at the start: it is the reference too
+    assert torch.allclose(seen[1][0] * seen[1][3], seen[1][1] * seen[1][3], atol=1e-6)  # lr 0
+    moved = ((seen[2][0] - seen[2][1]).abs() * seen[2][3]).max()
+    assert moved > 1e-4  # the second step moved the policy; the third is off-policy
+    assert engine.optimizer.param_groups[0]["lr"] == 1e-2
+
+
+def dataset_config(tiny_model, data, out, **kw):
+    base = dict(model=tiny_model, data_path=data, output_dir=str(out), device="cpu",
+                mode="dataset", episodes=2, prompts_per_step=2, eval_every=2, n_votes=8,
+                n_train=4, n_eval=2, max_new_tokens=6, temperature=1.0, lr=1e-3,
+                warmup_ratio=0.2, progress=False)
+    base.update(kw)
+    return Config(**base)
+
+
+def write_rows(path, n):
+    rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1), "source": "toy", "id": i}
+            for i in range(n)]
+    path.write_text(json.dumps(rows))
+    return str(path)
+
+
+def test_dataset_mode_takes_one_step_per_mini_batch(tiny_model, tmp_path):
+    """Rollout batches of 2 prompts, mini-batches of 1: up to 2 optimiser steps per batch, the
+    schedule counting optimiser steps (first lr 0), weight decay 0.01 unless set."""
+    from sttrl.config import resolve
+    from sttrl.modes.dataset import lr_at
+
+    data = write_rows(tmp_path / "q.json", 5)
+    summary = run(dataset_config(tiny_model, data, tmp_path / "out"))
+    assert summary["config"]["weight_decay"] == 0.01 and summary["config"]["mini_batch_prompts"] == 1
+    steps = [json.loads(x) for x in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]  # one line per rollout batch
+    # 5 questions in batches of 2, 1: per episode 2 + 2 + 1 = 5 optimiser-step slots, 10 in all
+    total = 10
+    assert [s["first_optimizer_step"] for s in steps] == [0, 2, 4, 5, 7, 9]
+    for s in steps:
+        for u in s["updates"]:
+            assert u["lr"] == pytest.approx(lr_at(u["optimizer_step"], total, 1e-3, 0.2))
+            assert u["prompts"] == 1
+        assert len(s["updates"]) == s["groups_trained"]
+    assert sum(len(s["updates"]) for s in steps) > 0
+    assert resolve(Config(), on_gpu=False).weight_decay == 0.0
+    assert resolve(Config(mode="dataset", weight_decay=0.0), on_gpu=False).weight_decay == 0.0
+
+
+def test_dataset_mode_resumes_exactly(tiny_model, tmp_path, monkeypatch):
+    """A run that dies after its first checkpoint and is re-run writes the same lines as one
+    that never stopped."""
+    import sttrl.modes.dataset as dataset
+
+    data = write_rows(tmp_path / "q.json", 4)
+    run(dataset_config(tiny_model, data, tmp_path / "whole", mini_batch_prompts=1))
+    calls = {"n": 0}
+    real = dataset.evaluate_set
+
+    def dies_at_third_eval(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # evals: before training, after step 2 (checkpoint), after step 4
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dataset, "evaluate_set", dies_at_third_eval)
+    with pytest.raises(KeyboardInterrupt):
+        run(dataset_config(tiny_model, data, tmp_path / "killed", mini_batch_prompts=1))
+    monkeypatch.setattr(dataset, "evaluate_set", real)
+    run(dataset_config(tiny_model, data, tmp_path / "killed", mini_batch_prompts=1))
+    for name in ("steps.jsonl", "evals.jsonl"):
+        assert (tmp_path / "killed" / name).read_text() == (tmp_path / "whole" / name).read_text()

@@ -49,7 +49,7 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tens
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
-def value_loss(values, old_values, returns, mask, value_clip: float = 0.2):
+def value_loss(values, old_values, returns, mask, value_clip: float = 0.5):
     """PPO's clipped value loss, 0.5 max((V - R)^2, (clip(V, V_old +- eps) - R)^2), token sums.
 
     values, old_values, returns, mask: [B, T]. Like the policy's ratio clip, the clip keeps one

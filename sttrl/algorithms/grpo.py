@@ -10,9 +10,12 @@ import torch
 
 
 def group_advantages(rewards: list[float], eps: float = 1e-6) -> list[float]:
-    """(r - mean) / (std + eps) over the group, population std; all-equal rewards give zeros."""
+    """(r - mean) / (std + eps) over the group, with the sample (unbiased, n - 1) std as TRL,
+    verl and OpenRLHF use; all-equal rewards give zeros, and so does a group of one (no std)."""
     r = torch.tensor(rewards, dtype=torch.float64)
-    adv = (r - r.mean()) / (r.std(unbiased=False) + eps)
+    if r.numel() < 2:
+        return [0.0] * r.numel()
+    adv = (r - r.mean()) / (r.std() + eps)
     return adv.tolist()
 
 

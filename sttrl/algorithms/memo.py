@@ -58,7 +58,8 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> Adaptation:
     history = []
     if reason is None and cfg.steps_per_question > 0:
         batch = TrainBatch([prompts[i] for i in take], [samples[i].token_ids for i in take],
-                           group_advantages([memo_rewards[i] for i in take]))
+                           group_advantages([memo_rewards[i] for i in take]),
+                           temperature=cfg.temperature)
         with timer("train"):
             history = engine.train(batch, grpo_loss,
                                    {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef},

@@ -28,7 +28,7 @@ class HiddenDelta:
 
 def fit_delta(engine, prompt_ids: list[int], lr: float, steps: int,
               start: torch.Tensor | None = None) -> tuple[torch.Tensor, list[dict]]:
-    hidden = engine.prompt_hidden(prompt_ids)  # [P, d], fixed
+    hidden = engine.prompt_hidden(prompt_ids).float()  # [P, d], fixed
     targets = torch.tensor(prompt_ids[1:], device=hidden.device)  # [P-1]
     delta = torch.zeros(hidden.shape[-1], device=hidden.device, dtype=torch.float32)
     if start is not None:
@@ -37,7 +37,9 @@ def fit_delta(engine, prompt_ids: list[int], lr: float, steps: int,
     opt = torch.optim.AdamW([delta], lr=lr, weight_decay=WEIGHT_DECAY, eps=ADAM_EPS)
     history = []
     for _ in range(steps):
-        logits = engine.head_logits(hidden[:-1] + delta.to(hidden.dtype)).float()  # [P-1, V]
+        # hidden and delta in fp32; head_logits casts to the head's dtype (bf16 on a GPU);
+        # the loss in fp32
+        logits = engine.head_logits(hidden[:-1] + delta).float()  # [P-1, V]
         loss = torch.nn.functional.cross_entropy(logits, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()

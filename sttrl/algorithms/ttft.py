@@ -24,6 +24,8 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> Adaptation:
                                 else "no trained sample agrees with the vote")
     history = []
     if keep and cfg.steps_per_question > 0:
+        # SFT on the samples: untempered log-likelihood (temperature 1.0), as TRL's SFT
+        # trainer computes it, whatever temperature the samples were drawn at.
         batch = TrainBatch.shared(engine.encode(prompt), keep, [1.0] * len(keep))
         with timer("train"):
             history = engine.train(batch, sft_loss, {}, cfg.steps_per_question)

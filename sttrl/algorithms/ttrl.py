@@ -53,7 +53,8 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> Adaptation:
         # with gae the engine's critic turns the rewards into per-token advantages itself
         batch = TrainBatch.shared(engine.encode(prompt), [s.token_ids for s in train],
                                   group_advantages(rewards),
-                                  rewards if cfg.advantage_estimator == "gae" else None)
+                                  rewards if cfg.advantage_estimator == "gae" else None,
+                                  temperature=cfg.temperature)
         with timer("train"):
             history = engine.train(batch, grpo_loss,
                                    {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef},

@@ -7,6 +7,7 @@ token, logsumexp of the logits, mean top-k log-prob) come out of the same pass f
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -81,7 +82,15 @@ class LocalEngine:
         self.ref_device = reference_device(self.device, cfg.separate_ref_gpu)
         # None: torch's default, all cores; 1 thread only pays while another job holds a core.
         self.generation_threads = cfg.generation_threads or None
-        self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        # Weights and AdamW state stay fp32 on every device; on a GPU the forward passes
+        # (generation, scoring, training) run under bf16 autocast. bf16 weights updated in place
+        # lose every step smaller than half a bf16 ulp (lr 5e-7 against a 0.02 weight: all of
+        # them), as DeepSpeed's bf16 mode and verl's FSDP avoid with fp32 masters. One fp32 copy
+        # is simpler than a bf16 model plus fp32 masters (no copy-back after each step; snapshot,
+        # restore and checkpoints unchanged) and smaller (4 bytes a weight, not 2 + 4).
+        # A test may set autocast_dtype to bf16 on the CPU to run the GPU's numerics there.
+        self.dtype = torch.float32
+        self.autocast_dtype = torch.bfloat16 if self.device.startswith("cuda") else None
         self.model_path, self.trust_remote_code = model_path, cfg.trust_remote_code
         self.model, self.tokenizer = load_model(model_path, self.dtype, self.device,
                                                 cfg.trust_remote_code)
@@ -114,6 +123,16 @@ class LocalEngine:
     def close(self) -> None:
         """Nothing to release: the model goes with the process."""
 
+    def _autocast(self):
+        """The precision of every forward pass: bf16 autocast over fp32 weights, or plain.
+
+        Entered per forward call and never across an optimiser step: autocast caches its bf16
+        copies of the weights until the outermost context exits.
+        """
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.split(":")[0], dtype=self.autocast_dtype)
+
     # ---- the LM-head hook (SLOT) ------------------------------------------------------------
     def _apply_head_hook(self, module, inputs):
         if self._head_hook is None or not self._head_hook_on:
@@ -136,17 +155,23 @@ class LocalEngine:
         self._head_hook_on = False
         try:
             ids = torch.tensor([prompt_ids], device=self.device)
-            self.model(input_ids=ids, logits_to_keep=0, use_cache=False)
+            with self._autocast():
+                self.model(input_ids=ids, logits_to_keep=0, use_cache=False)
         finally:
             capture.remove()
             self._head_hook_on = True
         return captured[0][0].float()
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The LM head on hidden states [..., d], without the hook: logits [..., V]."""
+        """The LM head on hidden states [..., d], without the hook: logits [..., V].
+
+        The hidden states are cast to the head's dtype (SLOT hands fp32 states to what may be
+        a bf16 head), under the engine's autocast."""
+        head = self.model.get_output_embeddings()
         self._head_hook_on = False
         try:
-            return self.model.get_output_embeddings()(hidden)
+            with self._autocast():
+                return head(hidden.to(head.weight.dtype))
         finally:
             self._head_hook_on = True
 
@@ -157,7 +182,8 @@ class LocalEngine:
         if self.device == "cpu" and self.generation_threads:
             torch.set_num_threads(self.generation_threads)
         try:
-            return self._generate(prompt, n, temperature, top_p, max_new_tokens, seed)
+            with self._autocast():  # one region: the weights are cast to bf16 once per call
+                return self._generate(prompt, n, temperature, top_p, max_new_tokens, seed)
         finally:
             torch.set_num_threads(threads)
 
@@ -225,25 +251,31 @@ class LocalEngine:
             out += [[rows[j] for j in bucket] for bucket in buckets]
         return out
 
-    def _logprobs(self, model, prompt: list[int], responses: list[list[int]]) -> torch.Tensor:
-        """log p [b, T] of responses that continue one prompt."""
+    def _logprobs(self, model, prompt: list[int], responses: list[list[int]],
+                  temperature: float = 1.0) -> torch.Tensor:
+        """log p [b, T] of responses that continue one prompt, under softmax(logits / T)."""
         device = next(model.parameters()).device
-        if self.share_prompt and (len(responses) - 1) * len(prompt) >= SHARE_MIN_TOKENS:
-            return shared_prompt_logprobs(model, prompt, responses, self.tokenizer.pad_token_id,
-                                          device)
-        ids, attn, pos, mask = pad_batch([prompt] * len(responses), responses,
-                                         self.tokenizer.pad_token_id, device)
-        return response_logprobs(model, ids, attn, pos, mask.shape[1])
+        with self._autocast():
+            if self.share_prompt and (len(responses) - 1) * len(prompt) >= SHARE_MIN_TOKENS:
+                return shared_prompt_logprobs(model, prompt, responses,
+                                              self.tokenizer.pad_token_id, device,
+                                              temperature=temperature)
+            ids, attn, pos, mask = pad_batch([prompt] * len(responses), responses,
+                                             self.tokenizer.pad_token_id, device)
+            return response_logprobs(model, ids, attn, pos, mask.shape[1],
+                                     temperature=temperature)
 
     @torch.no_grad()
     def score(self, prompts: list[list[int]], responses: list[list[int]],
-              model=None) -> torch.Tensor:
-        """Per-token log-probs [B, T] of responses (padding positions hold junk; mask them)."""
+              model=None, temperature: float = 1.0) -> torch.Tensor:
+        """Per-token log-probs [B, T] of responses (padding positions hold junk; mask them),
+        under softmax(logits / temperature) (default: the untempered model)."""
         model = model or self.model
         width = max(1, max(len(r) for r in responses))
         out = torch.zeros(len(responses), width, device=self.device)
         for rows in self._micro_batches(prompts, responses):
-            lp = self._logprobs(model, prompts[rows[0]], [responses[i] for i in rows])  # [b, T]
+            lp = self._logprobs(model, prompts[rows[0]], [responses[i] for i in rows],
+                                temperature)  # [b, T]
             out[rows, :lp.shape[1]] = lp.to(self.device)
         return out
 
@@ -254,41 +286,76 @@ class LocalEngine:
             self.ref_model, _ = load_model(self.model_path, self.dtype, self.ref_device,
                                            self.trust_remote_code)
             self.ref_model.eval().requires_grad_(False)
-        return self.score(batch.prompts, batch.responses, model=self.ref_model)
+        return self.score(batch.prompts, batch.responses, model=self.ref_model,
+                          temperature=batch.temperature)
 
-    def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
+    def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int,
+              mini_batches: list[list[int]] | None = None,
+              lrs: list[float] | None = None) -> list[dict]:
+        """`steps` optimiser steps on the whole batch; or, with `mini_batches` (row indices),
+        `steps` epochs of one optimiser step per mini-batch (PPO's epochs over mini-batches).
+
+        Old log-probs are those of the policy that sampled: the weights as they are when train
+        is called, at `batch.temperature`. The first step takes them from its own forward (so it
+        is exactly on-policy); the other mini-batches' are computed before the first step.
+        `lrs`, if given, is the learning rate of each optimiser step in order. The loss is a
+        token mean over the rows of each step.
+        """
         # Training mode only switches on checkpointing (dropout is off: see models.py).
         self.model.train(self.gradient_checkpointing)
         try:
-            return self._train(batch, loss_fn, loss_kwargs, steps)
+            return self._train(batch, loss_fn, loss_kwargs, steps, mini_batches, lrs)
         finally:
             self.model.eval()
 
-    def _train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
+    def _plan(self, batch: TrainBatch, rows: list[int]):
+        """One optimiser step's micro-batches over `rows`: (rows, responses, mask [b, T],
+        advantages [b]) each, and the step's token count."""
+        micro = []
+        for sub in self._micro_batches([batch.prompts[i] for i in rows],
+                                       [batch.responses[i] for i in rows]):
+            idx = [rows[j] for j in sub]
+            responses = [batch.responses[i] for i in idx]
+            adv = torch.tensor([batch.advantages[i] for i in idx], dtype=torch.float32,
+                               device=self.device)
+            micro.append((idx, responses, response_mask(responses, self.device), adv))
+        return micro, float(max(1, sum(len(batch.responses[i]) for i in rows)))
+
+    def _train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int,
+               mini_batches, lrs) -> list[dict]:
         kl = loss_kwargs.get("kl_coef", 0.0) > 0
-        n_tokens = float(max(1, sum(len(r) for r in batch.responses)))
         ref = None  # [B, T]: the initial weights' log-probs, once the weights have moved
         if kl and not self.pristine:
             ref = self._reference_logprobs(batch)
-        micro = []  # (rows, their responses, mask [b, T], advantages [b])
-        for rows in self._micro_batches(batch.prompts, batch.responses):
-            responses = [batch.responses[i] for i in rows]
-            adv = torch.tensor([batch.advantages[i] for i in rows], dtype=torch.float32,
-                               device=self.device)
-            micro.append((rows, responses, response_mask(responses, self.device), adv))
-        old = [None] * len(micro)  # filled by the first step's own forward: that step is on-policy
+        groups = mini_batches if mini_batches is not None else [list(range(len(batch.responses)))]
+        plans = [self._plan(batch, rows) for rows in groups]
+        schedule = [plan for _ in range(steps) for plan in plans]  # one entry per optimiser step
+        if lrs is not None and len(lrs) != len(schedule):
+            raise ValueError(f"{len(lrs)} learning rates for {len(schedule)} optimiser steps")
+        # old[(plan, micro)]: the first step fills its own from its forward; every other
+        # mini-batch's is scored now, before any step, with the same micro-batches
+        old: dict = {}
+        with torch.no_grad():
+            for p, (micro, _) in enumerate(plans[1:], start=1):
+                for j, (rows, responses, _, _) in enumerate(micro):
+                    old[p, j] = self._logprobs(self.model, batch.prompts[rows[0]], responses,
+                                               batch.temperature)
         history = []
-        for _ in range(steps):
+        for step, (micro, n_tokens) in enumerate(schedule):
+            p = step % len(plans)
+            if lrs is not None:
+                self.set_lr(lrs[step])
             self.optimizer.zero_grad(set_to_none=True)
             sums: dict = {}
             for j, (rows, responses, mask, adv) in enumerate(micro):
-                new = self._logprobs(self.model, batch.prompts[rows[0]], responses)  # [b, T]
-                if old[j] is None:
-                    old[j] = new.detach()
+                new = self._logprobs(self.model, batch.prompts[rows[0]], responses,
+                                     batch.temperature)  # [b, T]
+                if (p, j) not in old:
+                    old[p, j] = new.detach()
                 mb_ref = None
-                if kl:  # while pristine the policy is the reference: no second model needed
-                    mb_ref = old[j] if ref is None else ref[rows, :mask.shape[1]]
-                loss_sum, stats = loss_fn(new, old[j], mb_ref, adv, mask, **loss_kwargs)
+                if kl:  # while pristine the policy that sampled is the reference: no 2nd model
+                    mb_ref = old[p, j] if ref is None else ref[rows, :mask.shape[1]]
+                loss_sum, stats = loss_fn(new, old[p, j], mb_ref, adv, mask, **loss_kwargs)
                 (loss_sum / n_tokens).backward()
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v

@@ -73,22 +73,39 @@ def length_buckets(lengths: list[int], max_rows: int, pass_cost: int) -> list[li
     return out[::-1]
 
 
-def response_logprobs(model, ids, attn, pos, T: int, with_logsumexp: bool = False):
-    """log p(response token) [B, T] (and, if asked, logsumexp of the raw logits [B, T])."""
+def logit_temperature(temperature: float) -> float:
+    """What training divides the logits by: the sampling temperature, except that greedy
+    rollouts (temperature <= 0) have no tempered distribution and train untempered."""
+    return temperature if temperature > 0 else 1.0
+
+
+def tempered_logprobs(logits: torch.Tensor, targets: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature) at the targets: [B, T, V], [B, T] -> [B, T]."""
+    t = logit_temperature(temperature)
+    scaled = logits if t == 1.0 else logits / t
+    return torch.log_softmax(scaled, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+
+
+def response_logprobs(model, ids, attn, pos, T: int, with_logsumexp: bool = False,
+                      temperature: float = 1.0):
+    """log p(response token) [B, T] under softmax(logits / temperature) (and, if asked, the
+    logsumexp of the raw, untempered logits [B, T])."""
     # Only the last T+1 positions predict response tokens: skip the LM head on the prompt.
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
                    logits_to_keep=T + 1, use_cache=False).logits[:, :-1, :].float()  # [B, T, V]
     targets = ids[:, -T:]  # [B, T]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    logp = tempered_logprobs(logits, targets, temperature)
     if with_logsumexp:
         return logp, torch.logsumexp(logits, dim=-1)
     return logp
 
 
 def shared_prompt_logprobs(model, prompt: list[int], responses: list[list[int]], pad_id: int,
-                           device, with_logsumexp: bool = False):
-    """log p(response token) [b, T] for responses that all continue one prompt (and, if asked,
-    the logsumexp of the raw logits [b, T]), running the prompt once instead of once per row.
+                           device, with_logsumexp: bool = False, temperature: float = 1.0):
+    """log p(response token) [b, T] under softmax(logits / temperature) for responses that all
+    continue one prompt (and, if asked, the logsumexp of the raw logits [b, T]), running the
+    prompt once instead of once per row.
 
     The prompt's keys and values are computed once and repeated for the b rows; they stay in
     the autograd graph, so the gradient is the one a full forward per row gives.
@@ -110,7 +127,7 @@ def shared_prompt_logprobs(model, prompt: list[int], responses: list[list[int]],
                      use_cache=True).logits  # [b, T-1, V]
         logits = torch.cat([logits, rest], dim=1)
     logits = logits.float()  # [b, T, V]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, resp[..., None]).squeeze(-1)
+    logp = tempered_logprobs(logits, resp, temperature)
     if with_logsumexp:
         return logp, torch.logsumexp(logits, dim=-1)
     return logp

@@ -1,12 +1,20 @@
 """The original TTRL (dataset level): RL on the whole unlabeled test set over episodes.
 
-Each step takes `prompts_per_step` questions, samples `n_votes` answers per question, votes,
-rewards the first `n_train` of each group against its own pseudo-label, normalises advantages
-within each group, and takes one GRPO step on all groups together. The learning rate warms up
-linearly over `warmup_ratio` of the steps, then decays along a cosine. Mean pass@1 over the set
-is evaluated before training, every `eval_every` steps, and at the end.
+As TTRL's verl recipe trains: each rollout batch takes `prompts_per_step` questions, samples
+`n_votes` answers per question, votes, rewards the first `n_train` of each group against its own
+pseudo-label and normalises advantages within each group; then it takes one optimiser step per
+mini-batch of `mini_batch_prompts` questions (PPO epochs over disjoint mini-batches, all sharing
+the old log-probs of the policy that sampled the batch). Groups whose rewards are all equal
+teach nothing and are left out; a mini-batch left with none takes no step.
 
-Resume: the model, optimiser and step counter are checkpointed at every evaluation, before the
+The learning rate follows optimiser steps, not rollout batches: mini-batch k of a batch is one
+slot of the schedule whether or not it trains, so the schedule is fixed before the run. It warms
+up linearly from 0 over `warmup_ratio` of the slots (verl's: lr = peak * step / warm), then
+decays along a cosine. Mean pass@1 over the set is evaluated before training, every
+`eval_every` rollout batches, and at the end. steps.jsonl has one line per rollout batch, with
+one entry per optimiser step taken under "updates".
+
+Resume: the model, optimiser and batch counter are checkpointed at every evaluation, before the
 evaluation's line is written; a killed run restarts from the last checkpoint.
 """
 from __future__ import annotations
@@ -30,10 +38,11 @@ from sttrl.types import TrainBatch
 
 
 def lr_at(step: int, total: int, peak: float, warmup_ratio: float) -> float:
-    """Linear warm-up to `peak`, then cosine decay to zero (step counts from 0)."""
+    """Linear warm-up from 0 to `peak` (verl's: step 0 has lr 0), then cosine decay to zero;
+    `step` counts optimiser steps from 0."""
     warm = max(1, math.ceil(total * warmup_ratio)) if warmup_ratio > 0 else 0
     if step < warm:
-        return peak * (step + 1) / warm
+        return peak * step / warm
     progress = (step - warm) / max(1, total - warm)
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -49,36 +58,61 @@ def evaluate_set(engine, examples, prompts, cfg) -> float:
     return sum(scores) / len(scores)
 
 
-def train_step(engine, questions, prompts, cfg, step_seed: int) -> dict:
-    """One GRPO (gae: PPO) step over a batch of questions; the reference answers are not passed in."""
-    batch_prompts, responses, advantages, all_rewards, kept = [], [], [], [], 0
+def batch_slots(n_questions: int, prompts_per_step: int, mini_batch_prompts: int) -> list[int]:
+    """Optimiser-step slots of each rollout batch of one episode (the last batch may be short)."""
+    sizes = [min(prompts_per_step, n_questions - k) for k in range(0, n_questions, prompts_per_step)]
+    return [math.ceil(size / mini_batch_prompts) for size in sizes]
+
+
+def train_step(engine, questions, prompts, cfg, step_seed: int, first_slot: int,
+               total_slots: int) -> dict:
+    """One rollout batch and its mini-batch GRPO (gae: PPO) steps; the reference answers are
+    not passed in. Mini-batch k holds questions k*m .. k*m+m-1 and trains at slot first_slot+k."""
+    batch_prompts, responses, advantages, all_rewards = [], [], [], []
+    group_rows: list[list[int]] = []  # per question: its rows in the batch (empty: skipped)
     for j, (q, prompt) in enumerate(zip(questions, prompts)):
         samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p,
                                   cfg.max_new_tokens, step_seed + j)
         answers, label, _ = pseudo_label(samples, q.task, cfg)
         rewards = ttrl_rewards(answers[:cfg.n_train], label, q.task)
         if label is None or len(set(rewards)) <= 1:
-            continue  # this group has nothing to teach
-        kept += 1
+            group_rows.append([])  # this group has nothing to teach
+            continue
         ids = engine.encode(prompt)
+        group_rows.append(list(range(len(responses), len(responses) + len(rewards))))
         batch_prompts += [ids] * len(rewards)
         responses += [s.token_ids for s in samples[:cfg.n_train]]
         advantages += group_advantages(rewards)
         all_rewards += rewards
-    if not kept:
-        return {"groups_trained": 0}
+    kept = sum(1 for rows in group_rows if rows)
+    m = cfg.mini_batch_prompts
+    mini_batches, slots, counts = [], [], []
+    for k in range(0, len(questions), m):
+        rows = [r for group in group_rows[k:k + m] for r in group]
+        if rows:
+            mini_batches.append(rows)
+            slots.append(first_slot + k // m)
+            counts.append(sum(1 for group in group_rows[k:k + m] if group))
+    if not mini_batches:
+        return {"groups_trained": 0, "updates": []}
     gae = cfg.advantage_estimator == "gae"  # the engine's critic makes per-token advantages
-    batch = TrainBatch(batch_prompts, responses, advantages, all_rewards if gae else None)
-    history = engine.train(batch, grpo_loss,
-                           {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef}, steps=1)
-    return {"groups_trained": kept, **history[0]}
+    batch = TrainBatch(batch_prompts, responses, advantages, all_rewards if gae else None,
+                       temperature=cfg.temperature)
+    lrs = [lr_at(slot, total_slots, cfg.lr, cfg.warmup_ratio) for slot in slots]
+    history = engine.train(batch, grpo_loss, {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef},
+                           steps=1, mini_batches=mini_batches, lrs=lrs)
+    updates = [{"optimizer_step": slot, "lr": lr, "prompts": n, **stats}
+               for slot, lr, n, stats in zip(slots, lrs, counts, history)]
+    return {"groups_trained": kept, "updates": updates}
 
 
 def run_dataset(cfg, examples, engine) -> dict:
     out = Path(cfg.output_dir)
     prompts = [format_prompt(ex.question, engine.tokenizer, cfg.prompt_family) for ex in examples]
-    steps_per_episode = math.ceil(len(examples) / cfg.prompts_per_step)
+    steps_per_episode = math.ceil(len(examples) / cfg.prompts_per_step)  # rollout batches
     total = cfg.episodes * steps_per_episode
+    slots = batch_slots(len(examples), cfg.prompts_per_step, cfg.mini_batch_prompts)
+    total_slots = cfg.episodes * sum(slots)  # optimiser-step slots: what the lr schedule counts
     evals_path, steps_path, ckpt = out / "evals.jsonl", out / "steps.jsonl", out / "checkpoint.pt"
     start, evals = 0, []
     if ckpt.exists():
@@ -100,11 +134,12 @@ def run_dataset(cfg, examples, engine) -> dict:
             order = sorted(range(len(examples)), key=lambda i: zlib.crc32(
                 f"{cfg.seed}/{episode}/{examples[i].question.id}".encode()))
         chosen = order[k * cfg.prompts_per_step:(k + 1) * cfg.prompts_per_step]
-        engine.set_lr(lr_at(step, total, cfg.lr, cfg.warmup_ratio))
+        first_slot = episode * sum(slots) + sum(slots[:k])
         stats = train_step(engine, [examples[i].question for i in chosen],
-                           [prompts[i] for i in chosen], cfg, cfg.seed * 7919 + step * 1000)
-        append_jsonl(steps_path, {"step": step + 1, "episode": episode, "lr": lr_at(
-            step, total, cfg.lr, cfg.warmup_ratio), **stats})
+                           [prompts[i] for i in chosen], cfg, cfg.seed * 7919 + step * 1000,
+                           first_slot, total_slots)
+        append_jsonl(steps_path, {"step": step + 1, "episode": episode,
+                                  "first_optimizer_step": first_slot, **stats})
         if (step + 1) % cfg.eval_every == 0 or step + 1 == total:
             evals.append({"step": step + 1,
                           "pass@1": evaluate_set(engine, examples, prompts, cfg)})
@@ -112,6 +147,7 @@ def run_dataset(cfg, examples, engine) -> dict:
             write_atomic(ckpt, lambda tmp: torch.save(state, tmp))
             rewrite_jsonl(evals_path, evals)
     summary = {"mode": "dataset", "questions": len(examples), "steps": total,
+               "optimizer_steps": total_slots,
                "pass@1_before": evals[0]["pass@1"], "pass@1_after": evals[-1]["pass@1"],
                "evals": evals, "wall_seconds": time.perf_counter() - began,
                "config": dataclasses.asdict(cfg)}

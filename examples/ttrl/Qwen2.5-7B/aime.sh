@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# The original, dataset-level TTRL: Qwen2.5-7B on AIME-TTT with the paper's settings (configs/qwen2.5-7b.yaml:
-# 64 votes, 32 trained samples per prompt; lr 5e-7, cosine decay, 3% warm-up; KL 0.001;
-# pass@1 over 16 samples at temperature 0.6, top-p 0.95). Extra flags are passed through.
+# The original, dataset-level TTRL: Qwen2.5-7B on AIME-TTT, 80 episodes, with the paper's settings
+# (configs/qwen2.5-7b.yaml; 8 prompts x 32 samples per rollout batch, one optimiser step per prompt,
+# lr 5e-7, weight decay 0.01). Scale engine on 4 GPUs by default; ENGINE=local for one GPU.
+# Settings and environment: ../launch.sh. Extra flags are passed through.
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
-python main.py --mode dataset --config configs/qwen2.5-7b.yaml --dataset AIME-TTT \
-    --episodes 80 --lr 5e-7 --warmup_ratio 0.03 --prompts_per_step 8 --eval_every 5 \
-    --output_dir runs/ttrl/Qwen2.5-7B/aime "$@"
+exec bash "$(dirname "$0")/../launch.sh" qwen2.5-7b AIME-TTT 80 Qwen2.5-7B/aime "$@"
