@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from sttrl.algorithms import METHODS
+from sttrl.rewards import ANSWER_FORMS, REWARDS
 from sttrl.errors import UserError
 
 ENGINES = ("local", "ray")
@@ -97,6 +98,16 @@ class Config:
     """Temperature of the softmax over negative energies (voting_function=energy)."""
     confidence_keep: float = 1.0
     """Share of most-confident traces that vote (voting_function=confidence)."""
+    answer_form: str = "strict"
+    """strict (against a plain-number reference only a plain number counts: "9 - 4" is not 5) or symbolic (math-verify's equivalence); decides votes, rewards and grading alike."""
+    reward: str = "vote"
+    """vote (agreement with the pseudo-label), oracle (the reference answer: an upper bound, marked in every output) or random (the vote's positive rate, no signal: the null)."""
+    min_majority_ratio: float = 0.0
+    """Weak-vote rule: skip the update when the winning cluster holds less than this share of the voting weight (0: never skip)."""
+    stop_clip_frac: float | None = None
+    """Adaptive budget: end a question's update after the step whose clipped-token share exceeds this (None: take every step)."""
+    stop_kl: float | None = None
+    """Adaptive budget: end a question's update after the step whose KL to the reference exceeds this (None: no KL budget)."""
     memo_variants: int = 2
     """Prompt phrasings pooled into MEMO's marginal (adaptation_method=memo; 1 to 4)."""
     continuous: bool = False
@@ -237,6 +248,17 @@ def validate(cfg: Config) -> Config:
         v = getattr(cfg, name)
         _check(0 < v <= 1, f"--{name} must be > 0 and <= 1, got {v}")
     for name in ("weight_decay", "kl_coef", "clip_eps", "grad_clip"):
+        v = getattr(cfg, name)
+        _check(v is None or v >= 0, f"--{name} must be >= 0, got {v}")
+    _check(cfg.answer_form in ANSWER_FORMS,
+           f"--answer_form must be one of {', '.join(ANSWER_FORMS)}, got {cfg.answer_form!r}")
+    _check(cfg.reward in REWARDS, f"--reward must be one of {', '.join(REWARDS)}, got {cfg.reward!r}")
+    _check(cfg.reward == "vote" or cfg.adaptation_method in ("ttrl", "ttft"),
+           f"--reward {cfg.reward} applies to --adaptation_method ttrl or ttft (and --mode "
+           f"dataset), got {cfg.adaptation_method!r}")
+    _check(0 <= cfg.min_majority_ratio <= 1,
+           f"--min_majority_ratio must be from 0 to 1, got {cfg.min_majority_ratio}")
+    for name in ("stop_clip_frac", "stop_kl"):
         v = getattr(cfg, name)
         _check(v is None or v >= 0, f"--{name} must be >= 0, got {v}")
     _check(1 <= cfg.memo_variants <= 4, f"--memo_variants must be from 1 to 4, got {cfg.memo_variants}")

@@ -16,12 +16,13 @@ from sttrl.rewards import extract_answer, ttrl_rewards, vote, voting_weights
 from sttrl.types import Adaptation, TrainBatch
 
 
-def marginal_rewards(answers: list[str | None], task: str) -> tuple[list[float], float]:
+def marginal_rewards(answers: list[str | None], task: str,
+                     form: str = "strict") -> tuple[list[float], float]:
     """Per-sample reward log p(a) under the pooled marginal, and that marginal's entropy.
 
     An unanswered sample counts as a cluster of its own (probability 1/N): it is never the mode.
     """
-    _, stats = vote(answers, None, task)
+    _, stats = vote(answers, None, task, form=form)
     n = len(answers)
     shares = [stats.cluster_counts[rep] / n for rep in stats.representatives]
     rewards = [math.log(shares[c]) if c is not None else math.log(1 / n)
@@ -33,7 +34,7 @@ def marginal_rewards(answers: list[str | None], task: str) -> tuple[list[float],
     return rewards, entropy
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> Adaptation:
+def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None) -> Adaptation:
     B = cfg.memo_variants
     per = max(1, cfg.n_votes // B)
     prompts, samples = [], []
@@ -48,12 +49,13 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> Adaptation:
     with timer("vote"):
         answers = [extract_answer(s.text, question.task) for s in samples]
         weights = voting_weights(cfg.voting_function, samples, tau=cfg.energy_tau,
-                                 keep_frac=cfg.confidence_keep)
-        label, stats = vote(answers, weights, question.task)
-        memo_rewards, entropy = marginal_rewards(answers, question.task)
+                                 keep_frac=cfg.confidence_keep, answers=answers)
+        label, stats = vote(answers, weights, question.task, form=cfg.answer_form)
+        memo_rewards, entropy = marginal_rewards(answers, question.task, cfg.answer_form)
         # train on an equal share of each phrasing's samples
         take = [v * per + i for v in range(B) for i in range(max(1, cfg.n_train // B))]
-        rewards = ttrl_rewards([answers[i] for i in take], label, question.task)
+        rewards = ttrl_rewards([answers[i] for i in take], label, question.task,
+                               form=cfg.answer_form)
     reason = skip_reason(label, [memo_rewards[i] for i in take])
     history = []
     if reason is None and cfg.steps_per_question > 0:

@@ -48,7 +48,7 @@ def fit_delta(engine, prompt_ids: list[int], lr: float, steps: int,
     return delta.detach(), history
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> Adaptation:
+def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None) -> Adaptation:
     # SLOT does not use the vote; it is taken so every method reports the same metrics.
     _, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg, seed, timer)
     history = []

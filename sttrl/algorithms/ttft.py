@@ -6,7 +6,7 @@ so a unanimous vote still trains (it sharpens what the model already says).
 """
 from __future__ import annotations
 
-from sttrl.algorithms.ttrl import sample_and_vote
+from sttrl.algorithms.ttrl import sample_and_vote, skip_reason
 from sttrl.types import Adaptation, TrainBatch
 
 
@@ -16,12 +16,16 @@ def sft_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask):
     return nll, {"loss": float(nll.detach())}
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> Adaptation:
+def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None) -> Adaptation:
+    # --reward random: a random subset of the same size as the agreeing samples
     samples, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg,
-                                                              seed, timer)
+                                                              seed, timer, oracle, exact=True)
     keep = [s.token_ids for s, r in zip(samples, rewards) if r > 0]
     reason = None if keep else ("no answer could be extracted from any sample" if label is None
                                 else "no trained sample agrees with the vote")
+    weak = skip_reason(label, [0.0, 1.0], stats, cfg)  # only the weak-vote rule can fire here
+    if keep and weak is not None:
+        keep, reason = [], weak
     history = []
     if keep and cfg.steps_per_question > 0:
         # SFT on the samples: untempered log-likelihood (temperature 1.0), as TRL's SFT

@@ -1,12 +1,14 @@
 """STTRL's default method: vote on sampled answers, reward agreement, run a few GRPO steps.
 
 `adapt` sees the question and the prompt, never the reference answer: that is what makes the
-method label-free, and the signature is what keeps it so.
+method label-free, and the signature is what keeps it so. The one exception is named: with
+`--reward oracle` the mode hands in an `oracle` (sttrl/rewards/oracle.py) built from the
+reference, and such a run is marked oracle everywhere it is reported.
 """
 from __future__ import annotations
 
 from sttrl.algorithms.grpo import group_advantages, grpo_loss
-from sttrl.rewards import extract_answer, ttrl_rewards, vote, voting_weights
+from sttrl.rewards import extract_answer, random_rewards, ttrl_rewards, vote, voting_weights
 from sttrl.types import Adaptation, TrainBatch
 
 
@@ -14,13 +16,32 @@ def pseudo_label(samples, task: str, cfg):
     """Extract every sample's answer and vote: (answers, label or None, vote stats)."""
     answers = [extract_answer(s.text, task) for s in samples]
     weights = voting_weights(cfg.voting_function, samples, tau=cfg.energy_tau,
-                             keep_frac=cfg.confidence_keep)
-    label, stats = vote(answers, weights, task)
+                             keep_frac=cfg.confidence_keep, answers=answers)
+    label, stats = vote(answers, weights, task, form=cfg.answer_form)
     return answers, label, stats
 
 
-def sample_and_vote(engine, question, prompt: str, cfg, seed: int, timer):
-    """Steps 1-2 of every method: sample n_votes, vote, reward the first n_train against the label.
+RANDOM_REWARD_SEED = 7_368_787  # offsets the question's seed, so the rewards do not share its draws
+
+
+def train_rewards(answers, label, task: str, cfg, seed: int, oracle=None,
+                  exact: bool = False) -> list[float]:
+    """The rewards of the trained samples under --reward: agreement with the vote; the
+    oracle's correctness; or random rewards at the vote's positive rate (exact: a random
+    subset of exactly as many), seeded per question."""
+    rewards = ttrl_rewards(answers, label, task, form=cfg.answer_form)
+    if cfg.reward == "random":
+        return random_rewards(rewards, seed + RANDOM_REWARD_SEED, exact)
+    if cfg.reward == "oracle":
+        if oracle is None:
+            raise ValueError("--reward oracle: the mode must hand the method an OracleReward")
+        return oracle(answers)
+    return rewards
+
+
+def sample_and_vote(engine, question, prompt: str, cfg, seed: int, timer, oracle=None,
+                    exact: bool = False):
+    """Steps 1-2 of every method: sample n_votes, vote, reward the first n_train (train_rewards).
 
     Returns (samples, answers, label, vote stats, rewards of the first n_train).
     """
@@ -29,25 +50,45 @@ def sample_and_vote(engine, question, prompt: str, cfg, seed: int, timer):
                                   cfg.max_new_tokens, seed)
     with timer("vote"):
         answers, label, stats = pseudo_label(samples, question.task, cfg)
-        rewards = ttrl_rewards(answers[:cfg.n_train], label, question.task)
+        rewards = train_rewards(answers[:cfg.n_train], label, question.task, cfg, seed, oracle,
+                                exact)
     return samples, answers, label, stats, rewards
 
 
-def skip_reason(label, rewards: list[float]) -> str | None:
-    """Why an update would teach nothing: no label, or every reward the same (zero advantages)."""
+def skip_reason(label, rewards: list[float], stats=None, cfg=None) -> str | None:
+    """Why an update would teach nothing: no label, or every reward the same (zero advantages);
+    or why it is not worth the risk: a vote weaker than --min_majority_ratio (the label is
+    then often wrong, and training on a wrong label is where the damage is; an oracle run
+    knows its rewards are right and is not held back)."""
     if label is None:
         return "no answer could be extracted from any sample"
+    if (stats is not None and cfg is not None and cfg.reward != "oracle"
+            and stats.majority_ratio < cfg.min_majority_ratio):
+        return f"weak vote (majority ratio {stats.majority_ratio:.2f} < {cfg.min_majority_ratio})"
     if len(set(rewards)) <= 1:
         return "all rewards equal" + (" (unanimous vote)" if rewards and rewards[0] == 1 else "")
     return None
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> Adaptation:
+def budget(cfg):
+    """The adaptive update budget, as the engines' `stop` rule: end the update after the step
+    whose clipped share or KL passes its budget (the policy has moved far enough from the one
+    that sampled); None when neither budget is set."""
+    if cfg.stop_clip_frac is None and cfg.stop_kl is None:
+        return None
+
+    def stop(stats: dict) -> bool:
+        return ((cfg.stop_clip_frac is not None and stats.get("clip_frac", 0.0) > cfg.stop_clip_frac)
+                or (cfg.stop_kl is not None and stats.get("kl", 0.0) > cfg.stop_kl))
+    return stop
+
+
+def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None) -> Adaptation:
     """One question's test-time update; returns what happened, for the results line."""
     samples, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg,
-                                                              seed, timer)
+                                                              seed, timer, oracle)
     train = samples[:cfg.n_train]
-    reason = skip_reason(label, rewards)
+    reason = skip_reason(label, rewards, stats, cfg)
     history = []
     if reason is None and cfg.steps_per_question > 0:
         # with gae the engine's critic turns the rewards into per-token advantages itself
@@ -58,5 +99,5 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer) -> Adaptation:
         with timer("train"):
             history = engine.train(batch, grpo_loss,
                                    {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef},
-                                   cfg.steps_per_question)
+                                   cfg.steps_per_question, stop=budget(cfg))
     return Adaptation(answers, label, stats, rewards, reason, history)

@@ -30,16 +30,23 @@ class Engine(Protocol):
                  max_new_tokens: int, seed: int) -> list[Sample]:
         """Sample n responses to one prompt; the same seed gives the same samples."""
 
-    def train(self, batch: TrainBatch, loss_fn: Callable, loss_kwargs: dict,
-              steps: int) -> list[dict]:
-        """Run `steps` optimiser steps on one batch; returns one stats dict per step.
+    def train(self, batch: TrainBatch, loss_fn: Callable, loss_kwargs: dict, steps: int,
+              mini_batches: list[list[int]] | None = None,
+              lrs: list[float] | None = None,
+              stop: Callable[[dict], bool] | None = None) -> list[dict]:
+        """Run `steps` optimiser steps on one batch, or with `mini_batches` (row indices) `steps`
+        epochs of one optimiser step per mini-batch; `lrs`: each optimiser step's learning
+        rate; `stop(stats)`: end the update after the first step whose stats it accepts (the
+        adaptive budget). Returns one stats dict per optimiser step taken.
 
         `loss_fn(logprobs, old_logprobs, ref_logprobs, advantages, mask, **loss_kwargs)` gets
         tensors shaped [B, T] (advantages [B], or [B, T] when the engine computes per-token
         advantages from `batch.rewards` with its critic) and returns (sum of per-token losses,
         stats).
         The engine divides by the batch's token count, so the loss is a token mean.
-        old_logprobs are the policy's own at the first step, so that step is exactly on-policy.
+        Every log-prob is taken at `batch.temperature` (the rollout's). old_logprobs are those
+        of the policy that sampled (the weights when train is called): every step's ratio is
+        against it, and the first step is exactly on-policy.
         ref_logprobs are the initial weights' (None unless loss_kwargs['kl_coef'] > 0).
         """
 

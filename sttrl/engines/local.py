@@ -291,7 +291,7 @@ class LocalEngine:
 
     def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int,
               mini_batches: list[list[int]] | None = None,
-              lrs: list[float] | None = None) -> list[dict]:
+              lrs: list[float] | None = None, stop=None) -> list[dict]:
         """`steps` optimiser steps on the whole batch; or, with `mini_batches` (row indices),
         `steps` epochs of one optimiser step per mini-batch (PPO's epochs over mini-batches).
 
@@ -299,12 +299,13 @@ class LocalEngine:
         is called, at `batch.temperature`. The first step takes them from its own forward (so it
         is exactly on-policy); the other mini-batches' are computed before the first step.
         `lrs`, if given, is the learning rate of each optimiser step in order. The loss is a
-        token mean over the rows of each step.
+        token mean over the rows of each step. `stop(stats)`, if given, ends the update after
+        the step whose stats it accepts (the adaptive budget).
         """
         # Training mode only switches on checkpointing (dropout is off: see models.py).
         self.model.train(self.gradient_checkpointing)
         try:
-            return self._train(batch, loss_fn, loss_kwargs, steps, mini_batches, lrs)
+            return self._train(batch, loss_fn, loss_kwargs, steps, mini_batches, lrs, stop)
         finally:
             self.model.eval()
 
@@ -322,7 +323,7 @@ class LocalEngine:
         return micro, float(max(1, sum(len(batch.responses[i]) for i in rows)))
 
     def _train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int,
-               mini_batches, lrs) -> list[dict]:
+               mini_batches, lrs, stop=None) -> list[dict]:
         kl = loss_kwargs.get("kl_coef", 0.0) > 0
         ref = None  # [B, T]: the initial weights' log-probs, once the weights have moved
         if kl and not self.pristine:
@@ -365,6 +366,8 @@ class LocalEngine:
             merged = {k: v / n_tokens for k, v in sums.items()}
             merged["grad_norm"] = float(grad_norm)
             history.append(merged)
+            if stop is not None and stop(merged):
+                break
         return history
 
     def set_lr(self, lr: float) -> None:

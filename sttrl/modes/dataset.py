@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 
 from sttrl.algorithms.grpo import group_advantages, grpo_loss
-from sttrl.algorithms.ttrl import pseudo_label
+from sttrl.algorithms.ttrl import pseudo_label, train_rewards
 from sttrl.data import format_prompt
 from sttrl.files import append_jsonl, read_jsonl, rewrite_jsonl, write_atomic, write_json_atomic
 from sttrl.modes.common import question_seed, sample_answers
-from sttrl.rewards import ttrl_rewards
 from sttrl.rewards.metrics import pass_at_1
+from sttrl.rewards.oracle import OracleReward
 from sttrl.types import TrainBatch
 
 
@@ -54,7 +54,7 @@ def evaluate_set(engine, examples, prompts, cfg) -> float:
         answers = sample_answers(engine, prompt, ex.question.task, cfg.n_eval, cfg.val_temp,
                                  cfg.val_top_p, cfg.max_new_tokens,
                                  question_seed(cfg.seed, ex.question.id) + 1)
-        scores.append(pass_at_1(answers, ex.answer, ex.question.task))
+        scores.append(pass_at_1(answers, ex.answer, ex.question.task, form=cfg.answer_form))
     return sum(scores) / len(scores)
 
 
@@ -65,16 +65,17 @@ def batch_slots(n_questions: int, prompts_per_step: int, mini_batch_prompts: int
 
 
 def train_step(engine, questions, prompts, cfg, step_seed: int, first_slot: int,
-               total_slots: int) -> dict:
+               total_slots: int, oracles: list | None = None) -> dict:
     """One rollout batch and its mini-batch GRPO (gae: PPO) steps; the reference answers are
-    not passed in. Mini-batch k holds questions k*m .. k*m+m-1 and trains at slot first_slot+k."""
+    not passed in (--reward oracle: `oracles`, one OracleReward per question, are). Mini-batch k holds questions k*m .. k*m+m-1 and trains at slot first_slot+k."""
     batch_prompts, responses, advantages, all_rewards = [], [], [], []
     group_rows: list[list[int]] = []  # per question: its rows in the batch (empty: skipped)
     for j, (q, prompt) in enumerate(zip(questions, prompts)):
         samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p,
                                   cfg.max_new_tokens, step_seed + j)
         answers, label, _ = pseudo_label(samples, q.task, cfg)
-        rewards = ttrl_rewards(answers[:cfg.n_train], label, q.task)
+        rewards = train_rewards(answers[:cfg.n_train], label, q.task, cfg, step_seed + j,
+                                oracles[j] if oracles else None)
         if label is None or len(set(rewards)) <= 1:
             group_rows.append([])  # this group has nothing to teach
             continue
@@ -137,7 +138,10 @@ def run_dataset(cfg, examples, engine) -> dict:
         first_slot = episode * sum(slots) + sum(slots[:k])
         stats = train_step(engine, [examples[i].question for i in chosen],
                            [prompts[i] for i in chosen], cfg, cfg.seed * 7919 + step * 1000,
-                           first_slot, total_slots)
+                           first_slot, total_slots,
+                           [OracleReward(examples[i].answer, examples[i].question.task,
+                                         cfg.answer_form) for i in chosen]
+                           if cfg.reward == "oracle" else None)
         append_jsonl(steps_path, {"step": step + 1, "episode": episode,
                                   "first_optimizer_step": first_slot, **stats})
         if (step + 1) % cfg.eval_every == 0 or step + 1 == total:
@@ -146,7 +150,7 @@ def run_dataset(cfg, examples, engine) -> dict:
             state = {"engine": engine.state_dict(), "step": step + 1, "evals": evals}
             write_atomic(ckpt, lambda tmp: torch.save(state, tmp))
             rewrite_jsonl(evals_path, evals)
-    summary = {"mode": "dataset", "questions": len(examples), "steps": total,
+    summary = {"mode": "dataset", "reward": cfg.reward, "questions": len(examples), "steps": total,
                "optimizer_steps": total_slots,
                "pass@1_before": evals[0]["pass@1"], "pass@1_after": evals[-1]["pass@1"],
                "evals": evals, "wall_seconds": time.perf_counter() - began,

@@ -19,21 +19,23 @@ from sttrl.files import write_atomic, write_json_atomic
 from sttrl.modes.common import Timer, question_seed, sample_answers
 from sttrl.reporting.results import ResultsFile, summarize
 from sttrl.rewards.metrics import label_accuracy, maj_at_n, pass_at_1, reward_accuracy
+from sttrl.rewards.oracle import OracleReward
 from sttrl.types import Adaptation
 
 MAX_ANSWER_CHARS = 200  # answers kept in results.jsonl are cut to this length (a display cut)
 
 
-def evaluate(reference: str, task: str, before: list, after: list, adapted: Adaptation) -> dict:
+def evaluate(reference: str, task: str, before: list, after: list, adapted: Adaptation,
+             form: str = "strict") -> dict:
     """Every metric that needs the ground truth, in one place."""
     n_train = len(adapted.rewards)
     return {
-        "pass@1_before": pass_at_1(before, reference, task),
-        "pass@1_after": pass_at_1(after, reference, task),
-        "maj@N_before": maj_at_n(adapted.answers, reference, task),
-        "label_correct": label_accuracy(adapted.label, reference, task),
+        "pass@1_before": pass_at_1(before, reference, task, form=form),
+        "pass@1_after": pass_at_1(after, reference, task, form=form),
+        "maj@N_before": maj_at_n(adapted.answers, reference, task, form=form),
+        "label_correct": label_accuracy(adapted.label, reference, task, form=form),
         "reward_accuracy": reward_accuracy(adapted.rewards, adapted.answers[:n_train],
-                                           reference, task),
+                                           reference, task, form=form),
     }
 
 
@@ -51,14 +53,17 @@ def run_question(engine, example, index: int, cfg: Config) -> dict:
     with timer("eval"):
         # Before and after share a sampling seed: a paired comparison with less noise.
         before = sample_answers(engine, *eval_args, seed + 1)
-    adapted = METHODS[cfg.adaptation_method].adapt(engine, q, prompt, cfg, seed, timer)
+    # --reward oracle is the one path on which the reference reaches a method: named, and marked
+    oracle = OracleReward(example.answer, q.task, cfg.answer_form) if cfg.reward == "oracle" else None
+    adapted = METHODS[cfg.adaptation_method].adapt(engine, q, prompt, cfg, seed, timer, oracle)
     with timer("eval"):
         after = sample_answers(engine, *eval_args, seed + 1)
-    metrics = evaluate(example.answer, q.task, before, after, adapted)
+    metrics = evaluate(example.answer, q.task, before, after, adapted, cfg.answer_form)
     stats = adapted.vote
     rewards = adapted.rewards
     record = {
         "index": index,
+        "reward": cfg.reward,
         "id": q.id,
         "pseudo_label": adapted.label,
         "vote": {"majority_ratio": stats.majority_ratio, "n_voting": stats.n_voting,
@@ -112,7 +117,8 @@ def run_questions(cfg: Config, examples: list, engine_factory) -> dict:
                 write_json_atomic(out / "summary.json", s)
                 log_question(loggers, record, len(results.records))
                 if bar is not None:
-                    bar.set_postfix_str(f"pass@1 {s['pass@1_before']:.3f} -> {s['pass@1_after']:.3f}")
+                    bar.set_postfix_str(f"pass@1 {s['pass@1_before']:.3f} -> "
+                                        f"{s['pass@1_after']:.3f}, maj@N {s['maj@N_before']:.3f}")
                     bar.update(1)
             if bar is not None:
                 bar.close()

@@ -37,6 +37,7 @@ def mean(values) -> float | None:
 def summarize(records: list[dict], config: dict) -> dict:
     """Run-level metrics: means over the questions finished so far."""
     return {
+        "reward": config.get("reward", "vote"),  # "oracle": trained on the reference answers
         "questions": len(records),
         "pass@1_before": mean(r["pass@1_before"] for r in records),
         "pass@1_after": mean(r["pass@1_after"] for r in records),

@@ -2,6 +2,7 @@
 one file per distributed role (the OpenRLHF layout):
 
 - `engine.py`: `RayEngine`, the driver's side: starts the actors, orchestrates every call;
+- `scoring.py`: its read-only queries (log-probs on the actor ranks and engines, values);
 - `placement.py`: the layout (which bundle each actor gets) and the actors' creation;
 - `rollout.py`: one vLLM engine (`RolloutActor`);
 - `zero.py`: the DeepSpeed ZeRO-3 rank base and how a batch is dealt to the ranks;

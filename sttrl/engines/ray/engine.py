@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from sttrl.data.prompts import encode_prompt
 from sttrl.engines.ray.common import ActorSettings, wait
 from sttrl.engines.ray.critic import gae_targets
+from sttrl.engines.ray.scoring import ActorScoring
 from sttrl.engines.ray.placement import create_placement_group, plan_layout, spawn_actors
 from sttrl.engines.ray.weight_sync import WeightSync
 from sttrl.engines.ray.zero import merge_steps, micro_batches, shard
@@ -69,7 +70,7 @@ def engine_seed(seed: int, index: int) -> int:
     return (seed + 1_000_003 * index) % (2**31 - 1)
 
 
-class RayEngine:
+class RayEngine(ActorScoring):
     """Generate with vLLM, train with DeepSpeed ZeRO-3, all placed by Ray (see module docstring)."""
 
     def __init__(self, cfg, model_path: str):
@@ -222,90 +223,74 @@ class RayEngine:
                 s.logsumexp = lse
         return samples
 
-    # ---- scoring --------------------------------------------------------------------------------
-    def score_on_actor(self, prompts: list[list[int]], responses: list[list[int]],
-                       with_logsumexp: bool = False) -> list[tuple]:
-        """Per response: (log-probs,) or (log-probs, logsumexp) under the actor's weights."""
-        plan = shard(prompts, responses, len(self.trainers), self.cfg.micro_batch_size)
-        calls = [t.score.remote(micro_batches(p, prompts, responses), with_logsumexp)
-                 for t, p in zip(self.trainers, plan)]
-        rows: list = [None] * len(responses)
-        for rank_plan, rank_out in zip(plan, self._get(calls, "scoring on the actor ranks")):
-            for idx, got in zip(rank_plan, rank_out):
-                for j, i in enumerate(idx):
-                    rows[i] = tuple(g[j, :len(responses[i])].tolist() for g in got)
-        return rows
-
-    def score_on_engines(self, prompt_ids: list[int], response_ids: list[int]) -> list[list[float]]:
-        """Token log-probs of one fixed response under the weights each vLLM engine holds."""
-        return self._get([r.score.remote(prompt_ids, response_ids) for r in self.rollouts],
-                         "scoring on the vLLM engines")
-
-    def check_weights(self, prompt_ids: list[int], response_ids: list[int]) -> float:
-        """Largest |log p| gap, over tokens and engines, between vLLM and the actor: the test
-        for silently stale engine weights (fp32 on CPU: ~1e-5; bf16 on GPU is much looser)."""
-        actor = self.score_on_actor([prompt_ids], [response_ids])[0][0]
-        return max(abs(a - b) for lps in self.score_on_engines(prompt_ids, response_ids)
-                   for a, b in zip(actor, lps))
-
-    def critic_values(self, prompts: list[list[int]], responses: list[list[int]]):
-        """The critic's V [B, T] of the state before each response token (zero on padding)."""
-        import torch
-
-        critics = self.actors.critics
-        plan = shard(prompts, responses, len(critics), self.cfg.micro_batch_size)
-        calls = [c.values.remote(micro_batches(p, prompts, responses))
-                 for c, p in zip(critics, plan)]
-        out = torch.zeros(len(responses), max(1, max(len(r) for r in responses)))  # [B, T]
-        for rank_plan, rank_out in zip(plan, self._get(calls, "values on the critic ranks")):
-            for idx, got in zip(rank_plan, rank_out):
-                for j, i in enumerate(idx):
-                    out[i, :len(responses[i])] = got[j, :len(responses[i])]
-        return out
-
     # ---- training -------------------------------------------------------------------------------
-    def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int) -> list[dict]:
-        n_tokens = float(max(1, sum(len(r) for r in batch.responses)))
+    def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int,
+              mini_batches: list[list[int]] | None = None,
+              lrs: list[float] | None = None, stop=None) -> list[dict]:
+        """As LocalEngine.train: `steps` optimiser steps on the batch, or with `mini_batches`
+        one step per mini-batch per epoch, all against the log-probs of the policy that
+        sampled (at batch.temperature); `lrs` per optimiser step; `stop(stats)` ends the update
+        after the step it accepts. One weight sync at the end."""
+        groups = mini_batches if mini_batches is not None else [list(range(len(batch.responses)))]
+        schedule = [rows for _ in range(steps) for rows in groups]
+        if lrs is not None and len(lrs) != len(schedule):
+            raise ValueError(f"{len(lrs)} learning rates for {len(schedule)} optimiser steps")
         use_ref = loss_kwargs.get("kl_coef", 0.0) > 0 and not self.pristine
-        per_token = {}  # [B, T] tensors the actor ranks get sliced per micro-batch
+        per_token = {}  # [B, T] tensors, sliced per step's rows and per micro-batch
         if use_ref and self.actors.ref is not None:  # --separate_ref_gpu
-            per_token["ref"] = self._get(self.actors.ref.score.remote(batch.prompts,
-                                                                      batch.responses),
-                                         "scoring on the reference actor")  # [B, T]
-        advantages, critic_calls = batch.advantages, []
-        self.untouched = False
+            per_token["ref"] = self._get(self.actors.ref.score.remote(
+                batch.prompts, batch.responses, batch.temperature), "scoring on the reference actor")
         if self.actors.critics:  # gae: per-token advantages from the critic replace the batch's
-            per_token["advantages"], critic_calls = self._train_critic(batch, steps, n_tokens)
-            advantages = None
-        plan = shard(batch.prompts, batch.responses, len(self.trainers),
-                     self.cfg.micro_batch_size)
+            per_token["advantages"], per_token["returns"], per_token["old_values"] = gae_targets(
+                batch, self.critic_values, self.cfg.gamma, self.cfg.lambd)
+        stepwise = len(groups) > 1 or (steps > 1 and (lrs is not None or stop is not None))
+        if stepwise:  # each step is its own call: fix every row's old log-probs before the first
+            per_token["old"] = self.logprobs_on_actor(batch.prompts, batch.responses,
+                                                      batch.temperature)
+        self.untouched = False
         self._on_rollouts("sleep")
-        calls = [t.train.remote(micro_batches(p, batch.prompts, batch.responses,
-                                              advantages, per_token),
-                                loss_fn, loss_kwargs, steps, n_tokens, use_ref)
-                 for t, p in zip(self.trainers, plan)]
-        per_rank = self._get(calls + critic_calls, "training on the actor ranks"
-                             + (" and the critic ranks" if critic_calls else ""))
+        history = []
+        for i, rows in enumerate(schedule if stepwise else groups):
+            if lrs is not None:
+                self.set_lr(lrs[i])
+            history += self._train_rows(batch, rows, per_token, loss_fn, loss_kwargs,
+                                        1 if stepwise else steps, use_ref)
+            if stop is not None and stop(history[-1]):
+                break
         self.weights.changed()
         self._on_rollouts("wake_up")
         self.weights.sync(self.timeout)
-        history = merge_steps(per_rank[:len(calls)], n_tokens)
-        for merged, critic in zip(history, merge_steps(per_rank[len(calls):], n_tokens)):
+        return history
+
+    def _train_rows(self, batch: TrainBatch, rows: list[int], per_token: dict, loss_fn,
+                    loss_kwargs: dict, steps: int, use_ref: bool) -> list[dict]:
+        """`steps` optimiser steps on the batch's `rows`: the actor ranks, and with a critic its
+        ranks towards the returns at the same time; per step, the merged stats."""
+        prompts = [batch.prompts[i] for i in rows]
+        responses = [batch.responses[i] for i in rows]
+        sub = {k: v[rows] for k, v in per_token.items()}
+        n_tokens = float(max(1, sum(len(r) for r in responses)))
+        advantages = None if "advantages" in sub else [batch.advantages[i] for i in rows]
+        for_actor = {k: sub[k] for k in ("ref", "advantages", "old") if k in sub}
+        plan = shard(prompts, responses, len(self.trainers), self.cfg.micro_batch_size)
+        calls = [t.train.remote(micro_batches(p, prompts, responses, advantages, for_actor),
+                                loss_fn, loss_kwargs, steps, n_tokens, use_ref, batch.temperature)
+                 for t, p in zip(self.trainers, plan)]
+        critics = self.actors.critics
+        if critics:
+            targets = {"returns": sub["returns"], "old_values": sub["old_values"]}
+            cplan = shard(prompts, responses, len(critics), self.cfg.micro_batch_size)
+            calls += [c.train.remote(micro_batches(p, prompts, responses, per_token=targets),
+                                     steps, n_tokens, self.cfg.value_clip)
+                      for c, p in zip(critics, cplan)]
+        n_actor = len(self.trainers)
+        per_rank = self._get(calls, "training on the actor ranks"
+                             + (" and the critic ranks" if critics else ""))
+        history = merge_steps(per_rank[:n_actor], n_tokens)
+        for merged, critic in zip(history, merge_steps(per_rank[n_actor:], n_tokens)):
             critic["critic_grad_norm"] = critic.pop("grad_norm")
             merged.update(critic)
         return history
-
-    def _train_critic(self, batch: TrainBatch, steps: int, n_tokens: float):
-        """PPO's whitened advantages [B, T] (critic.gae_targets), and the critic's training
-        calls towards the returns, already started (so the critic trains while the actor does)."""
-        cfg, critics = self.cfg, self.actors.critics
-        advantages, returns, values = gae_targets(batch, self.critic_values, cfg.gamma, cfg.lambd)
-        plan = shard(batch.prompts, batch.responses, len(critics), cfg.micro_batch_size)
-        targets = {"returns": returns, "old_values": values}
-        calls = [c.train.remote(micro_batches(p, batch.prompts, batch.responses,
-                                              per_token=targets), steps, n_tokens, cfg.value_clip)
-                 for c, p in zip(critics, plan)]
-        return advantages, calls
 
     def set_lr(self, lr: float) -> None:
         self.untouched = False

@@ -34,8 +34,9 @@ class TrainerActor(WeightSender, ZeroRank):
         return self.ref_engine
 
     def score(self, micro_batches: list[dict], with_logsumexp: bool = False,
-              reference: bool = False) -> list:
-        """Per micro-batch: token log-probs [b, T] (and logsumexp [b, T]) as CPU tensors."""
+              reference: bool = False, temperature: float = 1.0) -> list:
+        """Per micro-batch: token log-probs [b, T] at `temperature` (and the raw logits'
+        logsumexp [b, T]) as CPU tensors."""
         import torch
 
         from sttrl.engines.sequences import response_logprobs
@@ -45,15 +46,18 @@ class TrainerActor(WeightSender, ZeroRank):
         with torch.no_grad():
             for mb in micro_batches:
                 ids, attn, pos, mask, dummy = self._batch(mb)
-                got = response_logprobs(model, ids, attn, pos, mask.shape[1], with_logsumexp)
+                got = response_logprobs(model, ids, attn, pos, mask.shape[1], with_logsumexp,
+                                        temperature)
                 got = got if with_logsumexp else (got,)
                 out.append(None if dummy else tuple(g.float().cpu() for g in got))
         return out
 
     def train(self, micro_batches: list[dict], loss_fn, loss_kwargs: dict, steps: int,
-              n_tokens: float, use_ref: bool) -> list[dict]:
+              n_tokens: float, use_ref: bool, temperature: float = 1.0) -> list[dict]:
         """`steps` optimiser steps of `loss_fn` on this rank's micro-batches (token mean over the
-        whole batch: see `ZeroRank._steps`); per step, stat sums and grad norm."""
+        whole batch: see `ZeroRank._steps`), log-probs at the rollout `temperature`; old
+        log-probs from mb["old"] when the engine fixed them, else the first step's own. Per
+        step, stat sums and grad norm."""
         import torch
 
         from sttrl.engines.sequences import response_logprobs
@@ -66,11 +70,15 @@ class TrainerActor(WeightSender, ZeroRank):
                 ref = [None if r is None else r.to(self.device) for r in ref]
             else:
                 ref = [None if r is None else r[0].to(self.device)
-                       for r in self.score(micro_batches, reference=True)]
-        old = [None] * len(micro_batches)  # the first step's own log-probs: that step is on-policy
+                       for r in self.score(micro_batches, reference=True,
+                                           temperature=temperature)]
+        # the engine's fixed old log-probs (mini-batches), else the first step's own (on-policy)
+        old = [None if mb.get("old") is None else mb["old"].to(self.device)
+               for mb in micro_batches]
 
         def loss(j, mb, ids, attn, pos, mask):
-            new = response_logprobs(self.engine, ids, attn, pos, mask.shape[1])  # [b, T]
+            new = response_logprobs(self.engine, ids, attn, pos, mask.shape[1],
+                                    temperature=temperature)  # [b, T]
             if old[j] is None:
                 old[j] = new.detach()
             mb_ref = None
@@ -97,8 +105,9 @@ class ReferenceActor:
     def setup(self) -> float:
         return 0.0  # the model is loaded on first use: reset-mode runs never need it
 
-    def score(self, prompts: list[list[int]], responses: list[list[int]]):
-        """Token log-probs [B, T] (CPU) under the initial weights."""
+    def score(self, prompts: list[list[int]], responses: list[list[int]],
+              temperature: float = 1.0):
+        """Token log-probs [B, T] (CPU) under the initial weights at `temperature`."""
         import torch
 
         from sttrl.engines.models import load_model
@@ -117,6 +126,7 @@ class ReferenceActor:
                 ids, attn, pos, mask = pad_batch(prompts[i:i + s.micro_batch_size],
                                                  responses[i:i + s.micro_batch_size],
                                                  s.pad_id, device)
-                lp = response_logprobs(self.model, ids, attn, pos, mask.shape[1])
+                lp = response_logprobs(self.model, ids, attn, pos, mask.shape[1],
+                                       temperature=temperature)
                 out.append(torch.nn.functional.pad(lp.float().cpu(), (0, T - mask.shape[1])))
         return torch.cat(out)
