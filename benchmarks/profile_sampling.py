@@ -49,7 +49,8 @@ def main() -> None:
 
     from sttrl.data import format_prompt, make_arith, model_family
     from sttrl.config import Config, resolve
-    from sttrl.engines.local import LocalEngine, sample_next
+    from sttrl.engines.local import LocalEngine
+    from sttrl.engines.sampling import sample_next
     from sttrl.engines.models import resolve_model
 
     machine = machine_info()

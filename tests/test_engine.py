@@ -208,7 +208,7 @@ def test_sampling_follows_the_tempered_nucleus_distribution(monkeypatch):
     """20,000 draws from one row of logits: frequencies match softmax(logits / T), restricted
     to the nucleus and renormalised under top-p, also when the nucleus is wider than the
     candidates looked at first (the full-sort fallback)."""
-    import sttrl.engines.local as local
+    import sttrl.engines.sampling as local
 
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
     n = 20_000

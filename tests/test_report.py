@@ -280,3 +280,23 @@ def test_a_gain_inside_the_noise_is_marked_and_the_csv_has_its_interval(tmp_path
     row = next(r for r in read_csv(tmp_path / "out" / "table.csv") if r["row"] == "STTRL (reset)")
     assert float(row["gain_ci95_lo"]) < 0 < float(row["gain_ci95_hi"])
 
+
+
+def test_control_rows_and_the_vote_against_oracle_and_random(tmp_path):
+    vote = make_run(tmp_path, "vote", before=0.4, after=0.5)
+    oracle = make_run(tmp_path, "oracle", before=0.4, after=0.6)
+    rand = make_run(tmp_path, "random", before=0.4, after=0.45)
+    for name, reward in (("oracle", "oracle"), ("random", "random")):
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        summary["config"]["reward"] = reward
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    assert load_run(oracle).row == "STTRL (oracle reward)"
+    assert load_run(rand).row == "STTRL (random reward)"
+    assert main([vote, oracle, rand, "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    md = (tmp_path / "out" / "table.md").read_text()
+    rows = table_rows(md)
+    assert rows["STTRL (oracle reward)"][0].startswith("0.600 (+0.200")
+    assert rows["STTRL (random reward)"][0].startswith("0.450 (+0.050")
+    assert "ARITH-TTT: the vote recovers 50% of the oracle's gain (+0.100 of +0.200)." in md
+    assert "ARITH-TTT: the vote's margin over random rewards: +0.050 [+0.050, +0.050] over 4 " \
+           "paired questions." in md

@@ -24,6 +24,8 @@ class Method:
     """Default learning rate with --continuous (learning carries over, so it may be smaller)."""
     steps: int
     """Default optimiser steps per question."""
+    name: str
+    """The method's name in the report ("STTRL (oracle reward)" and the like)."""
     row: str
     """The report's row for a reset-mode run."""
     continuous_row: str
@@ -31,12 +33,12 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "ttrl": Method(ttrl.adapt, lr=1e-5, continuous_lr=1e-5, steps=3,
+    "ttrl": Method(ttrl.adapt, lr=1e-5, continuous_lr=1e-5, steps=3, name="STTRL",
                    row="STTRL (reset)", continuous_row="STTRL (continuous)"),
-    "ttft": Method(ttft.adapt, lr=1e-4, continuous_lr=5e-5, steps=3,
+    "ttft": Method(ttft.adapt, lr=1e-4, continuous_lr=5e-5, steps=3, name="ttft",
                    row="ttft", continuous_row="ttft (continuous)"),
-    "slot": Method(slot.adapt, lr=0.1, continuous_lr=0.1, steps=5,
+    "slot": Method(slot.adapt, lr=0.1, continuous_lr=0.1, steps=5, name="slot",
                    row="slot", continuous_row="slot (continuous)"),
-    "memo": Method(memo.adapt, lr=1e-5, continuous_lr=1e-5, steps=3,
+    "memo": Method(memo.adapt, lr=1e-5, continuous_lr=1e-5, steps=3, name="memo",
                    row="memo", continuous_row="memo (continuous)"),
 }

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sttrl.errors import UserError
 from sttrl.reporting.runs import BASE, MARKERS, ROWS, Run, load_run, read_results
-from sttrl.reporting.stats import excludes_zero
+from sttrl.reporting.stats import excludes_zero, paired_bootstrap_ci
 
 __all__ = ["build_table", "load_run", "main"]
 
@@ -131,9 +131,46 @@ def to_markdown(table: Table, title: str) -> str:
            line(["---"] * (len(table.datasets) + 1))]
     for row in [BASE] + table.rows:
         out.append(line([row] + [cell_text(table, row, d) for d in table.datasets]))
+    controls = control_lines(table)
+    if controls:
+        out += ["", "Controls (STTRL, reset mode):", ""] + [f"- {c}" for c in controls]
     if table.notes:
         out += ["", "Notes:", ""] + [f"{i}. {note}" for i, note in enumerate(table.notes, 1)]
     return "\n".join(out) + "\n"
+
+
+def control_lines(table: Table) -> list[str]:
+    """Per data set: the share of the oracle's gain the vote recovers, and the vote's margin
+    over random rewards (a paired interval over the questions both runs finished)."""
+    lines = []
+    for d in table.datasets:
+        vote = table.cells.get(("STTRL (reset)", d))
+        oracle = table.cells.get(("STTRL (oracle reward)", d))
+        rand = table.cells.get(("STTRL (random reward)", d))
+        if vote is None or vote.gain is None:
+            continue
+        if oracle is not None and oracle.gain is not None:
+            share = (f"{100 * vote.gain / oracle.gain:.0f}% of the oracle's gain"
+                     if oracle.gain > 0 else "nothing: the oracle itself does not gain")
+            lines.append(f"{d}: the vote recovers {share} ({fmt_gain(vote.gain)} of "
+                         f"{fmt_gain(oracle.gain)}).")
+        if rand is not None and rand.after is not None:
+            lines.append(f"{d}: the vote's margin over random rewards: {margin_text(vote, rand)}.")
+    return lines
+
+
+def margin_text(vote: Run, rand: Run) -> str:
+    """pass@1 after, vote minus random, paired per question when both have results.jsonl."""
+    paths = [Path(r.dir) / "results.jsonl" for r in (vote, rand)]
+    if all(p.is_file() for p in paths):
+        a, b = ({str(r["id"]): r["pass@1_after"] for r in read_results(p)} for p in paths)
+        ids = sorted(set(a) & set(b))
+        if ids:
+            lo, hi = paired_bootstrap_ci([b[i] for i in ids], [a[i] for i in ids])
+            diff = sum(a[i] - b[i] for i in ids) / len(ids)
+            return (f"{fmt_gain(diff)} [{fmt_gain(lo)}, {fmt_gain(hi)}]"
+                    f"{'' if excludes_zero((lo, hi)) else '°'} over {len(ids)} paired questions")
+    return f"{fmt_gain(vote.after - rand.after)} (no per-question records: no interval)"
 
 
 def csv_number(value: float | None) -> str:

@@ -12,9 +12,20 @@ from sttrl.files import read_jsonl
 from sttrl.reporting.stats import paired_bootstrap_ci
 
 BASE = "base model"
+CONTROLS = ("oracle", "random")  # --reward values other than the label-free vote
+
+
+def control_row(name: str, reward: str, continuous: bool = False) -> str:
+    """The row of a run trained on oracle or random rewards: never mistaken for a label-free one."""
+    return f"{name} ({reward} reward{', continuous' if continuous else ''})"
+
+
 # Order of the rows under "base model": original dataset-level TTRL, then each registered
-# method (STTRL first), reset and continuous.
-ROWS = ("TTRL",) + tuple(row for m in METHODS.values() for row in (m.row, m.continuous_row))
+# method (STTRL first), reset and continuous; the controls after each.
+ROWS = (("TTRL",) + tuple(control_row("TTRL", r) for r in CONTROLS)
+        + tuple(row for m in METHODS.values()
+                for row in (m.row, m.continuous_row,
+                            *(control_row(m.name, r, c) for c in (False, True) for r in CONTROLS))))
 MARKERS = "os^DvP*Xh"  # filled shapes, one per row in turn; drawn hollow so overlaps stay visible
 
 
@@ -92,16 +103,21 @@ def row_name(summary: dict, where: Path) -> str:
     config = summary["config"]
     # runs from before the mode option have none: they are per question
     mode = config.get("mode") or summary.get("mode") or "question"
+    reward = config.get("reward", "vote")  # runs from before --reward trained on the vote
+    if reward != "vote" and reward not in CONTROLS:
+        raise UserError(f"{where}: config reward must be vote, oracle or random, got {reward!r}")
     if mode == "dataset":
-        return "TTRL"
+        return "TTRL" if reward == "vote" else control_row("TTRL", reward)
     if mode != "question":
         raise UserError(f"{where}: config mode must be question or dataset, got {mode!r}")
     method = config.get("adaptation_method")
     if method not in METHODS:
         raise UserError(f"{where}: config adaptation_method must be one of {', '.join(METHODS)}, "
                         f"got {method!r}")
-    entry = METHODS[method]
-    return entry.continuous_row if config.get("continuous", False) else entry.row
+    entry, continuous = METHODS[method], config.get("continuous", False)
+    if reward != "vote":
+        return control_row(entry.name, reward, continuous)
+    return entry.continuous_row if continuous else entry.row
 
 
 def load_run(run_dir: str) -> Run:
@@ -129,4 +145,4 @@ def load_run(run_dir: str) -> Run:
                gain_ci=gain_interval(path, summary),
                before=summary.get("pass@1_before"), after=summary.get("pass@1_after"),
                questions=questions if type(questions) is int else None,
-               per_question=row != "TTRL")
+               per_question=not row.startswith("TTRL"))
