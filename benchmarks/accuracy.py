@@ -11,8 +11,8 @@ engine's sampling depends only on those arguments.
         --out runs/accuracy/gain --point default= --point lr3e-6="--lr 3e-6"
 
 `--point NAME=FLAGS`: FLAGS are `main.py` flags added to the shared ones (`--common`). The table
-(`--out/table.md`, `table.csv`) is rebuilt from every point folder present, so a later call
-with new points appends rows. Columns: pass@1 before and after, the paired gain with its 95%
+(`--out/table.md`, `table.csv`) is rebuilt from every point folder present, over the questions
+every point finished (so the rows are paired), and a later call with new points appends rows. Columns: pass@1 before and after, the paired gain with its 95%
 bootstrap interval over questions, maj@N, label accuracy, questions up / down / same, the gain
 on questions whose vote was right and on those whose vote was wrong, seconds per question
 (train and after-evaluation only: the cached phases cost nothing after the first point).
@@ -113,14 +113,14 @@ def run_points(args) -> None:
         print(f"[{name}] cached samples used {engine.hits}, drawn {engine.misses}", flush=True)
 
 
-def point_row(name: str, folder: Path) -> dict | None:
+def point_row(name: str, folder: Path, ids: set | None = None) -> dict | None:
     from sttrl.files import read_jsonl
     from sttrl.reporting.stats import paired_bootstrap_ci
 
     path = folder / "results.jsonl"
     if not path.exists():
         return None
-    recs = read_jsonl(path)
+    recs = [r for r in read_jsonl(path) if ids is None or str(r["id"]) in ids]
     if not recs:
         return None
     n = len(recs)
@@ -151,8 +151,13 @@ def point_row(name: str, folder: Path) -> dict | None:
 
 
 def write_table(out: Path) -> str:
-    rows = [row for folder in sorted((out / "points").glob("*"))
-            if (row := point_row(folder.name, folder)) is not None]
+    from sttrl.files import read_jsonl
+
+    folders = [f for f in sorted((out / "points").glob("*")) if (f / "results.jsonl").exists()]
+    # every row over the questions all points finished, so the rows are paired
+    ids = set.intersection(*[{str(r["id"]) for r in read_jsonl(f / "results.jsonl")}
+                             for f in folders]) if folders else set()
+    rows = [row for folder in folders if (row := point_row(folder.name, folder, ids)) is not None]
     if not rows:
         return "no finished points yet\n"
     with open(out / "table.csv", "w", newline="") as f:
