@@ -155,6 +155,10 @@ class Config:
     """Join this Ray cluster (engine=ray); default starts Ray on this machine."""
     progress: bool = True
     """Show a progress bar."""
+    allow_missing_checkpoint: bool = False
+    """Resume a --continuous run whose checkpoint.pt is gone or unreadable, from the initial weights."""
+    allow_data_change: bool = False
+    """Resume in an output_dir whose saved data hash differs (the questions file was edited)."""
 
 
 def field_help() -> dict[str, str]:
@@ -172,7 +176,12 @@ def field_help() -> dict[str, str]:
 # Fields that do not change what a run computes: resuming may change them freely.
 NON_RESULT_FIELDS = {"num_questions", "output_dir", "generation_threads", "allow_config_change", "wandb",
                      "tensorboard", "progress", "ray_address", "device", "data_dir",
-                     "colocate", "sync_timeout", "ray_num_cpus", "weight_sync"}
+                     "colocate", "sync_timeout", "ray_num_cpus", "weight_sync",
+                     "allow_missing_checkpoint", "allow_data_change"}
+
+# The most samples one call may draw: far above any published setting (TTRL uses 64), and
+# low enough that a typo (--n_votes 1000000) is one line, not an allocation of tens of GB.
+MAX_SAMPLES = 4096
 
 
 def load_yaml(path: str) -> dict:
@@ -234,8 +243,11 @@ def validate(cfg: Config) -> Config:
            f"--device must be one of {DEVICES_HELP}, got {dev!r}")
     _check(0 <= cfg.generation_threads <= 1024,
            f"--generation_threads must be an integer from 0 to 1024, got {cfg.generation_threads}")
-    for name in ("num_questions", "n_votes", "n_train", "n_eval", "max_new_tokens",
-                 "micro_batch_size"):
+    for name in ("n_votes", "n_train", "n_eval"):
+        v = getattr(cfg, name)
+        _check(v is None or 1 <= v <= MAX_SAMPLES,
+               f"--{name} must be an integer from 1 to {MAX_SAMPLES}, got {v}")
+    for name in ("num_questions", "max_new_tokens", "micro_batch_size"):
         v = getattr(cfg, name)
         _check(v is None or 1 <= v <= 1_000_000, f"--{name} must be an integer from 1 to 1000000, got {v}")
     _check(cfg.steps_per_question is None or 0 <= cfg.steps_per_question <= 10_000,
@@ -297,6 +309,18 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def canonical_names(cfg: Config) -> Config:
+    """One spelling per thing, so a resumed run compares equal to the one that started:
+    registry names in their registry case, aliases of the embedded model as its name."""
+    from sttrl.data.datasets import canonical_dataset
+    from sttrl.engines.models import canonical_model
+
+    if cfg.data_path is None:
+        cfg.dataset = canonical_dataset(cfg.dataset)
+    cfg.model = canonical_model(cfg.model)
+    return cfg
+
+
 DATASET_LR = 5e-7  # the TTRL paper's peak learning rate for dataset-level training
 DATASET_WEIGHT_DECAY = 0.01  # TTRL's verl recipe
 
@@ -304,6 +328,7 @@ DATASET_WEIGHT_DECAY = 0.01  # TTRL's verl recipe
 def resolve(cfg: Config, on_gpu: bool) -> Config:
     """Fill device-dependent defaults; returns a new, fully specified config."""
     cfg = dataclasses.replace(cfg)
+    canonical_names(cfg)
     big = on_gpu
     if cfg.n_votes is None:
         cfg.n_votes = 64 if big else 16

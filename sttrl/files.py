@@ -6,6 +6,7 @@ half-written .json or checkpoint; every writer in STTRL goes through here.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +23,9 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        # mkstemp makes 0600; give the file the mode open() would (0666 less the umask), so
+        # config.json and summary.json read like results.jsonl
+        os.chmod(tmp, 0o666 & ~current_umask())
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -32,10 +36,44 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def finite(value):
+    """`value` with every NaN or infinite float replaced by None, at any depth: strict JSON has
+    no NaN, so a diverged loss is written as null (and flagged by the writer of the record)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def has_non_finite(value) -> bool:
+    """Whether any float in `value`, at any depth, is NaN or infinite."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(has_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(has_non_finite(v) for v in value)
+    return False
+
+
+def dumps(data, **kwargs) -> str:
+    """json.dumps that writes strict JSON: non-finite floats become null."""
+    return json.dumps(finite(data), sort_keys=True, allow_nan=False, **kwargs)
+
+
 def write_json_atomic(path: Path, data) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+            f.write(dumps(data, indent=2))
     write_atomic(path, write)
 
 
@@ -44,7 +82,7 @@ def append_jsonl(path: Path, record: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.write(dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -53,16 +91,22 @@ def rewrite_jsonl(path: Path, records: list[dict]) -> None:
     """Replace a .jsonl file with these records, atomically."""
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+            f.write("".join(dumps(r) + "\n" for r in records))
     write_atomic(path, write)
 
 
-def read_jsonl(path: Path, truncate_torn: bool = False) -> list:
+def read_jsonl(path: Path, truncate_torn: bool = False, numbered: bool = False) -> list:
     """Every complete line of a .jsonl file, parsed. A last line without its newline (a run
     killed mid-write) is left out (and, with truncate_torn, cut from the file so that a resumed
-    run appends after the last complete line); any other bad line is a one-line error naming it."""
+    run appends after the last complete line); any other bad line is a one-line error naming it.
+    With `numbered`, each item is (line number, record)."""
     path = Path(path)
-    raw = path.read_bytes()
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a file of results lines; move it away")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
     records, keep = [], 0
     for number, line in enumerate(raw.splitlines(keepends=True), start=1):
         if not line.endswith(b"\n"):
@@ -75,7 +119,8 @@ def read_jsonl(path: Path, truncate_torn: bool = False) -> list:
         except UnicodeDecodeError:
             raise UserError(f"{path}: line {number} is not UTF-8 text; fix or remove it") from None
         try:
-            records.append(json.loads(text))
+            record = json.loads(text)
+            records.append((number, record) if numbered else record)
         except json.JSONDecodeError as err:
             raise UserError(f"{path}: invalid JSON at line {number}, column {err.colno} "
                             f"({err.msg}); fix or remove that line") from None

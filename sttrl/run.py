@@ -1,17 +1,29 @@
-"""One run, top to bottom: resolve the config, guard the output folder, load the questions,
-build the engine, hand over to the mode."""
+"""One run, top to bottom: resolve the config, take the output folder (a lock, so one run at a
+time), guard it against a different experiment, load the questions, build the engine, check the
+prompts fit it, hand over to the mode."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import hashlib
 import json
+import os
 from pathlib import Path
 
 from sttrl.config import NON_RESULT_FIELDS, Config, resolve
-from sttrl.data import load_dataset
+from sttrl.data import encode_prompt, format_prompt, load_dataset
 from sttrl.errors import UserError
 from sttrl.files import write_json_atomic
 
 ARITH_DEFAULT_QUESTIONS = 5
+LOCK_NAME = "run.lock"
+# Files written through files.write_atomic; a kill mid-write leaves `<name>.XXXX.tmp` beside
+# them (for checkpoint.pt as large as the model and its optimiser), removed on the next start.
+ATOMIC_FILES = ("checkpoint.pt", "config.json", "summary.json", "results.jsonl", "evals.jsonl",
+                "steps.jsonl")
+# No tokenizer makes fewer than one token per this many characters of real text, so a prompt
+# longer than this times the context is refused before it is tokenised.
+MAX_CHARS_PER_TOKEN = 32
 
 
 def on_gpu(cfg: Config) -> bool:
@@ -21,6 +33,258 @@ def on_gpu(cfg: Config) -> bool:
     import torch
     return torch.cuda.is_available()
 
+
+def check_device(cfg: Config) -> None:
+    """--device cuda[:N] needs that GPU (the local engine; Ray places its own workers)."""
+    if cfg.engine != "local" or not cfg.device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "this torch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+        raise UserError(f"--device {cfg.device}: CUDA is not available ({why}); "
+                        "use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if ":" in cfg.device and int(cfg.device.split(":")[1]) >= count:
+        raise UserError(f"--device {cfg.device}: only {count} GPU(s) are visible "
+                        f"(cuda:0 to cuda:{count - 1})")
+
+
+# ---- the output folder -----------------------------------------------------------------------
+
+def prepare_output_dir(out: Path) -> None:
+    """Create the folder, or say in one line why it cannot be used."""
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                where = "is" if folder == out else f"is under {folder}, which is"
+                raise UserError(f"--output_dir {out} {where} a file, not a folder; "
+                                "pick another --output_dir")
+            break
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create --output_dir {out}: {err.strerror or err}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"--output_dir {out} is not writable by this user; "
+                        "pick another --output_dir or fix its permissions")
+
+
+def lock_output_dir(out: Path) -> int:
+    """Take the folder's lock for the life of this process; returns its file descriptor.
+
+    flock locks belong to the open file, so the OS drops the lock when the process dies, even by
+    SIGKILL: a lock file never goes stale. The file holds the holder's pid, for the message."""
+    path = out / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise UserError(f"cannot create the lock file {path}: {err.strerror or err}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"{out} is in use by another run (pid {holder}); wait for it to finish, "
+                        "or use another --output_dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def unlock_output_dir(fd: int) -> None:
+    os.close(fd)  # closing the only descriptor releases the flock
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Temporary files of atomic writes a kill interrupted (only ever ours: we hold the lock)."""
+    for name in ATOMIC_FILES:
+        for tmp in out.glob(f"{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+# ---- the saved config ------------------------------------------------------------------------
+
+def read_saved_config(path: Path) -> dict | None:
+    if not (path.exists() or path.is_symlink()):
+        return None
+    fix = "fix it, or delete it to let this run's config replace it"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: "
+                        f"{err.msg}); {fix}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; {fix}") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} is not a JSON object of options; {fix}")
+    return saved
+
+
+def canonical_saved(saved: dict) -> dict:
+    """A config saved before names were canonicalised, spelt as they are now."""
+    from sttrl.data.datasets import canonical_dataset
+    from sttrl.engines.models import canonical_model
+
+    saved = dict(saved)
+    if saved.get("data_path") is None and isinstance(saved.get("dataset"), str):
+        try:
+            saved["dataset"] = canonical_dataset(saved["dataset"])
+        except UserError:
+            pass  # an unknown name stays as it was and compares as different
+    if isinstance(saved.get("model"), str):
+        saved["model"] = canonical_model(saved["model"])
+    return saved
+
+
+def check_saved_config(out: Path, config: dict, allow_change: bool, digest: str | None = None,
+                       allow_data_change: bool = False) -> None:
+    """Refuse to mix two different experiments' results in one folder. Only compares: the
+    config is saved by `save_config` once the engine has started, so a run that fails to start
+    (a wrong --model) leaves nothing that refuses the corrected command."""
+    path = out / "config.json"
+    saved = read_saved_config(path)
+    if saved is None:
+        return
+    saved_digest = saved.pop("data_sha256", None)
+    # an option added since the run started counts as unchanged if it has its default
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    saved = canonical_saved({**{k: v for k, v in defaults.items() if k not in saved}, **saved})
+    diff = sorted(k for k in set(saved) | set(config)
+                  if k not in NON_RESULT_FIELDS and saved.get(k) != config.get(k))
+    if diff and not allow_change:
+        raise UserError(f"{out} holds a run with a different config ({', '.join(diff)}); "
+                        "use another --output_dir or pass --allow_config_change")
+    if saved_digest and digest and saved_digest != digest and not allow_data_change:
+        source = config.get("data_path") or config.get("dataset")
+        raise UserError(f"{out} holds a run on different questions: {source} has changed since "
+                        "that run started (its sha256 differs); use another --output_dir, or "
+                        "pass --allow_data_change to resume on the edited data")
+
+
+def save_config(out: Path, config: dict, digest: str | None) -> None:
+    write_json_atomic(out / "config.json",
+                      {**config, **({"data_sha256": digest} if digest else {})})
+
+
+# ---- questions -------------------------------------------------------------------------------
+
+def load_all_examples(cfg: Config):
+    """Every example of the set, and how many of them the run uses (None: all)."""
+    arith = cfg.data_path is None and cfg.dataset.upper().startswith("ARITH-TTT")
+    n = cfg.num_questions or (ARITH_DEFAULT_QUESTIONS if arith else None)
+    examples = load_dataset(name=None if cfg.data_path else cfg.dataset,
+                            data_path=cfg.data_path, data_dir=cfg.data_dir,
+                            arith_n=n or 100, seed=cfg.seed)
+    return examples, n
+
+
+def load_examples(cfg: Config):
+    examples, n = load_all_examples(cfg)
+    return examples[:n] if n else examples
+
+
+def data_digest(cfg: Config, examples) -> str | None:
+    """sha256 of the whole set's ids, prompts, sources, tasks and answers (not of the cut that
+    --num_questions takes, which may change). None for ARITH-TTT: the config determines it."""
+    if cfg.data_path is None and cfg.dataset.upper().startswith("ARITH-TTT"):
+        return None
+    h = hashlib.sha256()
+    for ex in examples:
+        q = ex.question
+        for part in (q.id, q.prompt, q.source, q.task, ex.answer):
+            h.update(part.encode("utf-8"))
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+def check_prompts(engine, examples, cfg: Config) -> int:
+    """Every prompt fits the model's context with room for max_new_tokens; returns the longest
+    prompt's tokens. The character bound comes first, so a huge prompt is never tokenised."""
+    context = getattr(engine, "max_context", None)
+    longest = 0
+    for ex in examples:
+        q = ex.question
+        prompt = format_prompt(q, engine.tokenizer, cfg.prompt_family)
+        if context and len(prompt) > MAX_CHARS_PER_TOKEN * context:
+            raise UserError(f"question {q.id!r}: the prompt is {len(prompt):,} characters, far "
+                            f"beyond the model's context of {context} tokens")
+        tokens = len(encode_prompt(prompt, engine.tokenizer))
+        if context and tokens + cfg.max_new_tokens > context:
+            raise UserError(f"question {q.id!r}: the prompt is {tokens} tokens, and with "
+                            f"--max_new_tokens {cfg.max_new_tokens} that passes the model's "
+                            f"context of {context} tokens; lower --max_new_tokens or leave the "
+                            "question out")
+        longest = max(longest, tokens)
+    return longest
+
+
+def available_memory(device: str) -> int | None:
+    """Free bytes where the local engine samples: the GPU's free memory, else MemAvailable."""
+    if device.startswith("cuda"):
+        import torch
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def sampling_bytes(engine, cfg: Config, prompt_tokens: int) -> int | None:
+    """A lower estimate of what the local engine's largest sampling call holds at once: the KV
+    cache of n samples at full length, and a few [n, vocab] float32 tensors per step."""
+    model = getattr(engine, "model", None)
+    conf = getattr(model, "config", None)
+    if cfg.engine != "local" or conf is None:
+        return None
+    try:
+        import torch
+
+        layers = conf.num_hidden_layers
+        heads = getattr(conf, "num_key_value_heads", None) or conf.num_attention_heads
+        head_dim = getattr(conf, "head_dim", None) or conf.hidden_size // conf.num_attention_heads
+        width = torch.finfo(engine.dtype).bits // 8
+        n = max(cfg.n_votes, cfg.n_eval)
+        kv = n * (prompt_tokens + cfg.max_new_tokens) * layers * 2 * heads * head_dim * width
+        return kv + 4 * n * conf.vocab_size * 4
+    except (AttributeError, TypeError):
+        return None
+
+
+def check_sample_memory(engine, cfg: Config, prompt_tokens: int) -> None:
+    need = sampling_bytes(engine, cfg, prompt_tokens)
+    free = available_memory(getattr(engine, "device", "cpu")) if need else None
+    if need and free is not None and need > free:
+        n = max(cfg.n_votes, cfg.n_eval)
+        raise UserError(f"sampling {n} answers of up to {cfg.max_new_tokens} tokens needs about "
+                        f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on "
+                        f"{engine.device}; lower --n_votes / --n_eval or --max_new_tokens")
+
+
+def check_dataset_checkpoint(path: Path) -> None:
+    """A dataset-mode checkpoint that cannot be read is one line, before the engine loads
+    (memory-mapped: the tensors are not read)."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    import torch
+
+    try:
+        state = torch.load(path, weights_only=False, map_location="cpu", mmap=True)
+        if not isinstance(state, dict) or not {"engine", "step", "evals"} <= set(state):
+            raise ValueError("not an STTRL dataset-mode checkpoint")
+    except Exception as err:  # RuntimeError (bad zip), pickle errors, EOFError, OSError...
+        text = str(err).strip().splitlines()
+        raise UserError(f"{path} cannot be read ({text[0] if text else type(err).__name__}); "
+                        "delete it, steps.jsonl and evals.jsonl to start over") from None
+
+
+# ---- the run ---------------------------------------------------------------------------------
 
 def build_engine(cfg: Config):
     """The engine `cfg.engine` names, on the model `cfg.model` resolves to."""
@@ -33,43 +297,48 @@ def build_engine(cfg: Config):
     return engine_class(cfg, resolve_model(cfg.model))
 
 
-def check_saved_config(out: Path, config: dict, allow_change: bool) -> None:
-    """Refuse to mix two different experiments' results in one folder."""
-    path = out / "config.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        # an option added since the run started counts as unchanged if it has its default
-        defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-        diff = sorted(k for k in set(saved) | set(config)
-                      if k not in NON_RESULT_FIELDS and saved.get(k) != config.get(k))
-        if diff and not allow_change:
-            raise UserError(f"{out} holds a run with a different config ({', '.join(diff)}); "
-                            "use another --output_dir or pass --allow_config_change")
-    write_json_atomic(path, config)
-
-
-def load_examples(cfg: Config):
-    arith = cfg.data_path is None and cfg.dataset.upper().startswith("ARITH-TTT")
-    n = cfg.num_questions or (ARITH_DEFAULT_QUESTIONS if arith else None)
-    examples = load_dataset(name=None if cfg.data_path else cfg.dataset,
-                            data_path=cfg.data_path, data_dir=cfg.data_dir,
-                            arith_n=n or 100, seed=cfg.seed)
-    return examples[:n] if n else examples
-
-
 def run(cfg: Config) -> dict:
     """Run (or resume) a whole experiment; returns the summary that is also written to disk."""
     cfg = resolve(cfg, on_gpu(cfg))
-    examples = load_examples(cfg)
+    check_device(cfg)
     out = Path(cfg.output_dir)
-    check_saved_config(out, dataclasses.asdict(cfg), cfg.allow_config_change)
+    prepare_output_dir(out)
+    lock = lock_output_dir(out)
+    try:
+        remove_stale_temps(out)
+        return run_locked(cfg, out)
+    finally:
+        unlock_output_dir(lock)
+
+
+def run_locked(cfg: Config, out: Path) -> dict:
+    everything, n = load_all_examples(cfg)
+    examples = everything[:n] if n else everything
+    digest = data_digest(cfg, everything)
+    config = dataclasses.asdict(cfg)
+    check_saved_config(out, config, cfg.allow_config_change, digest, cfg.allow_data_change)
+
+    def start():
+        """The engine, once it has loaded and every prompt fits it; only then is the config
+        saved, so a failed start leaves the folder as it was."""
+        engine = build_engine(cfg)
+        try:
+            check_sample_memory(engine, cfg, check_prompts(engine, examples, cfg))
+            save_config(out, config, digest)
+        except BaseException:
+            engine.close()
+            raise
+        return engine
+
     if cfg.mode == "dataset":
         from sttrl.modes.dataset import run_dataset
-        engine = build_engine(cfg)
+        check_dataset_checkpoint(out / "checkpoint.pt")
+        engine = start()
         try:
             return run_dataset(cfg, examples, engine)
         finally:
             engine.close()
     from sttrl.modes.question import run_questions
-    return run_questions(cfg, examples, lambda: build_engine(cfg))
+    summary = run_questions(cfg, examples, start)
+    save_config(out, config, digest)  # again: with nothing left to run, no engine saved it
+    return summary

@@ -18,6 +18,9 @@ DATASETS = ("AIME-TTT", "AMC-TTT", "MATH-TTT", "GSM8K-TTT", "GPQA-TTT")
 ARITH_DATASETS = {"ARITH-TTT": 1, "ARITH-TTT-L2": 2, "ARITH-TTT-L3": 3}  # name -> level
 TASKS = ("math", "gpqa")
 MAX_FILE_BYTES = 512 * 1024 * 1024  # the largest real set is well under 1 MB
+# A bound checked before any tokenising: the longest real prompt (GPQA) is ~3,000 characters,
+# and 1M characters is past any model's context. run.py checks tokens against the model's.
+MAX_PROMPT_CHARS = 1_000_000
 DEFAULT_DATA_DIR = Path(__file__).parents[2] / "data"
 
 
@@ -116,12 +119,31 @@ def _parse_row(row, i: int, path: Path) -> Example:
     answer = _scalar_text(row["answer"], "answer", where)
     qid = _scalar_text(row["id"], "id", where)
 
+    named = f"{where} (id {qid!r})"
+    for key, value in (("prompt", prompt), ("source", source), ("answer", answer), ("id", qid)):
+        bad = _lone_surrogate(value)
+        if bad is not None:
+            raise UserError(f"{named}: {key!r} holds a lone surrogate (\\u{ord(value[bad]):04x} at "
+                            f"character {bad}), which is not text; fix that row of the file")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise UserError(f"{named}: 'prompt' is {len(prompt):,} characters; prompts may be at most "
+                        f"{MAX_PROMPT_CHARS:,}")
     task = row.get("task")
     if task is None:
         task = "gpqa" if "gpqa" in source.lower() else "math"
     elif task not in TASKS:
         raise UserError(f"{where}: 'task' must be one of {', '.join(TASKS)}, got {_describe(task)}")
     return Example(Question(id=qid, prompt=prompt, source=source, task=task), answer=answer)
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in `text` (JSON "\\ud800" escapes decode to one;
+    no tokenizer accepts it), or None."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as err:
+        return err.start
 
 
 def _scalar_text(value, key: str, where: str) -> str:
@@ -152,6 +174,11 @@ def resolve_data_dir(data_dir=None) -> Path:
 def dataset_path(name: str, data_dir=None) -> Path:
     """The file a registry name maps to: <data_dir>/<NAME>/test.json."""
     return resolve_data_dir(data_dir) / _canonical(name) / "test.json"
+
+
+def canonical_dataset(name: str) -> str:
+    """A registry name in its registry spelling ("arith-ttt" -> "ARITH-TTT")."""
+    return _canonical(name)
 
 
 def _canonical(name: str) -> str:

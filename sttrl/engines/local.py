@@ -60,6 +60,8 @@ class LocalEngine:
         self.model, self.tokenizer = load_model(model_path, self.dtype, self.device,
                                                 cfg.trust_remote_code)
         self.model.eval()  # no dropout in training either: rollouts and updates see one policy
+        # the longest prompt + response the model was built for (run.py checks prompts against it)
+        self.max_context = getattr(self.model.config, "max_position_embeddings", None)
         self.gradient_checkpointing = cfg.gradient_checkpointing
         if self.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)

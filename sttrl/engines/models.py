@@ -67,18 +67,86 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     return out
 
 
+def is_embedded(name: str | None) -> bool:
+    return name is None or name.lower() in EMBEDDED_ALIASES | {DEFAULT_MODEL.lower()}
+
+
+def canonical_model(name: str) -> str:
+    """The one spelling a --model value is stored as: any alias of the embedded model is its
+    name, a trailing slash goes; anything else is kept as given."""
+    if is_embedded(name):
+        return DEFAULT_MODEL
+    return name.rstrip("/") or name
+
+
 def resolve_model(name: str | None) -> str:
     """Turn a --model value into something `from_pretrained` accepts.
 
     None or an alias of the embedded model -> the cached safetensors conversion (made on first use).
-    Anything else (a Hugging Face id or a directory) passes through unchanged.
+    A directory passes through unchanged; a Hugging Face id is checked with the hub first
+    (`locate_hub_model`), so a wrong name or a missing network is one line, fast.
     """
-    if name is None or name.lower() in EMBEDDED_ALIASES | {DEFAULT_MODEL.lower()}:
+    if is_embedded(name):
         out = cache_dir() / "SmolLM2-135M-Instruct"
         if not (out / "config.json").exists():
             convert_gguf(find_embedded_gguf(), out)
         return str(out)
+    if os.path.isdir(os.path.expanduser(name)):
+        return name
+    return locate_hub_model(name)
+
+
+HUB_TIMEOUT = 10.0  # seconds for the one metadata request that tells whether the hub answers
+
+
+def locate_hub_model(name: str) -> str:
+    """`name` when the hub can serve it, or the cached snapshot's directory when the hub cannot
+    be reached (or HF_HUB_OFFLINE is set) but the model is in the local cache; otherwise a
+    one-line UserError. Without this, transformers retries an unreachable hub for about a minute
+    and prints a warning per retry before it gives up."""
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        raise UserError(f"cannot load model {name!r}: no such directory")
+    from huggingface_hub import constants, model_info
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        cached = cached_snapshot(name)
+        if cached is None:
+            raise UserError(f"cannot load model {name!r}: not a local directory and not in the "
+                            "Hugging Face cache, and HF_HUB_OFFLINE is set (nothing is downloaded)")
+        return cached
+    try:
+        model_info(name, timeout=HUB_TIMEOUT)
+    except HFValidationError:
+        raise UserError(f"cannot load model {name!r}: not a local directory and not a valid "
+                        "Hugging Face id (owner/name)") from None
+    except RepositoryNotFoundError:
+        cached = cached_snapshot(name)
+        if cached is not None:
+            return cached
+        raise UserError(f"cannot load model {name!r}: no such local directory, and no such model "
+                        "on the Hugging Face hub (or it is private: log in with `hf auth login`)") \
+            from None
+    except Exception as err:  # no network: httpx / requests connection errors, timeouts, OSError
+        cached = cached_snapshot(name)
+        if cached is not None:
+            return cached
+        raise UserError(f"cannot load model {name!r}: not a local directory or in the Hugging Face "
+                        f"cache, and the hub at {constants.ENDPOINT} cannot be reached "
+                        f"({first_line(err)}); check the network, or set HF_HUB_OFFLINE=1 to use "
+                        "cached models only") from None
     return name
+
+
+def cached_snapshot(name: str) -> str | None:
+    """The local directory of a model in the Hugging Face cache (with its config.json), or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(name, local_files_only=True)
+    except Exception:  # not cached, or not a valid id
+        return None
+    return folder if (Path(folder) / "config.json").exists() else None
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):

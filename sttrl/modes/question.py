@@ -15,7 +15,7 @@ from sttrl.algorithms import METHODS
 from sttrl.config import Config
 from sttrl.data import format_prompt
 from sttrl.errors import UserError
-from sttrl.files import write_atomic, write_json_atomic
+from sttrl.files import has_non_finite, write_atomic, write_json_atomic
 from sttrl.modes.common import Timer, question_seed, sample_answers
 from sttrl.reporting.results import ResultsFile, summarize
 from sttrl.rewards.metrics import label_accuracy, maj_at_n, pass_at_1, reward_accuracy
@@ -80,6 +80,9 @@ def run_question(engine, example, index: int, cfg: Config) -> dict:
     }
     if adapted.extra is not None:
         record["extra"] = adapted.extra
+    if has_non_finite(adapted.train):
+        # a NaN or infinite training statistic (written as null): the update diverged
+        record["diverged"] = True
     record["seconds"] = dict(timer.seconds)
     return record
 
@@ -92,14 +95,15 @@ def run_questions(cfg: Config, examples: list, engine_factory) -> dict:
     config = dataclasses.asdict(cfg)
     results = ResultsFile(out)
     checkpoint = out / "checkpoint.pt"
+    use_checkpoint = False
     if cfg.continuous:
-        recover_pending(results, checkpoint)
+        use_checkpoint = recover_pending(results, checkpoint, cfg.allow_missing_checkpoint)
     done = results.done_ids()
     todo = [(i, ex) for i, ex in enumerate(examples) if ex.question.id not in done]
     if todo:
         engine = engine_factory()
         try:
-            if cfg.continuous and checkpoint.exists():
+            if use_checkpoint:
                 load_checkpoint(engine, checkpoint)
             loggers = open_loggers(cfg, out)
             bar = progress(cfg, len(examples), len(done))
@@ -134,6 +138,11 @@ def run_questions(cfg: Config, examples: list, engine_factory) -> dict:
 # In continuous mode the weights are part of the result, so each question's weights are saved
 # together with its results line *before* that line is appended. A run killed between the two
 # finds the line in the checkpoint and appends it on resume: nothing lost, nothing twice.
+# Results lines without a readable checkpoint would mean continuing from the initial weights, a
+# different experiment: that is refused unless --allow_missing_checkpoint accepts it.
+
+START_OVER = "delete results.jsonl and checkpoint.pt to start over"
+
 
 def save_checkpoint(engine, path: Path, record: dict) -> None:
     import torch
@@ -142,20 +151,45 @@ def save_checkpoint(engine, path: Path, record: dict) -> None:
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
+def read_checkpoint(path: Path, map_location=None) -> dict:
+    """The checkpoint's contents; an unreadable one is a one-line UserError."""
+    import torch
+
+    try:
+        state = torch.load(path, weights_only=False, map_location=map_location)
+        if not isinstance(state, dict) or "engine" not in state:
+            raise ValueError("not an STTRL checkpoint")
+    except Exception as err:  # torch raises RuntimeError, pickle errors, EOFError, OSError...
+        text = str(err).strip().splitlines()
+        raise UserError(f"{path} cannot be read ({text[0] if text else type(err).__name__}); "
+                        f"pass --allow_missing_checkpoint to continue from the initial weights, "
+                        f"or {START_OVER}") from None
+    return state
+
+
 def load_checkpoint(engine, path: Path) -> None:
-    import torch
-
-    engine.load_state_dict(torch.load(path, weights_only=False)["engine"])
+    engine.load_state_dict(read_checkpoint(path)["engine"])
 
 
-def recover_pending(results: ResultsFile, path: Path) -> None:
+def recover_pending(results: ResultsFile, path: Path, allow_missing: bool = False) -> bool:
+    """Append the line a kill left only in the checkpoint; whether to load the checkpoint."""
     if not path.exists():
-        return
-    import torch
-
-    record = torch.load(path, weights_only=False, map_location="cpu")["record"]
-    if str(record["id"]) not in results.done_ids():
+        if results.records and not allow_missing:
+            raise UserError(f"{path.parent} holds {len(results.records)} finished question(s) of "
+                            f"a --continuous run but no checkpoint.pt, so their adapted weights "
+                            f"are lost; pass --allow_missing_checkpoint to continue from the "
+                            f"initial weights, or {START_OVER}")
+        return False
+    try:
+        state = read_checkpoint(path, map_location="cpu")
+    except UserError:
+        if allow_missing:
+            return False
+        raise
+    record = state.get("record")
+    if isinstance(record, dict) and "id" in record and str(record["id"]) not in results.done_ids():
         results.append(record)
+    return True
 
 
 # ---- progress and optional loggers ---------------------------------------------------------
