@@ -142,8 +142,8 @@ def test_non_finite_training_stats_are_null_and_flagged(tiny_model, tmp_path, mo
 
     real = LocalEngine.train
 
-    def diverging(self, batch, loss_fn, loss_kwargs, steps):
-        history = real(self, batch, loss_fn, loss_kwargs, steps)
+    def diverging(self, batch, loss_fn, loss_kwargs, steps, **kw):
+        history = real(self, batch, loss_fn, loss_kwargs, steps, **kw)
         return [{**h, "loss": float("nan"), "grad_norm": float("inf")} for h in history]
 
     monkeypatch.setattr(LocalEngine, "train", diverging)
