@@ -124,3 +124,13 @@ def test_the_adaptive_budget_stops_after_the_step_that_passes_it(tiny_model):
     after = [p.detach().clone() for p in engine.params]
     engine.reset()
     assert not all(torch.equal(a, p) for a, p in zip(after, engine.params))
+
+
+def test_dataset_mode_takes_the_oracle_and_is_marked(tiny_model, tmp_path):
+    from sttrl.reporting.report import load_run
+
+    data = write_questions(tmp_path / "q.json")
+    summary = run(tiny_config(tiny_model, data, tmp_path / "d", reward="oracle", mode="dataset",
+                              prompts_per_step=2, eval_every=1))
+    assert summary["reward"] == "oracle"
+    assert load_run(str(tmp_path / "d")).row == "TTRL (oracle reward)"
