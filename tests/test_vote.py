@@ -203,3 +203,13 @@ def test_comma_list_does_not_merge_with_a_number():
     assert stats.cluster_counts == {"12, 345": 1, "12345": 2} and label == "12345"
     _, stats = vote(["12, 345", "12345"], form="symbolic")
     assert stats.cluster_counts == {"12, 345": 1, "12345": 1}
+
+
+def test_blank_answers_neither_vote_nor_earn_a_reward():
+    from sttrl.rewards import ttrl_rewards
+
+    label, stats = vote([None, "", "  ", ""])
+    assert label is None and stats.n_voting == 0
+    assert vote(["", "", "5"])[0] == "5"
+    assert ttrl_rewards(["", " ", "5"], "") == [0.0, 0.0, 0.0]
+    assert ttrl_rewards(["", "5"], "5") == [0.0, 1.0]

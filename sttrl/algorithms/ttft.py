@@ -6,7 +6,7 @@ so a unanimous vote still trains (it sharpens what the model already says).
 """
 from __future__ import annotations
 
-from sttrl.algorithms.ttrl import sample_and_vote, skip_reason
+from sttrl.algorithms.ttrl import sample_and_vote, weak_vote
 from sttrl.types import Adaptation, TrainBatch
 
 
@@ -23,7 +23,7 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None) -> 
     keep = [s.token_ids for s, r in zip(samples, rewards) if r > 0]
     reason = None if keep else ("no answer could be extracted from any sample" if label is None
                                 else "no trained sample agrees with the vote")
-    weak = skip_reason(label, [0.0, 1.0], stats, cfg)  # only the weak-vote rule can fire here
+    weak = weak_vote(stats, cfg)
     if keep and weak is not None:
         keep, reason = [], weak
     history = []

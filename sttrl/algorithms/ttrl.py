@@ -62,11 +62,18 @@ def skip_reason(label, rewards: list[float], stats=None, cfg=None) -> str | None
     knows its rewards are right and is not held back)."""
     if label is None:
         return "no answer could be extracted from any sample"
-    if (stats is not None and cfg is not None and cfg.reward != "oracle"
-            and stats.majority_ratio < cfg.min_majority_ratio):
-        return f"weak vote (majority ratio {stats.majority_ratio:.2f} < {cfg.min_majority_ratio})"
+    weak = weak_vote(stats, cfg) if stats is not None and cfg is not None else None
+    if weak is not None:
+        return weak
     if len(set(rewards)) <= 1:
         return "all rewards equal" + (" (unanimous vote)" if rewards and rewards[0] == 1 else "")
+    return None
+
+
+def weak_vote(stats, cfg) -> str | None:
+    """The weak-vote rule's reason to skip, or None (never for an oracle run)."""
+    if cfg.reward != "oracle" and stats.majority_ratio < cfg.min_majority_ratio:
+        return f"weak vote (majority ratio {stats.majority_ratio:.2f} < {cfg.min_majority_ratio})"
     return None
 
 

@@ -18,7 +18,9 @@ def ttrl_rewards(answers: list[str | None], label: str | None, task: str = "math
     check_form(form)
     if label is None:
         return [0.0] * len(answers)
-    return [1.0 if grade(answer, label, task, form=form) else 0.0 for answer in answers]
+    # a blank answer earns nothing, even against a blank label: agreeing on nothing is no answer
+    return [1.0 if answer and answer.strip() and grade(answer, label, task, form=form) else 0.0
+            for answer in answers]
 
 
 def random_rewards(like: list[float], seed: int, exact: bool = False) -> list[float]:

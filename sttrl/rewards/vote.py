@@ -59,7 +59,7 @@ def vote(answers: list[str | None], weights: list[float] | None = None,
     sample_cluster: list[int | None] = []
     seen: dict[str, int] = {}
     for answer, weight in zip(answers, weights):
-        if answer is None:
+        if answer is None or not answer.strip():  # a blank answer is no answer: it never votes
             sample_cluster.append(None)
             continue
         c = seen.get(answer)
