@@ -15,7 +15,14 @@ engine's sampling depends only on those arguments.
 every point finished (so the rows are paired), and a later call with new points appends rows. Columns: pass@1 before and after, the paired gain with its 95%
 bootstrap interval over questions, maj@N, label accuracy, questions up / down / same, the gain
 on questions whose vote was right and on those whose vote was wrong, seconds per question
-(train and after-evaluation only: the cached phases cost nothing after the first point).
+(train and after-evaluation only: the cached phases cost nothing after the first point), and
+the number of questions whose vote was right that went down (the damage).
+
+`--weak_vote 0.3,0.4` adds, for every point run without `--min_majority_ratio`, the row that rule
+would give at each threshold. Such a row is exact, not an estimate: in reset mode a skipped
+question's after-evaluation is the untouched model sampled with the before-evaluation's seed,
+so its after equals its before, and the other questions are unchanged
+(`with_weak_vote_rule`; tests/test_accuracy_bench.py checks it against a real run).
 """
 from __future__ import annotations
 
@@ -113,7 +120,24 @@ def run_points(args) -> None:
         print(f"[{name}] cached samples used {engine.hits}, drawn {engine.misses}", flush=True)
 
 
-def point_row(name: str, folder: Path, ids: set | None = None) -> dict | None:
+def with_weak_vote_rule(recs: list[dict], threshold: float) -> list[dict]:
+    """The lines a run with `--min_majority_ratio threshold` writes, derived from a run without
+    it: a question whose vote is weaker is not updated, and its after-evaluation then draws
+    the untouched model's samples with the before-evaluation's seed, so after == before
+    exactly; every other question is unchanged (reset mode: questions do not interact)."""
+    out = []
+    for r in recs:
+        if r["vote"]["majority_ratio"] < threshold and not r["skipped"]:
+            r = {**r, "pass@1_after": r["pass@1_before"], "skipped": True, "train": [],
+                 # the cost column counts train and after-evaluation: a skipped question
+                 # reuses the before-evaluation's samples
+                 "seconds": {**r["seconds"], "train": 0.0, "eval": 0.0}}
+        out.append(r)
+    return out
+
+
+def point_row(name: str, folder: Path, ids: set | None = None,
+              weak_vote: float | None = None) -> dict | None:
     from sttrl.files import read_jsonl
     from sttrl.reporting.stats import paired_bootstrap_ci
 
@@ -123,6 +147,8 @@ def point_row(name: str, folder: Path, ids: set | None = None) -> dict | None:
     recs = [r for r in read_jsonl(path) if ids is None or str(r["id"]) in ids]
     if not recs:
         return None
+    if weak_vote is not None:
+        recs = with_weak_vote_rule(recs, weak_vote)
     n = len(recs)
     before = [r["pass@1_before"] for r in recs]
     after = [r["pass@1_after"] for r in recs]
@@ -133,9 +159,12 @@ def point_row(name: str, folder: Path, ids: set | None = None) -> dict | None:
         return (sum(rows) / len(rows) if rows else None), len(rows)
 
     right, n_right = gain_where(lambda r: r["label_correct"])
+    hurt = sum(r["pass@1_after"] < r["pass@1_before"] for r in recs if r["label_correct"])
     wrong, n_wrong = gain_where(lambda r: not r["label_correct"])
     cost = [r["seconds"].get("train", 0) + r["seconds"].get("eval", 0) / 2 for r in recs]
-    flags = (folder / "flags.txt").read_text().strip() if (folder / "flags.txt").exists() else ""
+    flags = flags_of(folder).strip()
+    if weak_vote is not None:
+        flags += f" --min_majority_ratio {weak_vote} (derived: with_weak_vote_rule)"
     return {"point": name, "questions": n, "pass@1_before": sum(before) / n,
             "pass@1_after": sum(after) / n, "gain": (sum(after) - sum(before)) / n,
             "gain_ci95_lo": lo, "gain_ci95_hi": hi,
@@ -145,12 +174,12 @@ def point_row(name: str, folder: Path, ids: set | None = None) -> dict | None:
             "down": sum(a < b for b, a in zip(before, after)),
             "same": sum(a == b for b, a in zip(before, after)),
             "gain_vote_right": right, "n_vote_right": n_right,
-            "gain_vote_wrong": wrong, "n_vote_wrong": n_wrong,
+            "gain_vote_wrong": wrong, "n_vote_wrong": n_wrong, "down_vote_right": hurt,
             "updates_skipped": sum(bool(r["skipped"]) for r in recs),
             "seconds_per_question": sum(cost) / n, "flags": flags}
 
 
-def write_table(out: Path) -> str:
+def write_table(out: Path, weak_votes: list[float] = ()) -> str:
     from sttrl.files import read_jsonl
 
     folders = [f for f in sorted((out / "points").glob("*")) if (f / "results.jsonl").exists()]
@@ -158,6 +187,10 @@ def write_table(out: Path) -> str:
     ids = set.intersection(*[{str(r["id"]) for r in read_jsonl(f / "results.jsonl")}
                              for f in folders]) if folders else set()
     rows = [row for folder in folders if (row := point_row(folder.name, folder, ids)) is not None]
+    # derived rows only from points that ran without the rule
+    rows += [row for t in weak_votes for folder in folders
+             if "--min_majority_ratio" not in flags_of(folder)
+             and (row := point_row(f"{folder.name}+mmr{t:g}", folder, ids, t)) is not None]
     if not rows:
         return "no finished points yet\n"
     with open(out / "table.csv", "w", newline="") as f:
@@ -169,15 +202,15 @@ def write_table(out: Path) -> str:
         return "-" if x is None else f"{x:+.3f}" if isinstance(x, float) and x < 0 else f"{x:.3f}"
 
     head = ("| point | n | pass@1 before | after | gain [95% CI] | maj@N | label acc | up/down/same "
-            "| gain, vote right (n) | gain, vote wrong (n) | skipped | s/question |")
-    lines = [head, "|" + "---|" * 12]
+            "| gain, vote right (n) | down, vote right | gain, vote wrong (n) | skipped | s/question |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         mark = "" if r["gain_ci95_lo"] > 0 or r["gain_ci95_hi"] < 0 else "°"
         lines.append(
             f"| {r['point']} | {r['questions']} | {r['pass@1_before']:.3f} | {r['pass@1_after']:.3f} "
             f"| {r['gain']:+.3f} [{r['gain_ci95_lo']:+.3f}, {r['gain_ci95_hi']:+.3f}]{mark} "
             f"| {r['maj@N']:.3f} | {r['label_accuracy']:.3f} | {r['up']}/{r['down']}/{r['same']} "
-            f"| {f3(r['gain_vote_right'])} ({r['n_vote_right']}) "
+            f"| {f3(r['gain_vote_right'])} ({r['n_vote_right']}) | {r['down_vote_right']} "
             f"| {f3(r['gain_vote_wrong'])} ({r['n_vote_wrong']}) | {r['updates_skipped']} "
             f"| {r['seconds_per_question']:.1f} |")
     text = "\n".join(lines) + "\n\n° the interval includes zero.\n\nFlags per point:\n\n" + "".join(
@@ -186,16 +219,27 @@ def write_table(out: Path) -> str:
     return text
 
 
+def flags_of(folder: Path) -> str:
+    return (folder / "flags.txt").read_text() if (folder / "flags.txt").exists() else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_path", required=True, help="a TTT file (benchmarks/devsets.py)")
     parser.add_argument("--out", required=True, help="folder for the points, the cache, the table")
     parser.add_argument("--point", action="append", default=[], help="NAME=FLAGS, repeatable")
     parser.add_argument("--common", default="", help="flags every point shares")
+    parser.add_argument("--weak_vote", default="",
+                        help="comma-separated thresholds: add the rows --min_majority_ratio T "
+                             "would give, derived from each point run without it")
     args = parser.parse_args()
+    try:
+        weak = [float(t) for t in args.weak_vote.split(",") if t.strip()]
+    except ValueError:
+        raise SystemExit(f"--weak_vote takes comma-separated numbers, got {args.weak_vote!r}")
     if args.point:
         run_points(args)
-    print(write_table(Path(args.out)))
+    print(write_table(Path(args.out), weak))
 
 
 if __name__ == "__main__":

@@ -49,3 +49,28 @@ def test_devsets_are_fixed_and_of_the_promised_sizes(tmp_path):
     assert json.loads(dev.write_sets(tmp_path / "again")["gain"].read_text()) == gain
     for row in gain + noharm:
         assert int(row["answer"]) >= 0
+
+
+def test_derived_weak_vote_rows_equal_a_real_run_with_the_rule(tiny_model, tmp_path):
+    """accuracy.py --weak_vote derives a --min_majority_ratio run from one without it: the
+    derivation must give exactly the lines the real run writes."""
+    import sys
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_driver import lines, tiny_config, write_questions
+    from sttrl.run import run
+
+    acc = load("accuracy")
+    data = write_questions(tmp_path / "q.json", n=6)
+    run(tiny_config(tiny_model, data, tmp_path / "free"))
+    free = lines(tmp_path / "free")
+    trained = sorted(r["vote"]["majority_ratio"] for r in free if not r["skipped"])
+    assert len(set(trained)) >= 2, "the tiny run must train questions of different vote strength"
+    threshold = (trained[0] + trained[-1]) / 2
+    run(tiny_config(tiny_model, data, tmp_path / "rule", min_majority_ratio=threshold))
+    real = {r["id"]: r for r in lines(tmp_path / "rule")}
+    derived = {r["id"]: r for r in acc.with_weak_vote_rule(free, threshold)}
+    assert any(r["skipped"] and not f["skipped"] for r, f in zip(derived.values(), free))
+    for qid, r in real.items():
+        assert derived[qid]["skipped"] == r["skipped"], qid
+        assert derived[qid]["pass@1_after"] == r["pass@1_after"], qid
+        assert derived[qid]["pass@1_before"] == r["pass@1_before"], qid
