@@ -108,6 +108,8 @@ class Config:
     """Adaptive budget: end a question's update after the step whose clipped-token share exceeds this (None: take every step)."""
     stop_kl: float | None = None
     """Adaptive budget: end a question's update after the step whose KL to the reference exceeds this (None: no KL budget)."""
+    stop_agreement: float | None = None
+    """Adaptive budget: end a question's update once the policy's estimated share of answers agreeing with the vote (importance-weighted over the trained samples) reaches this (None: off)."""
     memo_variants: int = 2
     """Prompt phrasings pooled into MEMO's marginal (adaptation_method=memo; 1 to 4)."""
     continuous: bool = False
@@ -273,6 +275,10 @@ def validate(cfg: Config) -> Config:
     for name in ("stop_clip_frac", "stop_kl"):
         v = getattr(cfg, name)
         _check(v is None or v >= 0, f"--{name} must be >= 0, got {v}")
+    _check(cfg.stop_agreement is None or 0 < cfg.stop_agreement <= 1,
+           f"--stop_agreement must be in (0, 1], got {cfg.stop_agreement}")
+    _check(cfg.stop_agreement is None or cfg.advantage_estimator == "grpo",
+           "--stop_agreement needs --advantage_estimator grpo (one advantage per response)")
     _check(1 <= cfg.memo_variants <= 4, f"--memo_variants must be from 1 to 4, got {cfg.memo_variants}")
     _check(cfg.energy_tau > 0, f"--energy_tau must be > 0, got {cfg.energy_tau}")
     _check(cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")

@@ -134,3 +134,41 @@ def test_dataset_mode_takes_the_oracle_and_is_marked(tiny_model, tmp_path):
                               prompts_per_step=2, eval_every=1))
     assert summary["reward"] == "oracle"
     assert load_run(str(tmp_path / "d")).row == "TTRL (oracle reward)"
+
+
+def test_the_agreement_budget_estimates_the_policy_and_stops_at_its_target(tiny_model):
+    from conftest import local_engine
+    from sttrl.algorithms.grpo import agreement_estimate, group_advantages, grpo_loss
+    from sttrl.algorithms.ttrl import budget
+    from sttrl.types import TrainBatch
+
+    engine = local_engine(tiny_model, lr=5e-2)
+    prompt = "<|user|>What is 1 + 1?<|end|><|assistant|>"
+    samples = engine.generate(prompt, 8, 1.0, 1.0, 8, 3)
+    rewards = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    batch = TrainBatch.shared(engine.encode(prompt), [s.token_ids for s in samples],
+                              group_advantages(rewards))
+    kwargs = {"clip_eps": 0.2, "agreement": True}
+    full = engine.train(batch, grpo_loss, kwargs, 6)
+    estimates = [agreement_estimate(s) for s in full]
+    assert estimates[0] == pytest.approx(3 / 8)  # before any update: the agreeing share
+    assert estimates[-1] > estimates[0] + 0.2  # rewarded responses gained probability
+    target = (estimates[0] + estimates[-1]) / 2
+    engine.reset()
+    got = engine.train(batch, grpo_loss, kwargs, 6, stop=budget(Config(stop_agreement=target)))
+    reached = next(i for i, e in enumerate(estimates) if e >= target)
+    assert len(got) == reached + 1 < 6
+    # without the flag the loss adds nothing, so the recorded stats stay as they were
+    engine.reset()
+    plain = engine.train(batch, grpo_loss, {"clip_eps": 0.2}, 1)
+    assert "agree_w" not in plain[0] and agreement_estimate(plain[0]) is None
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(stop_agreement=0.0), "--stop_agreement must be in"),
+    (dict(stop_agreement=1.5), "--stop_agreement must be in"),
+    (dict(stop_agreement=0.9, advantage_estimator="gae", engine="ray"), "--stop_agreement needs"),
+])
+def test_bad_agreement_budget_is_one_line(kw, message):
+    with pytest.raises(UserError, match=message):
+        validate(Config(**kw))

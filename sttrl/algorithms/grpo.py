@@ -29,12 +29,14 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 
 def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask,
-              clip_eps: float = 0.2, kl_coef: float = 0.0):
+              clip_eps: float = 0.2, kl_coef: float = 0.0, agreement: bool = False):
     """Clipped-ratio policy gradient plus k3 KL to the reference, summed over response tokens.
 
     logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B] (one per response,
     GRPO) or [B, T] (one per token, PPO with GAE: sttrl/algorithms/gae.py).
-    Returns (loss summed over unmasked tokens, stats summed over unmasked tokens).
+    Returns (loss summed over unmasked tokens, stats summed over unmasked tokens). With
+    `agreement` (GRPO only) the stats also hold `agree_w` and `all_w`, whose ratio is
+    `agreement_estimate`.
     """
     adv = advantages[:, None] if advantages.dim() == 1 else advantages  # [B, 1] or [B, T]
     ratio = torch.exp(logprobs - old_logprobs)  # [B, T]
@@ -46,6 +48,23 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask,
         kl = kl_k3(logprobs, ref_logprobs)
         per_token = per_token + kl_coef * kl
         stats["kl"] = float((kl.detach() * mask).sum())
+    if agreement and advantages.dim() == 1:
+        # Importance weights of whole responses under the current policy, relative to the one
+        # that sampled them; clamped so a long response cannot overflow the sum.
+        seq = ((logprobs - old_logprobs).detach() * mask).sum(-1).clamp(-30.0, 30.0)  # [B]
+        w = torch.exp(seq.double())
+        stats["agree_w"] = float((w * (advantages > 0)).sum())
+        stats["all_w"] = float(w.sum())
     loss = (per_token * mask).sum()
     stats["loss"] = float(loss.detach())
     return loss, stats
+
+
+def agreement_estimate(stats: dict) -> float | None:
+    """The current policy's probability of a response that agreed with the vote, estimated
+    without sampling: the self-normalised importance-weighted share of the trained responses
+    with a positive advantage (at the first step, before any update, simply their share).
+    Both sums are divided alike when the engines merge micro-batches and ranks, so the ratio
+    survives merging. None when the loss did not compute it."""
+    total = stats.get("all_w")
+    return stats["agree_w"] / total if total else None

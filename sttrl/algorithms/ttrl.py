@@ -7,7 +7,7 @@ reference, and such a run is marked oracle everywhere it is reported.
 """
 from __future__ import annotations
 
-from sttrl.algorithms.grpo import group_advantages, grpo_loss
+from sttrl.algorithms.grpo import agreement_estimate, group_advantages, grpo_loss
 from sttrl.rewards import extract_answer, random_rewards, ttrl_rewards, vote, voting_weights
 from sttrl.types import Adaptation, TrainBatch
 
@@ -80,13 +80,18 @@ def weak_vote(stats, cfg) -> str | None:
 def budget(cfg):
     """The adaptive update budget, as the engines' `stop` rule: end the update after the step
     whose clipped share or KL passes its budget (the policy has moved far enough from the one
-    that sampled); None when neither budget is set."""
-    if cfg.stop_clip_frac is None and cfg.stop_kl is None:
+    that sampled), or whose forward pass finds the policy agreeing with the vote often enough
+    (`agreement_estimate`: the step's stats describe the policy before that step's update, so
+    the update ends one step after the target is reached); None when no budget is set."""
+    if cfg.stop_clip_frac is None and cfg.stop_kl is None and cfg.stop_agreement is None:
         return None
 
     def stop(stats: dict) -> bool:
+        agree = agreement_estimate(stats)
         return ((cfg.stop_clip_frac is not None and stats.get("clip_frac", 0.0) > cfg.stop_clip_frac)
-                or (cfg.stop_kl is not None and stats.get("kl", 0.0) > cfg.stop_kl))
+                or (cfg.stop_kl is not None and stats.get("kl", 0.0) > cfg.stop_kl)
+                or (cfg.stop_agreement is not None and agree is not None
+                    and agree >= cfg.stop_agreement))
     return stop
 
 
@@ -105,6 +110,7 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None) -> 
                                   temperature=cfg.temperature)
         with timer("train"):
             history = engine.train(batch, grpo_loss,
-                                   {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef},
+                                   {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef,
+                                    **({"agreement": True} if cfg.stop_agreement else {})},
                                    cfg.steps_per_question, stop=budget(cfg))
     return Adaptation(answers, label, stats, rewards, reason, history)
