@@ -430,10 +430,10 @@ def test_unrecorded_settings_are_not_taken_for_equal(tmp_path):
 
 
 @pytest.mark.parametrize("after,expect", [
-    ((1.0, 1.0, 1.0, 1.0), "exceeds the base model's maj@N."),  # +0.5 on every question
-    ((0.5, 1.0, 1.0, 0.0), "not shown to exceed the base model's maj@N"),  # +0.5, +0, +0, -0
-    ((0.0, 1.0, 1.0, 0.0), "not shown to exceed the base model's maj@N"),  # exactly zero
-    ((0.0, 0.5, 0.5, 0.0), "below the base model's maj@N."),  # -0.25 on every question
+    ((1.0, 1.0, 1.0, 1.0), "exceeds the base model's maj@N."),  # +0.5, +0.25, +0.25, +0.5
+    ((0.5, 1.0, 1.0, 0.0), "not shown to exceed the base model's maj@N"),  # 0, +.25, +.25, -.5
+    ((0.5, 0.75, 0.75, 0.5), "not shown to exceed the base model's maj@N"),  # [+0, +0]: no gain
+    ((0.0, 0.5, 0.5, 0.0), "below the base model's maj@N."),  # -0.5, -0.25, -0.25, -0.5
 ])
 def test_the_maj_verdict_follows_the_interval_and_marks_zero(tmp_path, after, expect):
     base = eval_run(tmp_path, "reset", [("q0", 0.5, 0.5, 0.5), ("q1", 0.5, 0.5, 0.75),
@@ -475,13 +475,23 @@ def test_a_dataset_level_run_gives_the_base_pass_at_1_without_interval(tmp_path)
     assert f"{ttrl} (4 questions, this run has 5)" in line and "no base-model run" in line
 
 
-def test_steps_per_question_0_never_updates(tiny_model, tmp_path):
+def test_steps_per_question_0_never_updates(tiny_model, tmp_path, monkeypatch):
     """The base-model run the hint asks for: accepted by the command line, and its before and
     after are the same samples of the untouched model, continuous or not."""
     import dataclasses
 
+    import sttrl.modes.common
     from sttrl.cli import parse_config
+    from sttrl.engines.local import LocalEngine
     from sttrl.run import run
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--steps_per_question 0 trained")
+
+    monkeypatch.setattr(LocalEngine, "train", no_training)
+    # the random model's texts hold no answer: record the evaluation texts themselves, so
+    # "the same samples" is a real comparison and not None == None
+    monkeypatch.setattr(sttrl.modes.common, "extract_answer", lambda text, task: text)
 
     data = tmp_path / "q.json"
     data.write_text(json.dumps([{"prompt": f"What is {i} + 1?", "answer": str(i + 1),
@@ -499,4 +509,5 @@ def test_steps_per_question_0_never_updates(tiny_model, tmp_path):
     for r in reset + cont:
         assert r["answers_after"] == r["answers_before"] and r["train"] == []
     assert [r["answers_before"] for r in cont] == [r["answers_before"] for r in reset]
+    assert len({a for r in reset for a in r["answers_before"]}) > 1  # real, varied samples
     assert load_run(str(tmp_path / "none")).row == "base model (no update)"

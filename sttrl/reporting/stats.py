@@ -2,7 +2,9 @@
 
 A question's pass@1 from 16 samples has a standard error near 0.12, so a run-level gain is
 only read with its interval: resample the questions (with replacement), keep each question's
-before and after together, and take the 2.5th and 97.5th percentiles of the mean gain.
+before and after together, and take the 2.5th and 97.5th percentiles of the mean gain. Also
+how the report writes a number, a gain and its interval (° when it includes zero), so the table
+and the comparison with the base model mark intervals alike.
 """
 from __future__ import annotations
 
