@@ -97,7 +97,8 @@ def compare(run: Run, runs: list[Run]) -> Versus:
         theirs = records_by_id(base)
         common = sorted(set(mine) & set(theirs))
         if not problems and not common:
-            problems.append("no question in common" if theirs else "no results.jsonl records")
+            problems.append("this run has no results.jsonl records" if not mine else
+                            "no question in common" if theirs else "no results.jsonl records")
         if problems:
             vs.rejected.append(f"{base.dir} ({'; '.join(problems)})")
         else:
