@@ -121,7 +121,7 @@ class Config:
     n_eval: int | None = None
     """Samples per question for pass@1 before and after (default 16 on GPU, 8 on CPU)."""
     steps_per_question: int | None = None
-    """Optimiser steps per question (default 3; 5 for slot)."""
+    """Optimiser steps per question (default 3; 5 for slot); 0 never updates, so before and after are both the untouched model: a base-model run for `sttrl report`."""
     lr: float | None = None
     """Learning rate (default 1e-5 for ttrl and memo, 1e-4 for ttft, 0.1 for slot)."""
     weight_decay: float | None = None

@@ -300,3 +300,214 @@ def test_control_rows_and_the_vote_against_oracle_and_random(tmp_path):
     assert "ARITH-TTT: the vote recovers 50% of the oracle's gain (+0.100 of +0.200)." in md
     assert "ARITH-TTT: the vote's margin over random rewards: +0.050 [+0.050, +0.050] over 4 " \
            "paired questions." in md
+
+
+# ---- continuous runs against the untouched base model ----------------------------------------
+
+EVAL = {"model": MODEL, "prompt_family": "chatml", "answer_form": "strict", "n_eval": 16,
+        "val_temp": 0.6, "val_top_p": 0.95, "max_new_tokens": 128, "seed": 0, "n_votes": 64,
+        "data_path": None}
+
+
+def eval_run(root, name, rows, continuous=False, mode=None, steps=3, sha=None, **settings):
+    """A run folder with the resolved evaluation settings and per-question records:
+    rows = [(id, pass@1_before, pass@1_after, maj@N_before), ...]."""
+    run = root / name
+    run.mkdir(parents=True)
+    config = {**EVAL, "dataset": "ARITH-TTT", "adaptation_method": "ttrl",
+              "continuous": continuous, "steps_per_question": steps, **settings}
+    if mode is not None:
+        config["mode"] = mode
+    n = len(rows)
+    summary = {"questions": n, "config": config,
+               "pass@1_before": sum(r[1] for r in rows) / n if n else None,
+               "pass@1_after": sum(r[2] for r in rows) / n if n else None}
+    (run / "summary.json").write_text(json.dumps(summary))
+    if sha is not None:
+        (run / "config.json").write_text(json.dumps({**config, "data_sha256": sha}))
+    if mode != "dataset":
+        (run / "results.jsonl").write_text("".join(
+            json.dumps({"id": q, "pass@1_before": b, "pass@1_after": a, "maj@N_before": m}) + "\n"
+            for q, b, a, m in rows))
+    return str(run)
+
+
+def report(tmp_path, runs):
+    out = tmp_path / "out"
+    assert main(runs + ["--out", str(out), "--no-plots"]) == 0
+    md = (out / "table.md").read_text()
+    versus = read_csv(out / "vs_base.csv") if (out / "vs_base.csv").exists() else []
+    return md, versus
+
+
+def versus_line(md, run_dir):
+    """The report's line for the continuous run in run_dir (and its sub-items)."""
+    lines = md.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("- ") and f"({run_dir})" in l)
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith("  - ")),
+               len(lines))
+    return "\n".join(lines[start:end])
+
+
+# the base model on four questions; the continuous run lists them in another order, has one
+# more, and its own before-numbers (0.9) are the adapted model's, which must not be used
+BASE_ROWS = [("q0", 0.0, 0.5, False), ("q1", 0.25, 0.25, True), ("q2", 0.5, 0.5, True),
+             ("q3", 0.25, 0.75, False)]
+CONT_ROWS = [("q3", 0.9, 0.25, True), ("q9", 0.9, 1.0, True), ("q2", 0.9, 0.75, True),
+             ("q0", 0.9, 0.5, True), ("q1", 0.9, 0.5, True)]
+
+
+def test_continuous_vs_base_pairs_by_id_with_the_reset_runs_before(tmp_path):
+    from sttrl.reporting.stats import ci_text, paired_bootstrap_ci
+
+    base = eval_run(tmp_path, "reset", BASE_ROWS)
+    cont = eval_run(tmp_path, "cont", CONT_ROWS, continuous=True)
+    md, versus = report(tmp_path, [cont, base])
+    after = [0.5, 0.5, 0.75, 0.25]  # the continuous run's after, q0..q3
+    pass_ci = paired_bootstrap_ci([0.0, 0.25, 0.5, 0.25], after)
+    maj_ci = paired_bootstrap_ci([0.0, 1.0, 1.0, 0.0], after)
+    line = versus_line(md, cont)
+    assert line.startswith(f"- STTRL (continuous) on ARITH-TTT ({cont}), over 4 common "
+                           f"questions: pass@1 0.500; vs the base model's pass@1 0.250: "
+                           f"+0.250{ci_text(pass_ci)}; vs the base model's maj@64 0.500: "
+                           f"+0.000{ci_text(maj_ci)}: not shown to exceed")
+    assert f"Base: {base} (STTRL (reset), its before-evaluation)." in line
+    assert versus == [{"row": "STTRL (continuous)", "dataset": "ARITH-TTT", "run_dir": cont,
+                       "base_dir": base, "questions": "4", "pass@1_after": "0.5",
+                       "base_pass@1": "0.25", "vs_pass@1_ci95_lo": repr(round(pass_ci[0], 9)),
+                       "vs_pass@1_ci95_hi": repr(round(pass_ci[1], 9)), "base_maj@N": "0.5",
+                       "vs_maj@N_ci95_lo": repr(round(maj_ci[0], 9)),
+                       "vs_maj@N_ci95_hi": repr(round(maj_ci[1], 9)), "exceeds_maj@N": "false"}]
+    # the main table's base row is the reset run's, and no note blames the continuous run
+    assert table_rows(md)["base model"] == ["0.250, n=4"]
+    assert "disagree" not in md
+
+
+def test_a_no_update_run_is_the_base_and_fills_no_method_cell(tmp_path):
+    reset = eval_run(tmp_path, "reset", [(q, b + 0.25, a, m) for q, b, a, m in BASE_ROWS])
+    none = eval_run(tmp_path, "none", [(q, b, b, m) for q, b, _, m in BASE_ROWS], steps=0)
+    cont = eval_run(tmp_path, "cont", CONT_ROWS, continuous=True)
+    assert load_run(none).row == "base model (no update)"
+    md, versus = report(tmp_path, [reset, none, cont])  # not two runs in one cell
+    assert "base model (no update)" not in table_rows(md)
+    assert table_rows(md)["base model"] == ["0.250, n=4"]  # the no-update run's, not the reset's
+    assert [v["base_dir"] for v in versus] == [none]  # on a tie, the no-update run
+    # a continuous run that never updates measures the untouched model too
+    steady = eval_run(tmp_path, "steady", BASE_ROWS, continuous=True, steps=0)
+    assert load_run(steady).untouched_before and not load_run(cont).untouched_before
+
+
+@pytest.mark.parametrize("key,value", [("n_eval", 8), ("val_temp", 1.0), ("val_top_p", 1.0),
+                                       ("max_new_tokens", 64), ("seed", 1),
+                                       ("prompt_family", "qwen"), ("answer_form", "symbolic"),
+                                       ("data_path", "other.json")])
+def test_a_base_run_with_other_evaluation_settings_is_not_used_and_the_report_says_why(
+        tmp_path, key, value):
+    base = eval_run(tmp_path, "reset", BASE_ROWS, **{key: value})
+    cont = eval_run(tmp_path, "cont", CONT_ROWS, continuous=True)
+    if key == "data_path":  # another file is another column; the same stem is the same column
+        base = eval_run(tmp_path, "reset2", BASE_ROWS, data_path="/elsewhere/ARITH-TTT.json")
+    md, versus = report(tmp_path, [cont, base])
+    line = versus_line(md, cont)
+    assert "common questions" not in line and "no base-model run to compare with" in line
+    shown = "'/elsewhere/ARITH-TTT.json'" if key == "data_path" else repr(value)
+    assert f"not used as its base: {base} ({key} {shown}, this run's {EVAL[key]!r})" in line
+    assert versus[0]["base_dir"] == "" and versus[0]["exceeds_maj@N"] == ""
+
+
+def test_other_questions_under_the_same_name_are_not_the_base(tmp_path):
+    base = eval_run(tmp_path, "reset", BASE_ROWS, sha="aaa")
+    cont = eval_run(tmp_path, "cont", CONT_ROWS, continuous=True, sha="bbb")
+    line = versus_line(report(tmp_path, [cont, base])[0], cont)
+    assert f"{base} (other questions (data_sha256 differs))" in line
+
+
+def test_unrecorded_settings_are_not_taken_for_equal(tmp_path):
+    base = make_run(tmp_path, "old_reset")  # a summary without the evaluation settings
+    cont = eval_run(tmp_path, "cont", CONT_ROWS, continuous=True, model=MODEL)
+    line = versus_line(report(tmp_path, [cont, base])[0], cont)
+    assert "n_eval not recorded" in line and "no base-model run" in line
+
+
+@pytest.mark.parametrize("after,expect", [
+    ((1.0, 1.0, 1.0, 1.0), "exceeds the base model's maj@N."),  # +0.5, +0.25, +0.25, +0.5
+    ((0.5, 1.0, 1.0, 0.0), "not shown to exceed the base model's maj@N"),  # 0, +.25, +.25, -.5
+    ((0.5, 0.75, 0.75, 0.5), "not shown to exceed the base model's maj@N"),  # [+0, +0]: no gain
+    ((0.0, 0.5, 0.5, 0.0), "below the base model's maj@N."),  # -0.5, -0.25, -0.25, -0.5
+])
+def test_the_maj_verdict_follows_the_interval_and_marks_zero(tmp_path, after, expect):
+    base = eval_run(tmp_path, "reset", [("q0", 0.5, 0.5, 0.5), ("q1", 0.5, 0.5, 0.75),
+                                        ("q2", 0.5, 0.5, 0.75), ("q3", 0.5, 0.5, 0.5)])
+    rows = [(f"q{i}", 0.0, a, True) for i, a in enumerate(after)]
+    cont = eval_run(tmp_path, "cont", rows, continuous=True)
+    md, versus = report(tmp_path, [cont, base])
+    line = versus_line(md, cont)
+    assert expect in line
+    maj_part = line.split("maj@64")[1]
+    lo, hi = float(versus[0]["vs_maj@N_ci95_lo"]), float(versus[0]["vs_maj@N_ci95_hi"])
+    includes_zero = lo <= 0 <= hi
+    assert ("]°:" in maj_part) == includes_zero  # ° exactly when the interval includes zero
+    assert versus[0]["exceeds_maj@N"] == ("true" if lo > 0 else "false")
+    assert ("exceeds" in line and "not shown" not in line) == (lo > 0)
+
+
+def test_no_base_run_gives_the_hint_and_no_number(tmp_path):
+    cont = eval_run(tmp_path, "cont", CONT_ROWS, continuous=True)
+    md, versus = report(tmp_path, [cont])
+    assert versus_line(md, cont) == (
+        f"- STTRL (continuous) on ARITH-TTT ({cont}): no base-model run to compare with: run the "
+        "same command without --continuous (or with --steps_per_question 0, which never "
+        "updates, and its own --output_dir) and pass its folder to `sttrl report` too.")
+    # the adapted before-number is never shown as the base model's
+    assert table_rows(md)["base model"] == [""]
+    assert "every run is --continuous, so none measured the base model" in md
+
+
+def test_a_dataset_level_run_gives_the_base_pass_at_1_without_interval(tmp_path):
+    ttrl = eval_run(tmp_path, "ttrl", BASE_ROWS, mode="dataset")  # before: mean 0.25
+    whole = eval_run(tmp_path, "cont", [r for r in CONT_ROWS if r[0] != "q9"], continuous=True)
+    line = versus_line(report(tmp_path, [whole, ttrl])[0], whole)
+    assert ("pass@1 0.500 vs the base model's 0.250 (" + ttrl + ", TTRL's evaluation before "
+            "training): +0.250, over 4 questions; no interval and no maj@N") in line
+    (tmp_path / "out").rename(tmp_path / "out1")
+    cont = eval_run(tmp_path, "cont5", CONT_ROWS, continuous=True)  # 5 questions: another set
+    line = versus_line(report(tmp_path, [cont, ttrl])[0], cont)
+    assert f"{ttrl} (4 questions, this run has 5)" in line and "no base-model run" in line
+
+
+def test_steps_per_question_0_never_updates(tiny_model, tmp_path, monkeypatch):
+    """The base-model run the hint asks for: accepted by the command line, and its before and
+    after are the same samples of the untouched model, continuous or not."""
+    import dataclasses
+
+    import sttrl.modes.common
+    from sttrl.cli import parse_config
+    from sttrl.engines.local import LocalEngine
+    from sttrl.run import run
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--steps_per_question 0 trained")
+
+    monkeypatch.setattr(LocalEngine, "train", no_training)
+    # the random model's texts hold no answer: record the evaluation texts themselves, so
+    # "the same samples" is a real comparison and not None == None
+    monkeypatch.setattr(sttrl.modes.common, "extract_answer", lambda text, task: text)
+
+    data = tmp_path / "q.json"
+    data.write_text(json.dumps([{"prompt": f"What is {i} + 1?", "answer": str(i + 1),
+                                 "source": "toy", "id": f"q{i}"} for i in range(3)]))
+    cfg = parse_config(["--model", tiny_model, "--data_path", str(data), "--device", "cpu",
+                        "--n_votes", "4", "--n_train", "4", "--n_eval", "4",
+                        "--max_new_tokens", "6", "--temperature", "1.0", "--val_temp", "1.0",
+                        "--steps_per_question", "0", "--lr", "0.5", "--progress", "false",
+                        "--output_dir", str(tmp_path / "none")])
+    run(cfg)
+    run(dataclasses.replace(cfg, continuous=True, output_dir=str(tmp_path / "none_cont")))
+    reset = [json.loads(x) for x in (tmp_path / "none" / "results.jsonl").read_text().splitlines()]
+    cont = [json.loads(x) for x in
+            (tmp_path / "none_cont" / "results.jsonl").read_text().splitlines()]
+    for r in reset + cont:
+        assert r["answers_after"] == r["answers_before"] and r["train"] == []
+    assert [r["answers_before"] for r in cont] == [r["answers_before"] for r in reset]
+    assert len({a for r in reset for a in r["answers_before"]}) > 1  # real, varied samples
+    assert load_run(str(tmp_path / "none")).row == "base model (no update)"

@@ -4,9 +4,10 @@ Each run directory (a run's --output_dir) becomes one cell: its row is the metho
 the data set. Writes DIR/table.md, DIR/table.csv and, with matplotlib installed, one
 DIR/<dataset>_per_question.png per data set (pass@1 before vs after, one point per question).
 
-Every number in the table is read from a summary.json; a cell with no run stays empty.
+Every number in the table is read from a summary.json; a cell with no run stays empty. Each
+--continuous run is also set against the untouched base model (vsbase.py): a section of
+table.md and DIR/vs_base.csv.
 """
-from __future__ import annotations
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sttrl.errors import UserError
-from sttrl.reporting.runs import BASE, MARKERS, ROWS, Run, load_run, read_results
-from sttrl.reporting.stats import excludes_zero, paired_bootstrap_ci
+from sttrl.reporting import vsbase
+from sttrl.reporting.runs import BASE, MARKERS, NO_UPDATE, ROWS, Run, load_run, read_results
+from sttrl.reporting.stats import ci_text, excludes_zero, fmt, fmt_gain, paired_bootstrap_ci
 
 __all__ = ["build_table", "load_run", "main"]
 
@@ -32,9 +34,13 @@ class Table:
     base: dict[str, Run]  # per data set, the run whose pass@1_before is the base model's
     models: list[str]
     notes: list[str]
+    versus: list[vsbase.Versus]  # each continuous run against the base model
 
     def counts(self, dataset: str) -> set:
-        return {run.questions for (_, d), run in self.cells.items() if d == dataset}
+        shown = [run for (_, d), run in self.cells.items() if d == dataset]
+        if dataset in self.base:  # a no-update base run fills no cell but shows its number
+            shown.append(self.base[dataset])
+        return {run.questions for run in shown}
 
 
 def build_table(runs: list[Run], allow_mixed_models: bool = False) -> Table:
@@ -46,6 +52,8 @@ def build_table(runs: list[Run], allow_mixed_models: bool = False) -> Table:
                         "or pass --allow-mixed-models")
     cells = {}
     for run in runs:
+        if run.row == NO_UPDATE:
+            continue  # a base measurement: it feeds the base row, not a method cell
         key = (run.row, run.dataset)
         if key in cells:
             raise UserError(f"{cells[key].dir} and {run.dir} are both {run.row} on {run.dataset}; "
@@ -56,11 +64,17 @@ def build_table(runs: list[Run], allow_mixed_models: bool = False) -> Table:
 
     base, notes = {}, []
     for dataset in datasets:
-        column = [run for run in runs if run.dataset == dataset]
-        # All runs on a data set start from the same model, so their before-numbers should agree;
-        # the reset run is preferred because its before-number is measured per question on the
+        # Only runs whose before-evaluation is the untouched model can agree on it: a
+        # continuous run's is the model adapted to the questions before each one.
+        column = [run for run in runs if run.dataset == dataset and run.untouched_before]
+        if not column:
+            notes.append(f"{dataset}: every run is --continuous, so none measured the base "
+                         f"model and the base row is empty; {vsbase.HINT}.")
+            continue
+        # A no-update run measures nothing else; a reset run measures it per question on the
         # untouched model, exactly like its after-number.
-        chosen = cells.get(("STTRL (reset)", dataset), column[0])
+        chosen = next((r for r in column if r.row == NO_UPDATE),
+                      cells.get(("STTRL (reset)", dataset), column[0]))
         base[dataset] = chosen
         if any(r.before != chosen.before or r.questions != chosen.questions for r in column):
             listed = ", ".join(f"{r.row} {fmt(r.before)} (n={count(r.questions)}, {r.dir})"
@@ -70,23 +84,7 @@ def build_table(runs: list[Run], allow_mixed_models: bool = False) -> Table:
     for run in runs:
         if run.after is None:
             notes.append(f"{run.dir}: no questions finished yet, so no pass@1.")
-    return Table(datasets, rows, cells, base, models, notes)
-
-
-def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def fmt_gain(gain: float) -> str:
-    gain = round(gain, 3) + 0.0  # + 0.0 turns -0.0 into 0.0: no change prints +0.000, not -0.000
-    return f"{gain:+.3f}"
-
-
-def ci_text(ci: tuple[float, float] | None) -> str:
-    """' [lo, hi]', and a ° when the interval includes zero (no measured gain); '' without one."""
-    if ci is None:
-        return ""
-    return f" [{fmt_gain(ci[0])}, {fmt_gain(ci[1])}]" + ("" if excludes_zero(ci) else "°")
+    return Table(datasets, rows, cells, base, models, notes, vsbase.versus_all(runs))
 
 
 def count(questions: int | None) -> str:
@@ -134,6 +132,7 @@ def to_markdown(table: Table, title: str) -> str:
     controls = control_lines(table)
     if controls:
         out += ["", "Controls (STTRL, reset mode):", ""] + [f"- {c}" for c in controls]
+    out += vsbase.section(table.versus)
     if table.notes:
         out += ["", "Notes:", ""] + [f"{i}. {note}" for i, note in enumerate(table.notes, 1)]
     return "\n".join(out) + "\n"
@@ -185,7 +184,7 @@ def write_csv(table: Table, path: Path) -> None:
                          "questions", "run_dir"])
         for row in [BASE] + table.rows:
             for dataset in table.datasets:
-                run = table.base[dataset] if row == BASE else table.cells.get((row, dataset))
+                run = table.base.get(dataset) if row == BASE else table.cells.get((row, dataset))
                 if run is None:
                     writer.writerow([row, dataset, "", "", "", "", "", ""])
                     continue
@@ -245,8 +244,9 @@ def import_pyplot():
 def read_all_results(runs: list[Run]) -> dict[str, list[dict]]:
     records = {}
     for run in runs:
-        if not run.per_question:
-            continue  # a dataset-level run has no per-question before/after
+        if not run.per_question or run.row == NO_UPDATE:
+            continue  # a dataset-level run has no per-question before/after; a no-update run's
+            # points all lie on the diagonal
         path = Path(run.dir) / "results.jsonl"
         if path.is_file():
             records[run.dir] = read_results(path)
@@ -310,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(table, out / "table.csv")
     print(markdown)
     written = [out / "table.md", out / "table.csv"]
+    if table.versus:
+        vsbase.write_csv(table.versus, out / "vs_base.csv")
+        written.append(out / "vs_base.csv")
     if plt is not None:
         written += write_plots(plt, table, runs, records, out)
     elif not args.no_plots:

@@ -3,7 +3,7 @@ method, from the registry) and its column (the data set), validated as untrusted
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sttrl.algorithms import METHODS
@@ -12,6 +12,9 @@ from sttrl.files import read_jsonl
 from sttrl.reporting.stats import paired_bootstrap_ci
 
 BASE = "base model"
+# A per-question run with --steps_per_question 0 never updates: its before and after are both
+# the untouched model's, so it is a base measurement, not a method, and fills no method cell.
+NO_UPDATE = "base model (no update)"
 CONTROLS = ("oracle", "random")  # --reward values other than the label-free vote
 
 
@@ -40,6 +43,16 @@ class Run:
     questions: int | None  # None: the summary does not say
     per_question: bool  # False for a dataset-level TTRL run, which has no per-question records
     gain_ci: tuple[float, float] | None = None  # paired bootstrap 95% interval of the gain
+    config: dict = field(default_factory=dict)  # the resolved config (+ data_sha256 if saved)
+
+    @property
+    def untouched_before(self) -> bool:
+        """Whether `before` measures the untouched model: a dataset-level run's first evaluation
+        and a reset run's are; a --continuous run's is the model adapted to the questions
+        before it, unless it never updates (--steps_per_question 0)."""
+        if not self.per_question:
+            return True
+        return not self.config.get("continuous", False) or self.row == NO_UPDATE
 
     @property
     def gain(self) -> float | None:
@@ -114,10 +127,23 @@ def row_name(summary: dict, where: Path) -> str:
     if method not in METHODS:
         raise UserError(f"{where}: config adaptation_method must be one of {', '.join(METHODS)}, "
                         f"got {method!r}")
+    if config.get("steps_per_question") == 0:
+        return NO_UPDATE
     entry, continuous = METHODS[method], config.get("continuous", False)
     if reward != "vote":
         return control_row(entry.name, reward, continuous)
     return entry.continuous_row if continuous else entry.row
+
+
+def with_data_digest(run_dir: Path, config: dict) -> dict:
+    """The config plus config.json's data_sha256 (summary.json does not carry it), so two runs
+    can be checked to be on the same questions."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return config
+    saved = parse_json(read_text(path), path)
+    digest = saved.get("data_sha256") if isinstance(saved, dict) else None
+    return {**config, "data_sha256": digest} if isinstance(digest, str) else config
 
 
 def load_run(run_dir: str) -> Run:
@@ -142,7 +168,7 @@ def load_run(run_dir: str) -> Run:
     questions = summary.get("questions")
     row = row_name(summary, summary_path)
     return Run(dir=run_dir, row=row, dataset=dataset, model=str(config.get("model", "?")),
-               gain_ci=gain_interval(path, summary),
+               gain_ci=gain_interval(path, summary), config=with_data_digest(path, config),
                before=summary.get("pass@1_before"), after=summary.get("pass@1_after"),
                questions=questions if type(questions) is int else None,
                per_question=not row.startswith("TTRL"))

@@ -2,7 +2,9 @@
 
 A question's pass@1 from 16 samples has a standard error near 0.12, so a run-level gain is
 only read with its interval: resample the questions (with replacement), keep each question's
-before and after together, and take the 2.5th and 97.5th percentiles of the mean gain.
+before and after together, and take the 2.5th and 97.5th percentiles of the mean gain. Also
+how the report writes a number, a gain and its interval (° when it includes zero), so the table
+and the comparison with the base model mark intervals alike.
 """
 from __future__ import annotations
 
@@ -49,3 +51,21 @@ def gain_summary(before: list[float], after: list[float]) -> dict:
 def excludes_zero(ci: list[float] | tuple[float, float] | None) -> bool:
     """True when the interval lies wholly above or wholly below zero."""
     return ci is not None and (ci[0] > 0 or ci[1] < 0)
+
+
+# ---- how the report writes them --------------------------------------------------------------
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def fmt_gain(gain: float) -> str:
+    gain = round(gain, 3) + 0.0  # + 0.0 turns -0.0 into 0.0: no change prints +0.000, not -0.000
+    return f"{gain:+.3f}"
+
+
+def ci_text(ci: tuple[float, float] | None) -> str:
+    """' [lo, hi]', and a ° when the interval includes zero (no measured gain); '' without one."""
+    if ci is None:
+        return ""
+    return f" [{fmt_gain(ci[0])}, {fmt_gain(ci[1])}]" + ("" if excludes_zero(ci) else "°")
