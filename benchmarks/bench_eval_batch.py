@@ -1,6 +1,6 @@
 """The before-evaluation in the votes' batch against two separate calls, on one question.
 
-For the default CPU configuration (SmolLM2-135M-Instruct, 16 votes at temperature 1.0 and
+For the default CPU configuration (SmolLM2-135M-Instruct, 16 votes at temperature 0.8 and
 top-p 1.0, 8 evaluation samples at 0.6 / 0.95, 128 new tokens, one ARITH-TTT question), in one
 process: `separate` is what question mode did before (generate the 8 evaluation samples, then
 the 16 votes), `batched` what it does now (one `generate_groups` call with both groups). An
