@@ -18,9 +18,9 @@ from sttrl.errors import UserError
 from sttrl.files import has_non_finite, write_atomic, write_json_atomic
 from sttrl.modes.common import Timer, generate_shared, question_seed, sample_answers
 from sttrl.reporting.results import ResultsFile, summarize
+from sttrl.rewards import extract_answer
 from sttrl.rewards.metrics import label_accuracy, maj_at_n, pass_at_1, reward_accuracy
 from sttrl.rewards.oracle import OracleReward
-from sttrl.rewards import extract_answer
 from sttrl.types import Adaptation, SampleGroup
 
 MAX_ANSWER_CHARS = 200  # answers kept in results.jsonl are cut to this length (a display cut)
@@ -57,7 +57,8 @@ def run_question(engine, example, index: int, cfg: Config) -> dict:
     if method.votes is not None:
         # The method's votes come from the same prompt and weights: one batch draws both, each
         # group from its own seed as a separate call would (LocalEngine.generate_groups). The
-        # votes are handed to the method; the evaluation samples never reach it.
+        # votes are handed to the method; the evaluation samples never reach it. The call's
+        # seconds are split between eval and generate by the tokens each group generated.
         groups = [SampleGroup(cfg.n_eval, cfg.val_temp, cfg.val_top_p, seed + 1),
                   method.votes(cfg, seed)]
         drawn, votes = generate_shared(engine, prompt, groups, ["eval", "generate"],
