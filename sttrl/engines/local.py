@@ -154,8 +154,9 @@ class LocalEngine:
                         max_new_tokens: int) -> list[list[Sample]]:
         """Several groups of samples of one prompt in one batch, one list per group. A group
         draws from its own generator exactly as `generate` with it alone does (sampling.Streams;
-        finished rows leave either way); only the forward's batch size differs, which on a CPU
-        in fp32 changes no bit (tests/test_engine.py)."""
+        finished rows leave either way); only the forward's batch size differs. On a CPU in fp32
+        that moves log-probs by ~1e-6 and no token in the tests (tests/test_batched_eval.py): a
+        token could differ only where a uniform falls that close to a CDF boundary."""
         threads = torch.get_num_threads()
         if self.device == "cpu" and self.generation_threads:
             torch.set_num_threads(self.generation_threads)

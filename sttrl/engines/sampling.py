@@ -31,6 +31,8 @@ class Streams:
 def uniforms(generator, rows: list[int], n: int, device) -> torch.Tensor:
     """One float64 uniform [len(rows), 1] for each of `rows` (indices into the n rows of the
     batch), from one torch.Generator or from each row's stream."""
+    if isinstance(generator, Streams) and len(generator.generators) == 1:
+        generator = generator.generators[0]
     if not isinstance(generator, Streams):
         return torch.rand(len(rows), 1, generator=generator, dtype=torch.float64, device=device)
     u = torch.empty(len(rows), 1, dtype=torch.float64, device=device)
