@@ -109,7 +109,7 @@ class TestAgainstTheLocalEngine:
 
         eng, _ = engines
         groups = [SampleGroup(3, 0.6, 0.95, 4), SampleGroup(5, 1.0, 1.0, 9),
-                  SampleGroup(2, 0.0, 1.0, 1)]
+                  SampleGroup(1, 0.0, 1.0, 1)]  # vLLM refuses n > 1 when greedy
         together = eng.generate_groups(PROMPT, groups, 10)
         for g, got in zip(groups, together):
             alone = eng.generate(PROMPT, g.n, g.temperature, g.top_p, 10, g.seed)
