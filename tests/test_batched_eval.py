@@ -217,3 +217,24 @@ def test_policy_version_follows_every_change_of_what_generate_samples(tiny_model
     engine.load_state_dict(engine.state_dict())
     seen.append(engine.policy_version)
     assert len(set(seen)) == len(seen)
+
+
+def test_the_shared_call_is_split_between_phases_by_generated_tokens():
+    import time
+
+    from sttrl.modes.common import Timer, generate_shared
+    from sttrl.types import Sample, SampleGroup
+
+    class Engine:
+        def generate_groups(self, prompt, groups, max_new_tokens):
+            time.sleep(0.2)
+            return [[Sample("", [1] * 3)] * 2, [Sample("", [1] * 2)] * 9]  # 6 and 18 tokens
+
+    timer = Timer()
+    timer.add("eval", 1.0)  # earlier time in a phase stays
+    groups = [SampleGroup(2, 0.6, 0.95, 1), SampleGroup(9, 1.0, 1.0, 0)]
+    out = generate_shared(Engine(), "p", groups, ["eval", "generate"], 8, timer)
+    assert [len(g) for g in out] == [2, 9]
+    spent = timer.seconds["eval"] - 1.0 + timer.seconds["generate"]
+    assert spent >= 0.2
+    assert (timer.seconds["eval"] - 1.0) / spent == pytest.approx(0.25)

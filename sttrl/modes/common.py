@@ -48,6 +48,6 @@ def generate_shared(engine, prompt: str, groups: list, phases: list[str],
     spent = time.perf_counter() - start
     tokens = [sum(len(s.token_ids) for s in samples) for samples in out]
     total = sum(tokens)
-    for phase, n, samples in zip(phases, tokens, out):
-        timer.add(phase, spent * (n / total if total else len(samples) / max(1, len(groups))))
+    for phase, n in zip(phases, tokens):
+        timer.add(phase, spent * n / total if total else spent / len(groups))
     return out
