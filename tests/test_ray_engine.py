@@ -517,13 +517,13 @@ def test_a_killed_vllm_engine_is_a_clear_error_and_the_run_resumes(ray_run, tiny
         engine = build(cfg)
         generate_groups = engine.generate_groups
 
-        def generate_or_kill(*args, **kwargs):
-            calls.append(1)
-            # question 3's first sampling (its before-evaluation and votes in one call): two
-            # questions are done
-            if len(calls) == 3:
+        def generate_or_kill(prompt, groups, *args, **kwargs):
+            # question 3's first sampling (its before-evaluation and votes, the one call with
+            # two groups; `generate` comes here with one): two questions are done
+            calls.append(len(groups) == 2)
+            if sum(calls) == 3 and calls[-1]:
                 ray_cpu.kill(engine.rollouts[0])
-            return generate_groups(*args, **kwargs)
+            return generate_groups(prompt, groups, *args, **kwargs)
 
         engine.generate_groups = generate_or_kill
         return engine
