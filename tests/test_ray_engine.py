@@ -102,6 +102,20 @@ class TestAgainstTheLocalEngine:
             assert max_gap(s.topk_logprob_mean, topk.tolist()) < LOGPROB_TOL
 
 
+    def test_groups_in_one_call_are_the_separate_calls(self, engines):
+        """generate_groups: one vLLM request per group, each with its own seed and settings,
+        gives each group the samples of a separate generate call."""
+        from sttrl.types import SampleGroup
+
+        eng, _ = engines
+        groups = [SampleGroup(3, 0.6, 0.95, 4), SampleGroup(5, 1.0, 1.0, 9),
+                  SampleGroup(1, 0.0, 1.0, 1)]  # vLLM refuses n > 1 when greedy
+        together = eng.generate_groups(PROMPT, groups, 10)
+        for g, got in zip(groups, together):
+            alone = eng.generate(PROMPT, g.n, g.temperature, g.top_p, 10, g.seed)
+            assert [s.token_ids for s in got] == [s.token_ids for s in alone], g
+            assert all(len(s.logsumexp) == len(s.token_ids) for s in got)  # energy voting
+
     def test_training_matches_local_and_vllm_follows_the_actor(self, engines):
         """GRPO steps equal the local engine's; vLLM serves the trained weights, then the initial
         ones after a reset: the check against silently stale rollout weights."""
@@ -501,15 +515,17 @@ def test_a_killed_vllm_engine_is_a_clear_error_and_the_run_resumes(ray_run, tiny
 
     def build_and_arm(cfg):
         engine = build(cfg)
-        generate = engine.generate
+        generate_groups = engine.generate_groups
 
-        def generate_or_kill(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == 7:  # question 3's first sampling: two questions are done
+        def generate_or_kill(prompt, groups, *args, **kwargs):
+            # question 3's first sampling (its before-evaluation and votes, the one call with
+            # two groups; `generate` comes here with one): two questions are done
+            calls.append(len(groups) == 2)
+            if sum(calls) == 3 and calls[-1]:
                 ray_cpu.kill(engine.rollouts[0])
-            return generate(*args, **kwargs)
+            return generate_groups(prompt, groups, *args, **kwargs)
 
-        engine.generate = generate_or_kill
+        engine.generate_groups = generate_or_kill
         return engine
 
     monkeypatch.setattr(driver, "build_engine", build_and_arm)

@@ -1,8 +1,8 @@
 """The adaptation methods, registered in one place: config, the modes and the report read
 `METHODS`, so a new method is one module and one entry here.
 
-Every method's `adapt(engine, question, prompt, cfg, seed, timer) -> sttrl.types.Adaptation`
-sees the question and the prompt, never the reference answer.
+Every method's `adapt(engine, question, prompt, cfg, seed, timer, oracle, votes) ->
+sttrl.types.Adaptation` sees the question and the prompt, never the reference answer.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class Method:
     """One adaptation method and the defaults that belong to it."""
 
     adapt: Callable
-    """adapt(engine, question, prompt, cfg, seed, timer) -> Adaptation."""
+    """adapt(engine, question, prompt, cfg, seed, timer, oracle=None, votes=None) -> Adaptation."""
     lr: float
     """Default learning rate in reset mode."""
     continuous_lr: float
@@ -30,15 +30,22 @@ class Method:
     """The report's row for a reset-mode run."""
     continuous_row: str
     """The report's row for a --continuous run."""
+    votes: Callable | None = None
+    """votes(cfg, seed) -> SampleGroup: what `adapt` first samples from the question's own
+    prompt, before it changes anything. The per-question mode draws that group in one batch
+    with its before-evaluation and hands the samples to adapt as `votes` (None: adapt samples
+    them itself)."""
 
 
 METHODS: dict[str, Method] = {
     "ttrl": Method(ttrl.adapt, lr=1e-5, continuous_lr=1e-5, steps=3, name="STTRL",
-                   row="STTRL (reset)", continuous_row="STTRL (continuous)"),
+                   row="STTRL (reset)", continuous_row="STTRL (continuous)",
+                   votes=ttrl.vote_group),
     "ttft": Method(ttft.adapt, lr=1e-4, continuous_lr=5e-5, steps=3, name="ttft",
-                   row="ttft", continuous_row="ttft (continuous)"),
+                   row="ttft", continuous_row="ttft (continuous)", votes=ttrl.vote_group),
     "slot": Method(slot.adapt, lr=0.1, continuous_lr=0.1, steps=5, name="slot",
-                   row="slot", continuous_row="slot (continuous)"),
+                   row="slot", continuous_row="slot (continuous)", votes=ttrl.vote_group),
     "memo": Method(memo.adapt, lr=1e-5, continuous_lr=1e-5, steps=3, name="memo",
-                   row="memo", continuous_row="memo (continuous)"),
+                   row="memo", continuous_row="memo (continuous)",
+                   votes=lambda cfg, seed: memo.variant_group(cfg, seed, 0)),
 }

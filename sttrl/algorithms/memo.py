@@ -13,7 +13,7 @@ from sttrl.algorithms.grpo import group_advantages, grpo_loss
 from sttrl.algorithms.ttrl import skip_reason
 from sttrl.data.prompts import format_prompt
 from sttrl.rewards import extract_answer, ttrl_rewards, vote, voting_weights
-from sttrl.types import Adaptation, TrainBatch
+from sttrl.types import Adaptation, SampleGroup, TrainBatch
 
 
 def marginal_rewards(answers: list[str | None], task: str,
@@ -34,7 +34,15 @@ def marginal_rewards(answers: list[str | None], task: str,
     return rewards, entropy
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None) -> Adaptation:
+def variant_group(cfg, seed: int, v: int) -> SampleGroup:
+    """The samples of phrasing v; phrasing 0 is the question's own prompt (Method.votes)."""
+    return SampleGroup(max(1, cfg.n_votes // cfg.memo_variants), cfg.temperature, cfg.top_p,
+                       seed + 1000 * v)
+
+
+def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None,
+          votes=None) -> Adaptation:
+    """`votes`: phrasing 0's samples (variant_group(cfg, seed, 0)) if the mode drew them."""
     B = cfg.memo_variants
     per = max(1, cfg.n_votes // B)
     prompts, samples = [], []
@@ -42,8 +50,9 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None) -> 
         for v in range(B):
             text = prompt if v == 0 else format_prompt(question, engine.tokenizer,
                                                        cfg.prompt_family, variant=v)
-            got = engine.generate(text, per, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
-                                  seed + 1000 * v)
+            g = variant_group(cfg, seed, v)
+            got = votes if v == 0 and votes is not None else engine.generate(
+                text, g.n, g.temperature, g.top_p, cfg.max_new_tokens, g.seed)
             prompts += [engine.encode(text)] * len(got)
             samples += got
     with timer("vote"):

@@ -48,9 +48,11 @@ def fit_delta(engine, prompt_ids: list[int], lr: float, steps: int,
     return delta.detach(), history
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None) -> Adaptation:
+def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None,
+          votes=None) -> Adaptation:
     # SLOT does not use the vote; it is taken so every method reports the same metrics.
-    _, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg, seed, timer)
+    _, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg, seed, timer,
+                                                        votes=votes)
     history = []
     if cfg.steps_per_question > 0:
         with timer("train"):

@@ -16,10 +16,12 @@ def sft_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask):
     return nll, {"loss": float(nll.detach())}
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None) -> Adaptation:
+def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None,
+          votes=None) -> Adaptation:
     # --reward random: a random subset of the same size as the agreeing samples
     samples, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg,
-                                                              seed, timer, oracle, exact=True)
+                                                              seed, timer, oracle, exact=True,
+                                                              votes=votes)
     keep = [s.token_ids for s, r in zip(samples, rewards) if r > 0]
     reason = None if keep else ("no answer could be extracted from any sample" if label is None
                                 else "no trained sample agrees with the vote")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sttrl.algorithms.grpo import agreement_estimate, group_advantages, grpo_loss
 from sttrl.rewards import extract_answer, random_rewards, ttrl_rewards, vote, voting_weights
-from sttrl.types import Adaptation, TrainBatch
+from sttrl.types import Adaptation, SampleGroup, TrainBatch
 
 
 def pseudo_label(samples, task: str, cfg):
@@ -39,15 +39,23 @@ def train_rewards(answers, label, task: str, cfg, seed: int, oracle=None,
     return rewards
 
 
+def vote_group(cfg, seed: int) -> SampleGroup:
+    """The votes sample_and_vote draws from the question's prompt (Method.votes)."""
+    return SampleGroup(cfg.n_votes, cfg.temperature, cfg.top_p, seed)
+
+
 def sample_and_vote(engine, question, prompt: str, cfg, seed: int, timer, oracle=None,
-                    exact: bool = False):
-    """Steps 1-2 of every method: sample n_votes, vote, reward the first n_train (train_rewards).
+                    exact: bool = False, votes=None):
+    """Steps 1-2 of every method: sample n_votes (or take `votes`, the samples of
+    vote_group(cfg, seed) that the mode drew), vote, reward the first n_train (train_rewards).
 
     Returns (samples, answers, label, vote stats, rewards of the first n_train).
     """
-    with timer("generate"):
-        samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p,
-                                  cfg.max_new_tokens, seed)
+    samples = votes
+    if samples is None:
+        with timer("generate"):
+            samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p,
+                                      cfg.max_new_tokens, seed)
     with timer("vote"):
         answers, label, stats = pseudo_label(samples, question.task, cfg)
         rewards = train_rewards(answers[:cfg.n_train], label, question.task, cfg, seed, oracle,
@@ -95,10 +103,11 @@ def budget(cfg):
     return stop
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None) -> Adaptation:
+def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None,
+          votes=None) -> Adaptation:
     """One question's test-time update; returns what happened, for the results line."""
     samples, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg,
-                                                              seed, timer, oracle)
+                                                              seed, timer, oracle, votes=votes)
     train = samples[:cfg.n_train]
     reason = skip_reason(label, rewards, stats, cfg)
     history = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-from sttrl.types import Sample, TrainBatch
+from sttrl.types import Sample, SampleGroup, TrainBatch
 
 HeadHook = Callable[[Any], Any]
 """Maps the final hidden states [..., d] entering the LM head to the ones the head should see."""
@@ -29,6 +29,18 @@ class Engine(Protocol):
     def generate(self, prompt: str, n: int, temperature: float, top_p: float,
                  max_new_tokens: int, seed: int) -> list[Sample]:
         """Sample n responses to one prompt; the same seed gives the same samples."""
+
+    def generate_groups(self, prompt: str, groups: list[SampleGroup],
+                        max_new_tokens: int) -> list[list[Sample]]:
+        """Several groups of samples of one prompt in one batch, one list per group, each group
+        with its own n, temperature, top-p and seed. A group's samples are those of
+        `generate(prompt, g.n, g.temperature, g.top_p, max_new_tokens, g.seed)`, up to the
+        floating-point differences of a larger batch."""
+
+    @property
+    def policy_version(self) -> int:
+        """Changes whenever what generate samples from may have changed (weights, head hook);
+        the same value means the same samples for the same seed."""
 
     def train(self, batch: TrainBatch, loss_fn: Callable, loss_kwargs: dict, steps: int,
               mini_batches: list[list[int]] | None = None,

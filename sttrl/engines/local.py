@@ -14,12 +14,12 @@ import torch
 
 from sttrl.data.prompts import encode_prompt
 from sttrl.engines.models import enable_gradient_checkpointing, load_model
-from sttrl.engines.sampling import sample_next
+from sttrl.engines.sampling import Streams, sample_next
 from sttrl.engines.sequences import (PASS_COST_TOKENS, SHARE_MIN_TOKENS, TOP_K_CONFIDENCE,
                                      length_buckets, pad_batch, response_logprobs,
                                      response_mask, shared_prompt_logprobs, stop_token_ids)
 from sttrl.errors import UserError
-from sttrl.types import Sample, TrainBatch
+from sttrl.types import Sample, SampleGroup, TrainBatch
 
 
 def pick_device(device: str) -> str:
@@ -85,6 +85,7 @@ class LocalEngine:
         self.ref_model = None  # built on first need from the initial weights
         self.initial = self.snapshot()
         self.pristine = True  # True while the weights equal the initial ones
+        self.policy_version = 0  # changes whenever what generate samples from may have changed
         self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
 
     def close(self) -> None:
@@ -112,6 +113,7 @@ class LocalEngine:
 
     def set_head_hook(self, hook) -> None:
         self._head_hook = hook
+        self.policy_version += 1
 
     @torch.no_grad()
     def prompt_hidden(self, prompt_ids: list[int]) -> torch.Tensor:
@@ -145,19 +147,35 @@ class LocalEngine:
     # ---- generation -------------------------------------------------------------------------
     def generate(self, prompt: str, n: int, temperature: float, top_p: float,
                  max_new_tokens: int, seed: int) -> list[Sample]:
+        return self.generate_groups(prompt, [SampleGroup(n, temperature, top_p, seed)],
+                                    max_new_tokens)[0]
+
+    def generate_groups(self, prompt: str, groups: list[SampleGroup],
+                        max_new_tokens: int) -> list[list[Sample]]:
+        """Several groups of samples of one prompt in one batch, one list per group. A group
+        draws from its own generator exactly as `generate` with it alone does (sampling.Streams;
+        finished rows leave either way); only the forward's batch size differs. On a CPU in fp32
+        that moves log-probs by ~1e-6 and no token in the tests (tests/test_batched_eval.py): a
+        token could differ only where a uniform falls that close to a CDF boundary."""
         threads = torch.get_num_threads()
         if self.device == "cpu" and self.generation_threads:
             torch.set_num_threads(self.generation_threads)
         try:
             with self._autocast():  # one region: the weights are cast to bf16 once per call
-                return self._generate(prompt, n, temperature, top_p, max_new_tokens, seed)
+                return self._generate(prompt, groups, max_new_tokens)
         finally:
             torch.set_num_threads(threads)
 
     @torch.inference_mode()
-    def _generate(self, prompt: str, n: int, temperature: float, top_p: float,
-                  max_new_tokens: int, seed: int) -> list[Sample]:
-        gen = torch.Generator(device=self.device).manual_seed(seed)
+    def _generate(self, prompt: str, groups: list[SampleGroup],
+                  max_new_tokens: int) -> list[list[Sample]]:
+        gens = [torch.Generator(device=self.device).manual_seed(g.seed) for g in groups]
+        group = [k for k, g in enumerate(groups) for _ in range(g.n)]  # each row's group
+        n = len(group)
+        if n == 0:
+            return [[] for _ in groups]
+        temps = [groups[k].temperature for k in group]
+        tops = [groups[k].top_p for k in group]
         prompt_ids = self.encode(prompt)
         ids = torch.tensor([prompt_ids], device=self.device)  # [1, P]
         out = self.model(input_ids=ids, use_cache=True)
@@ -171,16 +189,18 @@ class LocalEngine:
         finished = [False] * n
         pos = len(prompt_ids)
         for _ in range(max_new_tokens):
+            rows = alive.tolist()
             # untempered log p = logits - logsumexp: no [N, V] log-softmax tensor needed
             lse = torch.logsumexp(logits, dim=-1)  # [N]
-            nxt = sample_next(logits, temperature, top_p, gen)  # [N]
+            nxt = sample_next(logits, [temps[i] for i in rows], [tops[i] for i in rows],
+                              Streams(gens, [group[i] for i in rows]))  # [N]
             chosen = logits.gather(-1, nxt[:, None]).squeeze(-1) - lse
             k = min(TOP_K_CONFIDENCE, logits.shape[-1])
             topk = logits.topk(k, dim=-1).values.mean(-1) - lse
             done = torch.isin(nxt, stop)
             # One host transfer per quantity per step, not one per row.
-            step = zip(alive.tolist(), nxt.tolist(), chosen.tolist(), lse.tolist(),
-                       topk.tolist(), done.tolist())
+            step = zip(rows, nxt.tolist(), chosen.tolist(), lse.tolist(), topk.tolist(),
+                       done.tolist())
             for i, tok, lp, ls, tk, dn in step:
                 tokens[i].append(tok)
                 lps[i].append(lp)
@@ -198,9 +218,10 @@ class LocalEngine:
                              use_cache=True)
             logits = out.logits[:, -1, :].float()
             pos += 1
-        return [Sample(text=self.tokenizer.decode(tokens[i], skip_special_tokens=True),
-                       token_ids=tokens[i], logprobs=lps[i], logsumexp=lses[i],
-                       topk_logprob_mean=topks[i], finished=finished[i]) for i in range(n)]
+        samples = [Sample(text=self.tokenizer.decode(tokens[i], skip_special_tokens=True),
+                          token_ids=tokens[i], logprobs=lps[i], logsumexp=lses[i],
+                          topk_logprob_mean=topks[i], finished=finished[i]) for i in range(n)]
+        return [[s for s, k in zip(samples, group) if k == g] for g in range(len(groups))]
 
     def encode(self, prompt: str) -> list[int]:
         return encode_prompt(prompt, self.tokenizer)
@@ -329,7 +350,7 @@ class LocalEngine:
                     sums[k] = sums.get(k, 0.0) + v
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
             self.optimizer.step()
-            self.pristine = False
+            self.pristine, self.policy_version = False, self.policy_version + 1
             merged = {k: v / n_tokens for k, v in sums.items()}
             merged["grad_norm"] = float(grad_norm)
             history.append(merged)
@@ -354,6 +375,7 @@ class LocalEngine:
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self._head_hook = state["head_hook"]
         self.pristine = state is self.initial
+        self.policy_version += 1
 
     def reset(self) -> None:
         """Back to the weights and (empty) optimiser state the engine started with."""
@@ -368,5 +390,5 @@ class LocalEngine:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self._head_hook = state.get("head_hook")
-        self.pristine = False
+        self.pristine, self.policy_version = False, self.policy_version + 1
 

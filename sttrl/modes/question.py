@@ -16,11 +16,12 @@ from sttrl.config import Config
 from sttrl.data import format_prompt
 from sttrl.errors import UserError
 from sttrl.files import has_non_finite, write_atomic, write_json_atomic
-from sttrl.modes.common import Timer, question_seed, sample_answers
+from sttrl.modes.common import Timer, generate_shared, question_seed, sample_answers
 from sttrl.reporting.results import ResultsFile, summarize
+from sttrl.rewards import extract_answer
 from sttrl.rewards.metrics import label_accuracy, maj_at_n, pass_at_1, reward_accuracy
 from sttrl.rewards.oracle import OracleReward
-from sttrl.types import Adaptation
+from sttrl.types import Adaptation, SampleGroup
 
 MAX_ANSWER_CHARS = 200  # answers kept in results.jsonl are cut to this length (a display cut)
 
@@ -50,14 +51,34 @@ def run_question(engine, example, index: int, cfg: Config) -> dict:
     prompt = format_prompt(q, engine.tokenizer, cfg.prompt_family)
     seed = question_seed(cfg.seed, q.id)
     eval_args = (prompt, q.task, cfg.n_eval, cfg.val_temp, cfg.val_top_p, cfg.max_new_tokens)
-    with timer("eval"):
-        # Before and after share a sampling seed: a paired comparison with less noise.
-        before = sample_answers(engine, *eval_args, seed + 1)
+    method = METHODS[cfg.adaptation_method]
+    votes = None
+    # Before and after share a sampling seed: a paired comparison with less noise.
+    if method.votes is not None:
+        # The method's votes come from the same prompt and weights: one batch draws both, each
+        # group from its own seed as a separate call would (LocalEngine.generate_groups). The
+        # votes are handed to the method; the evaluation samples never reach it. The call's
+        # seconds are split between eval and generate by the tokens each group generated.
+        groups = [SampleGroup(cfg.n_eval, cfg.val_temp, cfg.val_top_p, seed + 1),
+                  method.votes(cfg, seed)]
+        drawn, votes = generate_shared(engine, prompt, groups, ["eval", "generate"],
+                                       cfg.max_new_tokens, timer)
+        with timer("eval"):
+            before = [extract_answer(s.text, q.task) for s in drawn]
+    else:
+        with timer("eval"):
+            before = sample_answers(engine, *eval_args, seed + 1)
+    version = engine.policy_version
     # --reward oracle is the one path on which the reference reaches a method: named, and marked
     oracle = OracleReward(example.answer, q.task, cfg.answer_form) if cfg.reward == "oracle" else None
-    adapted = METHODS[cfg.adaptation_method].adapt(engine, q, prompt, cfg, seed, timer, oracle)
-    with timer("eval"):
-        after = sample_answers(engine, *eval_args, seed + 1)
+    adapted = method.adapt(engine, q, prompt, cfg, seed, timer, oracle, votes=votes)
+    if engine.policy_version == version:
+        # Nothing the samples come from changed (a skipped update): the same seed would draw
+        # the same samples again, so the before-evaluation is the after-evaluation.
+        after = list(before)
+    else:
+        with timer("eval"):
+            after = sample_answers(engine, *eval_args, seed + 1)
     metrics = evaluate(example.answer, q.task, before, after, adapted, cfg.answer_form)
     stats = adapted.vote
     rewards = adapted.rewards

@@ -8,7 +8,9 @@ cannot tell the two apart. The other files of this package hold one distributed 
 What runs where:
 
 - `generate`: the n samples are split across the vLLM engines, each with its own seed
-  (deterministic for a given number of engines). vLLM returns each token's untempered log-prob
+  (deterministic for a given number of engines). `generate_groups` splits every group so, and
+  each engine samples its share of all groups in one vLLM call, one request per group with its
+  own SamplingParams (seed included), so a group's samples are those of `generate` alone. vLLM returns each token's untempered log-prob
   and the top-20 log-probs (for DeepConf confidence). It does not return the logsumexp of the raw
   logits that energy voting needs, so with `--voting_function energy` (`need_logsumexp`) the
   engine scores the samples once more on the actor ranks and fills `Sample.logsumexp`; with the
@@ -45,7 +47,7 @@ from sttrl.engines.ray.placement import create_placement_group, plan_layout, spa
 from sttrl.engines.ray.weight_sync import WeightSync
 from sttrl.engines.ray.zero import merge_steps, micro_batches, shard
 from sttrl.errors import UserError
-from sttrl.types import Sample, TrainBatch
+from sttrl.types import Sample, SampleGroup, TrainBatch
 
 NO_HIDDEN_STATES = ("--adaptation_method slot needs --engine local: the scale engine samples with "
                     "vLLM, which does not expose the hidden states entering the LM head")
@@ -163,6 +165,11 @@ class RayEngine(ActorScoring):
         return self.actors.trainers + self.actors.critics
 
     @property
+    def policy_version(self) -> int:
+        """The actor's weights version (weight_sync): one version, one set of weights."""
+        return self.weights.actor
+
+    @property
     def pristine(self) -> bool:
         """The actor holds the initial weights (version 0): the policy is the reference."""
         return self.weights.actor == 0
@@ -207,21 +214,32 @@ class RayEngine(ActorScoring):
 
     def generate(self, prompt: str, n: int, temperature: float, top_p: float,
                  max_new_tokens: int, seed: int) -> list[Sample]:
+        return self.generate_groups(prompt, [SampleGroup(n, temperature, top_p, seed)],
+                                    max_new_tokens)[0]
+
+    def generate_groups(self, prompt: str, groups: list[SampleGroup],
+                        max_new_tokens: int) -> list[list[Sample]]:
         prompt_ids = self.encode(prompt)
-        calls = [r.generate.remote(prompt_ids, k, temperature, top_p, max_new_tokens,
-                                   engine_seed(seed, i), self.stop_ids)
-                 for i, (r, k) in enumerate(zip(self.rollouts, split_counts(n, len(self.rollouts))))
-                 if k]
-        raw = [s for part in self._get(calls, "sampling on the vLLM engines") for s in part]
-        samples = [Sample(text=self.tokenizer.decode(s["token_ids"], skip_special_tokens=True),
-                          token_ids=s["token_ids"], logprobs=s["logprobs"],
-                          topk_logprob_mean=s["topk"], finished=s["finished"]) for s in raw]
-        if self.need_logsumexp:  # energy voting: vLLM has no logsumexp of the raw logits
+        R = len(self.rollouts)
+        shares = [split_counts(g.n, R) for g in groups]  # shares[group][engine]
+        # engine i samples (group index, count, temperature, top_p, seed) for each of its shares
+        asks = [[(k, shares[k][i], g.temperature, g.top_p, engine_seed(g.seed, i))
+                 for k, g in enumerate(groups) if shares[k][i]] for i in range(R)]
+        calls = [r.generate.remote(prompt_ids, [a[1:] for a in ask], max_new_tokens,
+                                   self.stop_ids) for r, ask in zip(self.rollouts, asks) if ask]
+        got = self._get(calls, "sampling on the vLLM engines")
+        out = [[] for _ in groups]  # each group's samples, engine 0's share first
+        for (k, *_), part in zip([a for ask in asks for a in ask], [p for ps in got for p in ps]):
+            out[k] += [Sample(self.tokenizer.decode(s["token_ids"], skip_special_tokens=True),
+                              s["token_ids"], s["logprobs"], topk_logprob_mean=s["topk"],
+                              finished=s["finished"]) for s in part]
+        samples = [s for group in out for s in group]
+        if self.need_logsumexp and samples:  # energy voting: vLLM has no raw logsumexp
             scored = self.score_on_actor([prompt_ids] * len(samples),
                                          [s.token_ids for s in samples], with_logsumexp=True)
             for s, (_, lse) in zip(samples, scored):
                 s.logsumexp = lse
-        return samples
+        return out
 
     # ---- training -------------------------------------------------------------------------------
     def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int,

@@ -64,19 +64,28 @@ class RolloutActor(WeightReceiver):
                 logging.ERROR)
         return time.perf_counter() - start
 
-    def generate(self, prompt_ids: list[int], n: int, temperature: float, top_p: float,
-                 max_tokens: int, seed: int, stop_ids: list[int]) -> list[dict]:
-        """n samples with the untempered log-prob of each token and the mean top-20 log-prob."""
+    def generate(self, prompt_ids: list[int], groups: list[tuple], max_tokens: int,
+                 stop_ids: list[int]) -> list[list[dict]]:
+        """For each group (n, temperature, top_p, seed), n samples of the prompt with the
+        untempered log-prob of each token and the mean top-20 log-prob: one request per group,
+        all in one vLLM call (each request samples from its own seeded generator)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         from sttrl.engines.sequences import TOP_K_CONFIDENCE
 
-        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                                seed=seed, stop_token_ids=stop_ids, logprobs=TOP_K_CONFIDENCE,
-                                detokenize=False)  # the driver decodes, as the local engine does
-        out = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids)], params,
-                                use_tqdm=False)[0]
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                 seed=seed, stop_token_ids=stop_ids, logprobs=TOP_K_CONFIDENCE,
+                                 detokenize=False)  # the driver decodes, as the local engine does
+                  for n, temperature, top_p, seed in groups]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids)] * len(groups), params,
+                                 use_tqdm=False)
+        return [self._samples(out) for out in outs]
+
+    @staticmethod
+    def _samples(out) -> list[dict]:
+        from sttrl.engines.sequences import TOP_K_CONFIDENCE
+
         samples = []
         for c in out.outputs:
             # c.logprobs[t]: {token id: Logprob} for the top 20 and the sampled token, raw
