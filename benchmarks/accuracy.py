@@ -5,7 +5,8 @@ points on one engine. Samples drawn from the untouched model (the votes and the 
 before the update, and the evaluation after a skipped update) are cached on disk by
 (model, prompt, sampling arguments, seed): points that share them sample once, and points added
 later reuse them. The samples are exactly those the run would draw itself, since the local
-engine's sampling depends only on those arguments.
+engine's sampling depends only on those arguments. Two points may run at once in two
+processes on one --out: each reads what the other added before drawing a missing entry.
 
     .venv/bin/python benchmarks/accuracy.py --data_path runs/devsets/gain.json \\
         --out runs/accuracy/gain --point default= --point lr3e-6="--lr 3e-6"
@@ -27,11 +28,14 @@ so its after equals its before, and the other questions are unchanged
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
+import os
 import shlex
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,11 +50,23 @@ class CachedSamples:
         self.engine, self.path, self.model = engine, path, model
         self.cache: dict[str, list[dict]] = {}
         self.hits = self.misses = 0
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    self.cache[entry["key"]] = entry["samples"]
+        self.offset = 0  # bytes of the file read so far
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the lines appended since the last read, whole lines only: another point's
+        process may share the cache and be writing its next line."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].decode().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                self.cache[entry["key"]] = entry["samples"]
+        self.offset += end
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
@@ -65,15 +81,46 @@ class CachedSamples:
         if not untouched:
             return self.engine.generate(prompt, n, temperature, top_p, max_new_tokens, seed)
         key = self.key(prompt, n, temperature, top_p, max_new_tokens, seed)
+        if key not in self.cache:
+            self.refresh()
         if key in self.cache:
             self.hits += 1
             return [Sample(**s) for s in self.cache[key]]
         self.misses += 1
-        samples = self.engine.generate(prompt, n, temperature, top_p, max_new_tokens, seed)
-        self.cache[key] = [asdict(s) for s in samples]
+        with self.claim([key]) as missing:
+            if missing:
+                samples = self.engine.generate(prompt, n, temperature, top_p, max_new_tokens, seed)
+                self.store(key, samples)
+        return [Sample(**s) for s in self.cache[key]]
+
+    def store(self, key: str, samples) -> None:
         from sttrl.files import append_jsonl
+
+        self.cache[key] = [asdict(s) for s in samples]
         append_jsonl(self.path, {"key": key, "samples": self.cache[key]})
-        return samples
+
+    @contextlib.contextmanager
+    def claim(self, keys: list[str]):
+        """Yield the keys still missing once no other live process is drawing them: a marker
+        file per key (holding its pid) tells the others to wait and read the cache instead of
+        drawing the same samples twice; a dead holder's marker is taken over."""
+        markers = [Path(f"{self.path}.{k}.drawing") for k in keys]
+        while True:
+            self.refresh()
+            missing = [k for k in keys if k not in self.cache]
+            busy = [m for m, k in zip(markers, keys) if k in missing and held_by_other(m)]
+            if not busy:
+                break
+            time.sleep(2)
+        for m, k in zip(markers, keys):
+            if k in missing:
+                m.write_text(str(os.getpid()))
+        try:
+            yield missing
+        finally:
+            for m, k in zip(markers, keys):
+                if k in missing:
+                    m.unlink(missing_ok=True)
 
     def generate_groups(self, prompt, groups, max_new_tokens):
         """Each group from the cache under generate's key; the missing ones in one batch (the
@@ -85,20 +132,38 @@ class CachedSamples:
             return self.engine.generate_groups(prompt, groups, max_new_tokens)
         keys = [self.key(prompt, g.n, g.temperature, g.top_p, max_new_tokens, g.seed)
                 for g in groups]
-        missing = [i for i, k in enumerate(keys) if k not in self.cache]
-        self.hits += len(groups) - len(missing)
-        self.misses += len(missing)
-        if missing:
-            from sttrl.files import append_jsonl
-            drawn = self.engine.generate_groups(prompt, [groups[i] for i in missing],
-                                                max_new_tokens)
-            for i, samples in zip(missing, drawn):
-                self.cache[keys[i]] = [asdict(s) for s in samples]
-                append_jsonl(self.path, {"key": keys[i], "samples": self.cache[keys[i]]})
+        if any(k not in self.cache for k in keys):
+            self.refresh()
+        with self.claim([k for k in keys if k not in self.cache]) as absent:
+            missing = [i for i, k in enumerate(keys) if k in absent]
+            self.hits += len(groups) - len(missing)
+            self.misses += len(missing)
+            if missing:
+                drawn = self.engine.generate_groups(prompt, [groups[i] for i in missing],
+                                                    max_new_tokens)
+                for i, samples in zip(missing, drawn):
+                    self.store(keys[i], samples)
         return [[Sample(**s) for s in self.cache[k]] for k in keys]
 
     def close(self):
         """The engine outlives each point; the caller closes it at the end."""
+
+
+def held_by_other(marker: Path) -> bool:
+    """Whether another live process holds this marker."""
+    try:
+        pid = int(marker.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    if pid in (0, os.getpid()):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def parse_points(points: list[str]) -> list[tuple[str, list[str]]]:
