@@ -48,6 +48,14 @@ class Config:
     """Keep the frozen reference model on its own device (the next GPU) instead of the actor's."""
     gradient_checkpointing: bool = False
     """Trade compute for memory in the training forward pass."""
+    lora_rank: int = 0
+    """Train a rank-R LoRA adapter (peft) on frozen base weights instead of every weight (0: off, full fine-tuning)."""
+    lora_alpha: float = 32.0
+    """LoRA scale numerator (the update is alpha/rank x BA); fixed, not tied to the rank, so the best lr barely moves with the rank."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter's input in training forwards (rollouts and scoring never drop)."""
+    lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    """Comma-separated module names that get an adapter (default: every projection of a Llama/Qwen2-family layer)."""
     micro_batch_size: int = 8
     """Responses per forward/backward chunk in training and scoring."""
     generation_threads: int = 0
@@ -252,6 +260,14 @@ def validate(cfg: Config) -> Config:
         _check(v is None or 1 <= v <= 1_000_000, f"--{name} must be an integer from 1 to 1000000, got {v}")
     _check(cfg.steps_per_question is None or 0 <= cfg.steps_per_question <= 10_000,
            f"--steps_per_question must be an integer from 0 to 10000, got {cfg.steps_per_question}")
+    _check(0 <= cfg.lora_rank <= 4096, f"--lora_rank must be an integer from 0 to 4096, got {cfg.lora_rank}")
+    _check(cfg.lora_alpha > 0, f"--lora_alpha must be > 0, got {cfg.lora_alpha}")
+    _check(0 <= cfg.lora_dropout < 1, f"--lora_dropout must be from 0 to below 1, got {cfg.lora_dropout}")
+    names = cfg.lora_target_modules.split(",")
+    _check(all(n.strip().isidentifier() for n in names), "--lora_target_modules must be comma-"
+           f"separated module names (q_proj,v_proj), got {cfg.lora_target_modules!r}")
+    _check(not (cfg.lora_rank and cfg.separate_ref_gpu), "--separate_ref_gpu has no use with "
+           "--lora_rank: the reference is the base model with the adapter switched off")
     _check(cfg.lr is None or 0 < cfg.lr <= 10, f"--lr must be > 0 and <= 10, got {cfg.lr}")
     for name in ("temperature", "val_temp"):
         v = getattr(cfg, name)
@@ -323,6 +339,9 @@ def canonical_names(cfg: Config) -> Config:
 
 DATASET_LR = 5e-7  # the TTRL paper's peak learning rate for dataset-level training
 DATASET_WEIGHT_DECAY = 0.01  # TTRL's verl recipe
+# Default lr with --lora_rank: this times the full fine-tuning default. LoRA needs a larger lr
+# (Schulman et al., "LoRA Without Regret", 2025, found ~10x); uncalibrated for STTRL.
+LORA_LR_FACTOR = 10.0
 
 
 def resolve(cfg: Config, on_gpu: bool) -> Config:
@@ -355,10 +374,13 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
     if cfg.lr is None:
         cfg.lr = (DATASET_LR if cfg.mode == "dataset" else
                   method.continuous_lr if cfg.continuous else method.lr)
+        if cfg.lora_rank and method.trains_weights:
+            cfg.lr *= LORA_LR_FACTOR
     if cfg.output_dir is None:
         name = Path(cfg.data_path).stem if cfg.data_path else cfg.dataset
         model = Path(cfg.model.rstrip("/")).name
-        suffix = "_continuous" if cfg.continuous else ""
+        suffix = (f"_lora{cfg.lora_rank}" if cfg.lora_rank else "") + \
+            ("_continuous" if cfg.continuous else "")
         method = "ttrl-dataset" if cfg.mode == "dataset" else cfg.adaptation_method
         cfg.output_dir = str(Path("runs") / f"{name}_{model}_{method}{suffix}")
     return validate(cfg)

@@ -30,6 +30,8 @@ class Method:
     """The report's row for a reset-mode run."""
     continuous_row: str
     """The report's row for a --continuous run."""
+    trains_weights: bool = True
+    """Whether the method updates the model's weights (an adapter with --lora_rank); slot does not."""
 
 
 METHODS: dict[str, Method] = {
@@ -38,7 +40,7 @@ METHODS: dict[str, Method] = {
     "ttft": Method(ttft.adapt, lr=1e-4, continuous_lr=5e-5, steps=3, name="ttft",
                    row="ttft", continuous_row="ttft (continuous)"),
     "slot": Method(slot.adapt, lr=0.1, continuous_lr=0.1, steps=5, name="slot",
-                   row="slot", continuous_row="slot (continuous)"),
+                   row="slot", continuous_row="slot (continuous)", trains_weights=False),
     "memo": Method(memo.adapt, lr=1e-5, continuous_lr=1e-5, steps=3, name="memo",
                    row="memo", continuous_row="memo (continuous)"),
 }

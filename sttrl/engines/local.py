@@ -13,6 +13,7 @@ import copy
 import torch
 
 from sttrl.data.prompts import encode_prompt
+from sttrl.engines import lora
 from sttrl.engines.models import enable_gradient_checkpointing, load_model
 from sttrl.engines.sampling import sample_next
 from sttrl.engines.sequences import (PASS_COST_TOKENS, SHARE_MIN_TOKENS, TOP_K_CONFIDENCE,
@@ -54,8 +55,13 @@ class LocalEngine:
         # is simpler than a bf16 model plus fp32 masters (no copy-back after each step; snapshot,
         # restore and checkpoints unchanged) and smaller (4 bytes a weight, not 2 + 4).
         # A test may set autocast_dtype to bf16 on the CPU to run the GPU's numerics there.
-        self.dtype = torch.float32
-        self.autocast_dtype = torch.bfloat16 if self.device.startswith("cuda") else None
+        # With LoRA the base never changes, so on a GPU it is stored in bf16 (half the memory);
+        # only the adapter and its AdamW state need fp32 (lora.wrap).
+        self.lora_rank, self.lora, self.lora_dropout = (cfg.lora_rank, cfg.lora_rank > 0,
+                                                        cfg.lora_dropout > 0)
+        on_cuda = self.device.startswith("cuda")
+        self.dtype = torch.bfloat16 if self.lora and on_cuda else torch.float32
+        self.autocast_dtype = torch.bfloat16 if on_cuda else None
         self.model_path, self.trust_remote_code = model_path, cfg.trust_remote_code
         self.model, self.tokenizer = load_model(model_path, self.dtype, self.device,
                                                 cfg.trust_remote_code)
@@ -64,11 +70,17 @@ class LocalEngine:
         self.max_context = getattr(self.model.config, "max_position_embeddings", None)
         self.gradient_checkpointing = cfg.gradient_checkpointing
         if self.gradient_checkpointing:
-            enable_gradient_checkpointing(self.model)
+            enable_gradient_checkpointing(self.model)  # before wrapping: it zeroes every dropout
+        if self.lora:
+            self.model = lora.wrap(self.model, cfg)
+            if self.gradient_checkpointing:
+                # The frozen embeddings' output has no grad, and a checkpointed layer whose
+                # inputs need none returns none to the adapters inside it.
+                self.model.enable_input_require_grads()
         self._head_hook = None  # applied to the hidden states entering the LM head (SLOT)
         self._head_hook_on = True
         self.model.get_output_embeddings().register_forward_pre_hook(self._apply_head_hook)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # the adapter's
         # Fused: one kernel over all weights instead of a loop of small ones
         # (docs/PERFORMANCE.md has the measured step times).
         try:
@@ -82,7 +94,7 @@ class LocalEngine:
         # Training runs each prompt once per micro-batch and shares its KV cache across the rows;
         # gradient checkpointing needs cache-free forwards, so it pads every row instead.
         self.share_prompt = not self.gradient_checkpointing
-        self.ref_model = None  # built on first need from the initial weights
+        self.ref_model = None  # built on first need from the initial weights (not with LoRA)
         self.initial = self.snapshot()
         self.pristine = True  # True while the weights equal the initial ones
         self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
@@ -247,6 +259,14 @@ class LocalEngine:
         return out
 
     def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        if self.lora:  # the base model is the reference: the same weights, adapter switched off
+            self._head_hook_on = False  # as the separate reference model has no hook
+            try:
+                with self.model.disable_adapter():
+                    return self.score(batch.prompts, batch.responses,
+                                      temperature=batch.temperature)
+            finally:
+                self._head_hook_on = True
         if self.ref_model is None:
             # The initial weights are the ones on disk; loading them again is simpler than
             # deep-copying a model that carries this engine's hooks.
@@ -271,6 +291,8 @@ class LocalEngine:
         """
         # Training mode only switches on checkpointing (dropout is off: see models.py).
         self.model.train(self.gradient_checkpointing)
+        if self.lora_dropout:
+            lora.set_dropout(self.model, False)  # on only for the gradient forwards (_train)
         try:
             return self._train(batch, loss_fn, loss_kwargs, steps, mini_batches, lrs, stop)
         finally:
@@ -308,6 +330,8 @@ class LocalEngine:
                 for j, (rows, responses, _, _) in enumerate(micro):
                     old[p, j] = self._logprobs(self.model, batch.prompts[rows[0]], responses,
                                                batch.temperature)
+        if self.lora_dropout:
+            lora.set_dropout(self.model, True)
         history = []
         for step, (micro, n_tokens) in enumerate(schedule):
             p = step % len(plans)
@@ -360,12 +384,13 @@ class LocalEngine:
         self.restore(self.initial)
 
     def state_dict(self) -> dict:
-        """Weights and optimiser state, for a continuous run's checkpoint."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "head_hook": self._head_hook}
+        """Weights (with LoRA only the adapter's) and optimiser state, for a continuous run's
+        checkpoint."""
+        return {**lora.weights_state(self.model, self.lora_rank),
+                "optimizer": self.optimizer.state_dict(), "head_hook": self._head_hook}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        lora.load_weights_state(self.model, state, self.lora_rank)
         self.optimizer.load_state_dict(state["optimizer"])
         self._head_hook = state.get("head_hook")
         self.pristine = False
