@@ -312,6 +312,8 @@ def validate(cfg: Config) -> Config:
                "--advantage_estimator gae needs --engine ray (the local engine has no critic)")
         _check(cfg.adaptation_method == "ttrl", "--advantage_estimator gae applies to "
                f"--adaptation_method ttrl only, got {cfg.adaptation_method!r}")
+    _check(not (cfg.engine == "ray" and cfg.lora_rank > 512), "--engine ray serves adapters of "
+           f"--lora_rank up to 512 (vLLM's largest max_lora_rank), got {cfg.lora_rank}")
     _check(not (cfg.engine == "ray" and cfg.adaptation_method == "slot"),
            "--adaptation_method slot needs --engine local (it edits the local model's hidden states)")
     if cfg.colocate and cfg.vllm_num_engines is not None and cfg.actor_num_gpus is not None:

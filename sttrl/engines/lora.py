@@ -7,9 +7,15 @@ that is the KL reference. Both engines build their adapter here, so they train t
 """
 from __future__ import annotations
 
+import re
+
 import torch
 
 from sttrl.errors import UserError
+
+# The adapter ranks vLLM can be started for (its LoRAConfig.max_lora_rank); an adapter of a
+# smaller rank is served by the next one up.
+VLLM_MAX_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def target_modules(spec: str) -> list[str]:
@@ -95,6 +101,16 @@ def load_weights_state(model, state: dict, rank: int) -> None:
         load_adapter_state(model, state["adapter"])
     else:
         model.load_state_dict(state["model"])
+
+
+def vllm_max_rank(rank: int) -> int:
+    return next(r for r in VLLM_MAX_RANKS if r >= rank)
+
+
+def peft_key(name: str) -> str:
+    """A trainable parameter's name in the wrapped model -> its key in a saved adapter (peft
+    drops the adapter's own name, "default")."""
+    return re.sub(r"\.(lora_[AB])\.default\.", r".\1.", name)
 
 
 def adapter_config_dict(cfg, base_model_path: str) -> dict:

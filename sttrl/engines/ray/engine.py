@@ -38,6 +38,7 @@ import tempfile
 from dataclasses import dataclass
 
 from sttrl.data.prompts import encode_prompt
+from sttrl.engines.ray.adapter_sync import AdapterSync
 from sttrl.engines.ray.common import ActorSettings, wait
 from sttrl.engines.ray.critic import gae_targets
 from sttrl.engines.ray.scoring import ActorScoring
@@ -112,7 +113,8 @@ class RayEngine(ActorScoring):
             self.actors = spawn_actors(cfg, self.pg, self.layout, self.settings)
             # actor id -> "vLLM engine 0" etc., to name the actor in a Ray error
             self._labels = {a._actor_id.hex(): name for name, a in self.actors.labelled()}
-            self.weights = WeightSync(cfg.weight_sync, self.trainers, self.rollouts, self._get)
+            sync = AdapterSync if cfg.lora_rank else WeightSync  # LoRA: vLLM serves the adapter
+            self.weights = sync(cfg.weight_sync, self.trainers, self.rollouts, self._get)
             self._setup()
         except BaseException:
             self.close()
@@ -336,11 +338,15 @@ class RayEngine(ActorScoring):
         self.restore(self.initial)
 
     def state_dict(self) -> dict:
-        """Full weights (gathered on rank 0) and each rank's optimizer state, for checkpoints."""
-        weights = self._get([t.full_weights.remote() for t in self.trainers], "gathering weights")[0]
+        """Full weights, or with LoRA the adapter (gathered on rank 0), and each rank's
+        optimizer state, for checkpoints."""
+        key, method = ("adapter", "adapter_weights") if self.cfg.lora_rank else ("model",
+                                                                                 "full_weights")
+        weights = self._get([getattr(t, method).remote() for t in self.trainers],
+                            "gathering weights")[0]
         optimizer = self._get([t.optimizer_state.remote() for t in self.trainers],
                               "saving the optimizer state")
-        state = {"model": weights, "optimizer": optimizer, "world_size": len(self.trainers)}
+        state = {key: weights, "optimizer": optimizer, "world_size": len(self.trainers)}
         if self.actors.critics:  # gae: the critic ranks' partitions and Adam state likewise
             state["critic_optimizer"] = self._get(
                 [c.optimizer_state.remote() for c in self.actors.critics], "saving the critic")
@@ -350,6 +356,10 @@ class RayEngine(ActorScoring):
         if state.get("world_size") != len(self.trainers):
             raise UserError(f"this checkpoint was written by {state.get('world_size')} actor ranks "
                             f"(--actor_num_gpus), not {len(self.trainers)}")
+        if bool(self.cfg.lora_rank) != ("adapter" in state):
+            held = "a LoRA adapter" if "adapter" in state else "full weights"
+            raise UserError(f"the checkpoint holds {held}, which this run (--lora_rank "
+                            f"{self.cfg.lora_rank}) cannot resume")
         critics = self.actors.critics
         if critics and "critic_optimizer" not in state:
             raise UserError("this checkpoint has no critic (it was written without "
