@@ -206,6 +206,8 @@ def load_yaml(path: str) -> dict:
         raise UserError(f"{path}: invalid YAML{where}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of option: value")
+    if isinstance(data.get("lora_target_modules"), list):  # a YAML list reads as the flag does
+        data["lora_target_modules"] = ",".join(map(str, data["lora_target_modules"]))
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -228,3 +228,11 @@ def test_lora_learning_rate_default_and_output_dir():
     slot_lr = resolve(Config(adaptation_method="slot"), on_gpu=False).lr
     assert resolve(Config(adaptation_method="slot", lora_rank=16), on_gpu=False).lr == slot_lr
     assert lora.output_dir.endswith("_lora16") and "lora" not in full.output_dir
+
+
+def test_yaml_may_list_the_target_modules(tmp_path):
+    from sttrl.config import load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("lora_rank: 8\nlora_target_modules: [q_proj, v_proj]\n")
+    assert validate(Config(**load_yaml(str(path)))).lora_target_modules == "q_proj,v_proj"

@@ -21,6 +21,8 @@ What runs where:
 - After every change of weights the vLLM engines are brought up to date (weight_sync.py).
 - Reset: every rank restores its in-memory copy of the initial partitioned weights and optimizer
   state, while every engine that holds other weights reloads the initial checkpoint from disk.
+- LoRA (`--lora_rank`): the ranks train an adapter on the frozen base; vLLM keeps the base and
+  serves the adapter, a new LoRA id per weight version; reset drops it (adapter_sync.py).
 - Snapshots: the ranks hold the initial one and at most one other (each is a full copy of the
   optimiser state): a new `snapshot()` releases the previous one.
 - SLOT's hidden-state hooks are refused (`UserError`): vLLM samples, and its hidden states are
