@@ -236,3 +236,15 @@ def test_yaml_may_list_the_target_modules(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("lora_rank: 8\nlora_target_modules: [q_proj, v_proj]\n")
     assert validate(Config(**load_yaml(str(path)))).lora_target_modules == "q_proj,v_proj"
+
+
+def test_a_lora_run_has_its_own_report_row(tmp_path):
+    from sttrl.reporting.runs import ROWS, row_name
+
+    summary = {"config": {"mode": "question", "adaptation_method": "ttrl", "lora_rank": 16}}
+    assert row_name(summary, tmp_path) == "STTRL (reset) + LoRA"
+    assert ROWS.index("STTRL (reset) + LoRA") == ROWS.index("STTRL (reset)") + 1
+    summary["config"]["lora_rank"] = 0
+    assert row_name(summary, tmp_path) == "STTRL (reset)"
+    summary["config"].update(mode="dataset", lora_rank=8)
+    assert row_name(summary, tmp_path) == "TTRL + LoRA"
