@@ -129,7 +129,7 @@ class Config:
     steps_per_question: int | None = None
     """Optimiser steps per question (default 3; 5 for slot)."""
     lr: float | None = None
-    """Learning rate (default 1e-5 for ttrl and memo, 1e-4 for ttft, 0.1 for slot)."""
+    """Learning rate (default 1e-5 for ttrl and memo, 1e-4 for ttft, 0.1 for slot; x10, uncalibrated, with --lora_rank except slot)."""
     weight_decay: float | None = None
     """AdamW weight decay (default 0.0 per question, 0.01 with mode=dataset, as TTRL)."""
     clip_eps: float = 0.2
