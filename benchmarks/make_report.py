@@ -431,6 +431,25 @@ def lora_section(d: dict | None) -> tuple[list[str], list]:
     lines += ["", "Per-step times of every question and round: full "
               f"{', '.join(fmt(x) for x in full['all_step_s'])}; LoRA "
               f"{', '.join(fmt(x) for x in lora['all_step_s'])}.", ""]
+    state = {k: v["weights_mib"] + 2 * v["trainable_mib"] + v["adamw_state_mib"]
+             + v["reference_model_mib"] for k, v in (("full", full), ("lora", lora))}
+    lines += [f"The training state that persists (weights, gradients, AdamW, the reset snapshot and "
+              f"the reference) is {state['full']:.0f} MiB for full fine-tuning and "
+              f"{state['lora']:.0f} MiB for LoRA (the tensors above, gradients as large as the "
+              f"trainable ones). Peak RSS differs by much less, "
+              f"{full['peak_rss_mib'] - lora['peak_rss_mib']:.0f} MiB: on top of that state come "
+              "the step's activations and logits (8 x 128 tokens, a 49K vocabulary), and RSS "
+              "counts what the allocator holds, not live tensors; why the LoRA peak sits "
+              f"{lora['peak_rss_mib'] - state['lora']:.0f} MiB above its state against "
+              f"{full['peak_rss_mib'] - state['full']:.0f} MiB for full fine-tuning was not "
+              "investigated (no torch allocator statistics on the CPU). On a model this small "
+              "LoRA saves the optimiser, the reset snapshot and the reference; on a large one "
+              "these are most of the memory (the estimate below).", ""]
+    busy = (d["machine"].get("contention") or {}).get("other_processes_mean_cores") or 0
+    if busy > 0.2:
+        lines += [f"**Ran once on a busy machine** (other processes used {busy:.2f} cores on "
+                  "average, on 2 cores): the times are noisy and slower than on a quiet machine "
+                  "(compare within this table only); the sizes are not affected.", ""]
     return lines + lora_estimate(s["lora_rank"]), []
 
 
