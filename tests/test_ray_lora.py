@@ -83,3 +83,19 @@ def test_the_adapter_trains_on_zero3_and_vllm_serves_it(ray_cpu, tiny_vllm_model
         assert eng.check_weights(pid, fixed) < LOGPROB_TOL
     finally:
         eng.close()
+
+
+def test_a_continuous_lora_run_on_the_scale_engine_checkpoints_the_adapter(ray_cpu, tiny_vllm_model,
+                                                                           tmp_path):
+    import torch
+
+    from sttrl.run import run
+    from test_driver import write_questions
+
+    data = write_questions(tmp_path / "q.json", n=2)
+    out = tmp_path / "out"
+    summary = run(ray_config(tiny_vllm_model, data_path=data, output_dir=str(out), lora_rank=4,
+                             continuous=True, steps_per_question=1))
+    assert summary["questions"] == 2 and summary["config"]["lora_rank"] == 4
+    state = torch.load(out / "checkpoint.pt", weights_only=False)["engine"]
+    assert "model" not in state and all("lora_" in k for k in state["adapter"])
