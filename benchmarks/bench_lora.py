@@ -44,6 +44,7 @@ def child(variant: str, rank: int, questions: int, model: str | None, out: str) 
     from sttrl.config import Config, resolve
     from sttrl.engines.local import LocalEngine
     from sttrl.engines.models import resolve_model
+    from sttrl.types import TrainBatch
 
     path = resolve_model(model)
     cfg = resolve(Config(device="cpu", lora_rank=rank if variant == "lora" else 0), on_gpu=False)
@@ -55,7 +56,6 @@ def child(variant: str, rank: int, questions: int, model: str | None, out: str) 
     vocab = engine.model.get_output_embeddings().weight.shape[0]
     low = min(100, vocab // 2)  # clear of the special tokens at the start of the vocabulary
     responses = torch.randint(low, vocab, (N_RESPONSES, RESPONSE_TOKENS), generator=gen).tolist()
-    from sttrl.types import TrainBatch
     batch = TrainBatch.shared(engine.encode(PROMPT), responses,
                               group_advantages([1.0, 0.0] * (N_RESPONSES // 2)))
     kw = {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef}
