@@ -19,6 +19,7 @@ step bench_grading;    $py benchmarks/run_grading.py
 step bench_weight_sync; $py benchmarks/bench_weight_sync.py --repeats 5
 step profile_train;    $py benchmarks/profile_train.py --repeats 2
 step profile_sampling; $py benchmarks/profile_sampling.py
+step bench_lora;       $py benchmarks/bench_lora.py
 if [ "${SKIP_TRL:-0}" != 1 ]; then
     if [ ! -x .venv-bench/bin/python ] || ! .venv-bench/bin/python -c "import trl" 2>/dev/null; then
         step "creating .venv-bench"; bash benchmarks/setup_bench_venv.sh

@@ -48,6 +48,14 @@ class Config:
     """Keep the frozen reference model on its own device (the next GPU) instead of the actor's."""
     gradient_checkpointing: bool = False
     """Trade compute for memory in the training forward pass."""
+    lora_rank: int = 0
+    """Train a rank-R LoRA adapter (peft) on frozen base weights instead of every weight (0: off, full fine-tuning)."""
+    lora_alpha: float = 32.0
+    """LoRA scale numerator (the update is alpha/rank x BA); fixed, not tied to the rank, so the best lr barely moves with the rank."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter's input in training forwards (rollouts and scoring never drop)."""
+    lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    """Comma-separated module names that get an adapter (default: every projection of a Llama/Qwen2-family layer)."""
     micro_batch_size: int = 8
     """Responses per forward/backward chunk in training and scoring."""
     generation_threads: int = 0
@@ -123,7 +131,7 @@ class Config:
     steps_per_question: int | None = None
     """Optimiser steps per question (default 3; 5 for slot); 0 never updates, so before and after are both the untouched model: a base-model run for `sttrl report`."""
     lr: float | None = None
-    """Learning rate (default 1e-5 for ttrl and memo, 1e-4 for ttft, 0.1 for slot)."""
+    """Learning rate (default 1e-5 for ttrl and memo, 1e-4 for ttft, 0.1 for slot; x10, uncalibrated, with --lora_rank except slot)."""
     weight_decay: float | None = None
     """AdamW weight decay (default 0.0 per question, 0.01 with mode=dataset, as TTRL)."""
     clip_eps: float = 0.2
@@ -200,6 +208,8 @@ def load_yaml(path: str) -> dict:
         raise UserError(f"{path}: invalid YAML{where}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of option: value")
+    if isinstance(data.get("lora_target_modules"), list):  # a YAML list reads as the flag does
+        data["lora_target_modules"] = ",".join(map(str, data["lora_target_modules"]))
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -254,6 +264,14 @@ def validate(cfg: Config) -> Config:
         _check(v is None or 1 <= v <= 1_000_000, f"--{name} must be an integer from 1 to 1000000, got {v}")
     _check(cfg.steps_per_question is None or 0 <= cfg.steps_per_question <= 10_000,
            f"--steps_per_question must be an integer from 0 to 10000, got {cfg.steps_per_question}")
+    _check(0 <= cfg.lora_rank <= 4096, f"--lora_rank must be an integer from 0 to 4096, got {cfg.lora_rank}")
+    _check(cfg.lora_alpha > 0, f"--lora_alpha must be > 0, got {cfg.lora_alpha}")
+    _check(0 <= cfg.lora_dropout < 1, f"--lora_dropout must be from 0 to below 1, got {cfg.lora_dropout}")
+    names = cfg.lora_target_modules.split(",")
+    _check(all(n.strip().isidentifier() for n in names), "--lora_target_modules must be comma-"
+           f"separated module names (q_proj,v_proj), got {cfg.lora_target_modules!r}")
+    _check(not (cfg.lora_rank and cfg.separate_ref_gpu), "--separate_ref_gpu has no use with "
+           "--lora_rank: the reference is the base model with the adapter switched off")
     _check(cfg.lr is None or 0 < cfg.lr <= 10, f"--lr must be > 0 and <= 10, got {cfg.lr}")
     for name in ("temperature", "val_temp"):
         v = getattr(cfg, name)
@@ -302,6 +320,8 @@ def validate(cfg: Config) -> Config:
                "--advantage_estimator gae needs --engine ray (the local engine has no critic)")
         _check(cfg.adaptation_method == "ttrl", "--advantage_estimator gae applies to "
                f"--adaptation_method ttrl only, got {cfg.adaptation_method!r}")
+    _check(not (cfg.engine == "ray" and cfg.lora_rank > 512), "--engine ray serves adapters of "
+           f"--lora_rank up to 512 (vLLM's largest max_lora_rank), got {cfg.lora_rank}")
     _check(not (cfg.engine == "ray" and cfg.adaptation_method == "slot"),
            "--adaptation_method slot needs --engine local (it edits the local model's hidden states)")
     if cfg.colocate and cfg.vllm_num_engines is not None and cfg.actor_num_gpus is not None:
@@ -329,6 +349,9 @@ def canonical_names(cfg: Config) -> Config:
 
 DATASET_LR = 5e-7  # the TTRL paper's peak learning rate for dataset-level training
 DATASET_WEIGHT_DECAY = 0.01  # TTRL's verl recipe
+# Default lr with --lora_rank: this times the full fine-tuning default. LoRA needs a larger lr
+# (Schulman et al., "LoRA Without Regret", 2025, found ~10x); uncalibrated for STTRL.
+LORA_LR_FACTOR = 10.0
 
 
 def resolve(cfg: Config, on_gpu: bool) -> Config:
@@ -361,10 +384,13 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
     if cfg.lr is None:
         cfg.lr = (DATASET_LR if cfg.mode == "dataset" else
                   method.continuous_lr if cfg.continuous else method.lr)
+        if cfg.lora_rank and method.trains_weights:
+            cfg.lr *= LORA_LR_FACTOR
     if cfg.output_dir is None:
         name = Path(cfg.data_path).stem if cfg.data_path else cfg.dataset
         model = Path(cfg.model.rstrip("/")).name
-        suffix = "_continuous" if cfg.continuous else ""
+        suffix = (f"_lora{cfg.lora_rank}" if cfg.lora_rank else "") + \
+            ("_continuous" if cfg.continuous else "")
         method = "ttrl-dataset" if cfg.mode == "dataset" else cfg.adaptation_method
         cfg.output_dir = str(Path("runs") / f"{name}_{model}_{method}{suffix}")
     return validate(cfg)

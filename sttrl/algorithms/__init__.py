@@ -35,6 +35,8 @@ class Method:
     prompt, before it changes anything. The per-question mode draws that group in one batch
     with its before-evaluation and hands the samples to adapt as `votes` (None: adapt samples
     them itself)."""
+    trains_weights: bool = True
+    """Whether the method updates the model's weights (an adapter with --lora_rank); slot does not."""
 
 
 METHODS: dict[str, Method] = {
@@ -44,7 +46,8 @@ METHODS: dict[str, Method] = {
     "ttft": Method(ttft.adapt, lr=1e-4, continuous_lr=5e-5, steps=3, name="ttft",
                    row="ttft", continuous_row="ttft (continuous)", votes=ttrl.vote_group),
     "slot": Method(slot.adapt, lr=0.1, continuous_lr=0.1, steps=5, name="slot",
-                   row="slot", continuous_row="slot (continuous)", votes=ttrl.vote_group),
+                   row="slot", continuous_row="slot (continuous)", votes=ttrl.vote_group,
+                   trains_weights=False),
     "memo": Method(memo.adapt, lr=1e-5, continuous_lr=1e-5, steps=3, name="memo",
                    row="memo", continuous_row="memo (continuous)",
                    votes=lambda cfg, seed: memo.variant_group(cfg, seed, 0)),

@@ -1,9 +1,6 @@
 """The local engine: one process, Hugging Face transformers + PyTorch, on CPU or one GPU.
 
-Generation is a hand-written sampling loop rather than `model.generate`, for three reasons:
-the prompt is prefilled once and its KV cache shared by all n samples; finished samples leave
-the batch at once; and the per-token summaries the voting functions need (log-prob of the chosen
-token, logsumexp of the logits, mean top-k log-prob) come out of the same pass for free.
+Generation is engines/decoding.py's sampling loop; training, scoring and reset are here.
 """
 from __future__ import annotations
 
@@ -13,9 +10,10 @@ import copy
 import torch
 
 from sttrl.data.prompts import encode_prompt
+from sttrl.engines import lora
+from sttrl.engines.decoding import decode
 from sttrl.engines.models import enable_gradient_checkpointing, load_model
-from sttrl.engines.sampling import Streams, sample_next
-from sttrl.engines.sequences import (PASS_COST_TOKENS, SHARE_MIN_TOKENS, TOP_K_CONFIDENCE,
+from sttrl.engines.sequences import (PASS_COST_TOKENS, SHARE_MIN_TOKENS,
                                      length_buckets, pad_batch, response_logprobs,
                                      response_mask, shared_prompt_logprobs, stop_token_ids)
 from sttrl.errors import UserError
@@ -54,8 +52,13 @@ class LocalEngine:
         # is simpler than a bf16 model plus fp32 masters (no copy-back after each step; snapshot,
         # restore and checkpoints unchanged) and smaller (4 bytes a weight, not 2 + 4).
         # A test may set autocast_dtype to bf16 on the CPU to run the GPU's numerics there.
-        self.dtype = torch.float32
-        self.autocast_dtype = torch.bfloat16 if self.device.startswith("cuda") else None
+        # With LoRA the base never changes, so on a GPU it is stored in bf16 (half the memory);
+        # only the adapter and its AdamW state need fp32 (lora.wrap).
+        self.lora_rank, self.lora, self.lora_dropout = (cfg.lora_rank, cfg.lora_rank > 0,
+                                                        cfg.lora_dropout > 0)
+        on_cuda = self.device.startswith("cuda")
+        self.dtype = torch.bfloat16 if self.lora and on_cuda else torch.float32
+        self.autocast_dtype = torch.bfloat16 if on_cuda else None
         self.model_path, self.trust_remote_code = model_path, cfg.trust_remote_code
         self.model, self.tokenizer = load_model(model_path, self.dtype, self.device,
                                                 cfg.trust_remote_code)
@@ -64,11 +67,17 @@ class LocalEngine:
         self.max_context = getattr(self.model.config, "max_position_embeddings", None)
         self.gradient_checkpointing = cfg.gradient_checkpointing
         if self.gradient_checkpointing:
-            enable_gradient_checkpointing(self.model)
+            enable_gradient_checkpointing(self.model)  # before wrapping: it zeroes every dropout
+        if self.lora:
+            self.model = lora.wrap(self.model, cfg)
+            if self.gradient_checkpointing:
+                # The frozen embeddings' output has no grad, and a checkpointed layer whose
+                # inputs need none returns none to the adapters inside it.
+                self.model.enable_input_require_grads()
         self._head_hook = None  # applied to the hidden states entering the LM head (SLOT)
         self._head_hook_on = True
         self.model.get_output_embeddings().register_forward_pre_hook(self._apply_head_hook)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # the adapter's
         # Fused: one kernel over all weights instead of a loop of small ones
         # (docs/PERFORMANCE.md has the measured step times).
         try:
@@ -82,7 +91,7 @@ class LocalEngine:
         # Training runs each prompt once per micro-batch and shares its KV cache across the rows;
         # gradient checkpointing needs cache-free forwards, so it pads every row instead.
         self.share_prompt = not self.gradient_checkpointing
-        self.ref_model = None  # built on first need from the initial weights
+        self.ref_model = None  # built on first need from the initial weights (not with LoRA)
         self.initial = self.snapshot()
         self.pristine = True  # True while the weights equal the initial ones
         self.policy_version = 0  # changes whenever what generate samples from may have changed
@@ -162,66 +171,10 @@ class LocalEngine:
             torch.set_num_threads(self.generation_threads)
         try:
             with self._autocast():  # one region: the weights are cast to bf16 once per call
-                return self._generate(prompt, groups, max_new_tokens)
+                return decode(self.model, self.tokenizer, self.encode(prompt), groups,
+                              max_new_tokens, self.stop_ids, self.device)
         finally:
             torch.set_num_threads(threads)
-
-    @torch.inference_mode()
-    def _generate(self, prompt: str, groups: list[SampleGroup],
-                  max_new_tokens: int) -> list[list[Sample]]:
-        gens = [torch.Generator(device=self.device).manual_seed(g.seed) for g in groups]
-        group = [k for k, g in enumerate(groups) for _ in range(g.n)]  # each row's group
-        n = len(group)
-        if n == 0:
-            return [[] for _ in groups]
-        temps = [groups[k].temperature for k in group]
-        tops = [groups[k].top_p for k in group]
-        prompt_ids = self.encode(prompt)
-        ids = torch.tensor([prompt_ids], device=self.device)  # [1, P]
-        out = self.model(input_ids=ids, use_cache=True)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(n)  # share the prompt's KV across all n samples
-        logits = out.logits[:, -1, :].float().expand(n, -1)  # [N, V]
-        stop = torch.tensor(self.stop_ids, device=self.device)
-        alive = torch.arange(n, device=self.device)  # original index of each row still running
-        tokens = [[] for _ in range(n)]
-        lps, lses, topks = [[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)]
-        finished = [False] * n
-        pos = len(prompt_ids)
-        for _ in range(max_new_tokens):
-            rows = alive.tolist()
-            # untempered log p = logits - logsumexp: no [N, V] log-softmax tensor needed
-            lse = torch.logsumexp(logits, dim=-1)  # [N]
-            nxt = sample_next(logits, [temps[i] for i in rows], [tops[i] for i in rows],
-                              Streams(gens, [group[i] for i in rows]))  # [N]
-            chosen = logits.gather(-1, nxt[:, None]).squeeze(-1) - lse
-            k = min(TOP_K_CONFIDENCE, logits.shape[-1])
-            topk = logits.topk(k, dim=-1).values.mean(-1) - lse
-            done = torch.isin(nxt, stop)
-            # One host transfer per quantity per step, not one per row.
-            step = zip(rows, nxt.tolist(), chosen.tolist(), lse.tolist(), topk.tolist(),
-                       done.tolist())
-            for i, tok, lp, ls, tk, dn in step:
-                tokens[i].append(tok)
-                lps[i].append(lp)
-                lses[i].append(ls)
-                topks[i].append(tk)
-                finished[i] = dn
-            keep = (~done).nonzero().squeeze(-1)
-            if keep.numel() == 0:
-                break
-            if keep.numel() < alive.numel():
-                cache.batch_select_indices(keep)
-                alive, nxt = alive[keep], nxt[keep]
-            pos_ids = torch.full((alive.numel(), 1), pos, device=self.device)
-            out = self.model(input_ids=nxt[:, None], past_key_values=cache, position_ids=pos_ids,
-                             use_cache=True)
-            logits = out.logits[:, -1, :].float()
-            pos += 1
-        samples = [Sample(text=self.tokenizer.decode(tokens[i], skip_special_tokens=True),
-                          token_ids=tokens[i], logprobs=lps[i], logsumexp=lses[i],
-                          topk_logprob_mean=topks[i], finished=finished[i]) for i in range(n)]
-        return [[s for s, k in zip(samples, group) if k == g] for g in range(len(groups))]
 
     def encode(self, prompt: str) -> list[int]:
         return encode_prompt(prompt, self.tokenizer)
@@ -268,6 +221,14 @@ class LocalEngine:
         return out
 
     def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        if self.lora:  # the base model is the reference: the same weights, adapter switched off
+            self._head_hook_on = False  # as the separate reference model has no hook
+            try:
+                with self.model.disable_adapter():
+                    return self.score(batch.prompts, batch.responses,
+                                      temperature=batch.temperature)
+            finally:
+                self._head_hook_on = True
         if self.ref_model is None:
             # The initial weights are the ones on disk; loading them again is simpler than
             # deep-copying a model that carries this engine's hooks.
@@ -292,6 +253,8 @@ class LocalEngine:
         """
         # Training mode only switches on checkpointing (dropout is off: see models.py).
         self.model.train(self.gradient_checkpointing)
+        if self.lora_dropout:
+            lora.set_dropout(self.model, False)  # on only for the gradient forwards (_train)
         try:
             return self._train(batch, loss_fn, loss_kwargs, steps, mini_batches, lrs, stop)
         finally:
@@ -329,6 +292,8 @@ class LocalEngine:
                 for j, (rows, responses, _, _) in enumerate(micro):
                     old[p, j] = self._logprobs(self.model, batch.prompts[rows[0]], responses,
                                                batch.temperature)
+        if self.lora_dropout:
+            lora.set_dropout(self.model, True)
         history = []
         for step, (micro, n_tokens) in enumerate(schedule):
             p = step % len(plans)
@@ -382,12 +347,13 @@ class LocalEngine:
         self.restore(self.initial)
 
     def state_dict(self) -> dict:
-        """Weights and optimiser state, for a continuous run's checkpoint."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "head_hook": self._head_hook}
+        """Weights (with LoRA only the adapter's) and optimiser state, for a continuous run's
+        checkpoint."""
+        return {**lora.weights_state(self.model, self.lora_rank),
+                "optimizer": self.optimizer.state_dict(), "head_hook": self._head_hook}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        lora.load_weights_state(self.model, state, self.lora_rank)
         self.optimizer.load_state_dict(state["optimizer"])
         self._head_hook = state.get("head_hook")
         self.pristine, self.policy_version = False, self.policy_version + 1

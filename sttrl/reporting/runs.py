@@ -23,12 +23,20 @@ def control_row(name: str, reward: str, continuous: bool = False) -> str:
     return f"{name} ({reward} reward{', continuous' if continuous else ''})"
 
 
+def lora_row(row: str) -> str:
+    """A --lora_rank run's row: a low-rank update at another lr is its own experiment."""
+    return f"{row} + LoRA"
+
+
 # Order of the rows under "base model": original dataset-level TTRL, then each registered
-# method (STTRL first), reset and continuous; the controls after each.
-ROWS = (("TTRL",) + tuple(control_row("TTRL", r) for r in CONTROLS)
-        + tuple(row for m in METHODS.values()
-                for row in (m.row, m.continuous_row,
-                            *(control_row(m.name, r, c) for c in (False, True) for r in CONTROLS))))
+# method (STTRL first), reset and continuous; the controls after each; each row's LoRA twin
+# right after it.
+ROWS = tuple(r for row in (("TTRL",) + tuple(control_row("TTRL", r) for r in CONTROLS)
+                           + tuple(row for m in METHODS.values()
+                                   for row in (m.row, m.continuous_row,
+                                               *(control_row(m.name, r, c)
+                                                 for c in (False, True) for r in CONTROLS))))
+             for r in (row, lora_row(row)))
 MARKERS = "os^DvP*Xh"  # filled shapes, one per row in turn; drawn hollow so overlaps stay visible
 
 
@@ -113,6 +121,12 @@ def is_number(value) -> bool:
 
 
 def row_name(summary: dict, where: Path) -> str:
+    row = method_row(summary, where)
+    rank = summary["config"].get("lora_rank", 0)  # runs from before --lora_rank trained all
+    return lora_row(row) if is_number(rank) and rank > 0 else row
+
+
+def method_row(summary: dict, where: Path) -> str:
     config = summary["config"]
     # runs from before the mode option have none: they are per question
     mode = config.get("mode") or summary.get("mode") or "question"

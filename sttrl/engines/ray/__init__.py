@@ -9,6 +9,7 @@ one file per distributed role (the OpenRLHF layout):
 - `trainer.py`: the policy's ranks (`TrainerActor`) and the separate reference (`ReferenceActor`);
 - `critic.py`: PPO's critic ranks (`CriticActor`) and GAE on their values;
 - `weight_sync.py`: both ends of the weight sync, and which weights each side holds;
+- `adapter_sync.py`: the sync with --lora_rank (the adapter, served by vLLM as a LoRA);
 - `common.py`: the actors' settings, placement info, one-line errors, the bounded Ray wait.
 
 Import the modules themselves (`from sttrl.engines.ray.engine import RayEngine`): this file

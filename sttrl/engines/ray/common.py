@@ -21,6 +21,15 @@ PROMPT_ROOM = 4096  # tokens of prompt vLLM must have room for beyond max_new_to
 
 
 @dataclass(frozen=True)
+class RaySnapshot:
+    """A snapshot held by the actor and critic ranks (their partitions and optimizer state) under
+    `key`, of the weights with this version (weight_sync.WeightSync)."""
+
+    key: str
+    version: int
+
+
+@dataclass(frozen=True)
 class ActorSettings:
     """What every actor needs to know, fixed for the engine's lifetime (frozen and plain: it
     pickles to the actors). The engine builds it with `from_config`; a field named like a
@@ -45,6 +54,11 @@ class ActorSettings:
     the ranks, or among the engines: training and sampling never run at the same time)."""
     vllm_num_engines: int = 1
     """How many vLLM engines share the machine's cores while sampling."""
+    lora_rank: int = 0
+    """> 0: the actor ranks train a LoRA adapter and vLLM serves it (engines/lora.py)."""
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
     @classmethod
     def from_config(cls, cfg, model_path: str, pad_id: int,

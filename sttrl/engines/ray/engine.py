@@ -10,11 +10,11 @@ What runs where:
 - `generate`: the n samples are split across the vLLM engines, each with its own seed
   (deterministic for a given number of engines). `generate_groups` splits every group so, and
   each engine samples its share of all groups in one vLLM call, one request per group with its
-  own SamplingParams (seed included), so a group's samples are those of `generate` alone. vLLM returns each token's untempered log-prob
-  and the top-20 log-probs (for DeepConf confidence). It does not return the logsumexp of the raw
-  logits that energy voting needs, so with `--voting_function energy` (`need_logsumexp`) the
-  engine scores the samples once more on the actor ranks and fills `Sample.logsumexp`; with the
-  other voting functions `Sample.logsumexp` stays empty.
+  own SamplingParams (seed included), so a group's samples are those of `generate` alone.
+  vLLM returns each token's untempered log-prob and the top-20 log-probs (for DeepConf
+  confidence), but not the logsumexp of the raw logits that energy voting needs: with
+  `--voting_function energy` (`need_logsumexp`) the actor ranks score the samples once more to
+  fill `Sample.logsumexp`; otherwise it stays empty.
 - `train`: the actor ranks are data-parallel over responses (`zero.shard`); the loss is divided
   by the token count of the whole batch, so the update is the local engine's token mean. The
   first step's old log-probs come from its own forward pass; reference log-probs are computed
@@ -23,6 +23,8 @@ What runs where:
 - After every change of weights the vLLM engines are brought up to date (weight_sync.py).
 - Reset: every rank restores its in-memory copy of the initial partitioned weights and optimizer
   state, while every engine that holds other weights reloads the initial checkpoint from disk.
+- LoRA (`--lora_rank`): the ranks train an adapter on the frozen base; vLLM keeps the base and
+  serves the adapter, a new LoRA id per weight version; reset drops it (adapter_sync.py).
 - Snapshots: the ranks hold the initial one and at most one other (each is a full copy of the
   optimiser state): a new `snapshot()` releases the previous one.
 - SLOT's hidden-state hooks are refused (`UserError`): vLLM samples, and its hidden states are
@@ -37,13 +39,14 @@ import itertools
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 
 from sttrl.data.prompts import encode_prompt
-from sttrl.engines.ray.common import ActorSettings, wait
+from sttrl.engines.ray.adapter_sync import AdapterSync
+from sttrl.engines.ray.common import ActorSettings, RaySnapshot, wait
 from sttrl.engines.ray.critic import gae_targets
 from sttrl.engines.ray.scoring import ActorScoring
 from sttrl.engines.ray.placement import create_placement_group, plan_layout, spawn_actors
+from sttrl.engines.ray.rollout import engine_seed, split_counts
 from sttrl.engines.ray.weight_sync import WeightSync
 from sttrl.engines.ray.zero import merge_steps, micro_batches, shard
 from sttrl.errors import UserError
@@ -51,25 +54,6 @@ from sttrl.types import Sample, SampleGroup, TrainBatch
 
 NO_HIDDEN_STATES = ("--adaptation_method slot needs --engine local: the scale engine samples with "
                     "vLLM, which does not expose the hidden states entering the LM head")
-
-
-@dataclass(frozen=True)
-class RaySnapshot:
-    """A snapshot held by the actor and critic ranks (their partitions and optimizer state) under
-    `key`, of the weights with this version (weight_sync.WeightSync)."""
-
-    key: str
-    version: int
-
-
-def split_counts(n: int, parts: int) -> list[int]:
-    """n samples over `parts` engines, as even as possible, the first engines taking the extra."""
-    return [n // parts + (i < n % parts) for i in range(parts)]
-
-
-def engine_seed(seed: int, index: int) -> int:
-    """Engine 0 uses the seed itself; the others distinct seeds derived from it."""
-    return (seed + 1_000_003 * index) % (2**31 - 1)
 
 
 class RayEngine(ActorScoring):
@@ -114,7 +98,8 @@ class RayEngine(ActorScoring):
             self.actors = spawn_actors(cfg, self.pg, self.layout, self.settings)
             # actor id -> "vLLM engine 0" etc., to name the actor in a Ray error
             self._labels = {a._actor_id.hex(): name for name, a in self.actors.labelled()}
-            self.weights = WeightSync(cfg.weight_sync, self.trainers, self.rollouts, self._get)
+            sync = AdapterSync if cfg.lora_rank else WeightSync  # LoRA: vLLM serves the adapter
+            self.weights = sync(cfg.weight_sync, self.trainers, self.rollouts, self._get)
             self._setup()
         except BaseException:
             self.close()
@@ -354,11 +339,15 @@ class RayEngine(ActorScoring):
         self.restore(self.initial)
 
     def state_dict(self) -> dict:
-        """Full weights (gathered on rank 0) and each rank's optimizer state, for checkpoints."""
-        weights = self._get([t.full_weights.remote() for t in self.trainers], "gathering weights")[0]
+        """Full weights, or with LoRA the adapter (gathered on rank 0), and each rank's
+        optimizer state, for checkpoints."""
+        key, method = ("adapter", "adapter_weights") if self.cfg.lora_rank else ("model",
+                                                                                 "full_weights")
+        weights = self._get([getattr(t, method).remote() for t in self.trainers],
+                            "gathering weights")[0]
         optimizer = self._get([t.optimizer_state.remote() for t in self.trainers],
                               "saving the optimizer state")
-        state = {"model": weights, "optimizer": optimizer, "world_size": len(self.trainers)}
+        state = {key: weights, "optimizer": optimizer, "world_size": len(self.trainers)}
         if self.actors.critics:  # gae: the critic ranks' partitions and Adam state likewise
             state["critic_optimizer"] = self._get(
                 [c.optimizer_state.remote() for c in self.actors.critics], "saving the critic")
@@ -368,6 +357,10 @@ class RayEngine(ActorScoring):
         if state.get("world_size") != len(self.trainers):
             raise UserError(f"this checkpoint was written by {state.get('world_size')} actor ranks "
                             f"(--actor_num_gpus), not {len(self.trainers)}")
+        if bool(self.cfg.lora_rank) != ("adapter" in state):
+            held = "a LoRA adapter" if "adapter" in state else "full weights"
+            raise UserError(f"the checkpoint holds {held}, which this run (--lora_rank "
+                            f"{self.cfg.lora_rank}) cannot resume")
         critics = self.actors.critics
         if critics and "critic_optimizer" not in state:
             raise UserError("this checkpoint has no critic (it was written without "

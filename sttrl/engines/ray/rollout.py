@@ -7,13 +7,24 @@ import logging
 import os
 import time
 
+from sttrl.engines.ray.adapter_sync import AdapterReceiver
 from sttrl.engines.ray.common import ActorSettings, on_gpu, placement_info
 from sttrl.engines.ray.weight_sync import WeightReceiver
 
 CPU_KV_CACHE_BYTES = 512 * 2**20  # vLLM's KV cache on CPU; its own default sizes it from all RAM
 
 
-class RolloutActor(WeightReceiver):
+def split_counts(n: int, parts: int) -> list[int]:
+    """n samples over `parts` engines, as even as possible, the first engines taking the extra."""
+    return [n // parts + (i < n % parts) for i in range(parts)]
+
+
+def engine_seed(seed: int, index: int) -> int:
+    """Engine 0 uses the seed itself; the others distinct seeds derived from it."""
+    return (seed + 1_000_003 * index) % (2**31 - 1)
+
+
+class RolloutActor(WeightReceiver, AdapterReceiver):
     """One vLLM engine, running in this actor's process (no engine-core subprocess)."""
 
     def __init__(self, index: int, bundles: list[int], settings: ActorSettings):
@@ -49,6 +60,10 @@ class RolloutActor(WeightReceiver):
         else:
             kwargs.update(dtype="float32", enforce_eager=True,
                           kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
+        if s.lora_rank:  # one adapter at a time, the actor's (adapter_sync.py)
+            from sttrl.engines.lora import vllm_max_rank
+            kwargs.update(enable_lora=True, max_lora_rank=vllm_max_rank(s.lora_rank),
+                          max_loras=1)
         if s.vllm_tensor_parallel_size > 1:  # untested here: needs GPUs
             # vLLM's Ray workers go on this engine's bundles of the captured placement group.
             os.environ["VLLM_RAY_BUNDLE_INDICES"] = ",".join(map(str, self.bundles))
@@ -79,7 +94,7 @@ class RolloutActor(WeightReceiver):
                                  detokenize=False)  # the driver decodes, as the local engine does
                   for n, temperature, top_p, seed in groups]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids)] * len(groups), params,
-                                 use_tqdm=False)
+                                 use_tqdm=False, lora_request=self.lora_request)
         return [self._samples(out) for out in outs]
 
     @staticmethod
@@ -106,7 +121,7 @@ class RolloutActor(WeightReceiver):
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         out = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids + response_ids)],
-                                params, use_tqdm=False)[0]
+                                params, use_tqdm=False, lora_request=self.lora_request)[0]
         P = len(prompt_ids)  # out.prompt_logprobs[k]: token k given tokens < k
         return [out.prompt_logprobs[P + i][t].logprob for i, t in enumerate(response_ids)]
 
@@ -123,3 +138,4 @@ class RolloutActor(WeightReceiver):
         if self.llm is not None:
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
+        self.remove_adapter_dir()

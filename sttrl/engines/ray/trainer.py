@@ -3,6 +3,8 @@ weight sync) and the frozen reference model on its own GPU (`ReferenceActor`). T
 `zero.ZeroRank`; the weight sync is `weight_sync.WeightSender`."""
 from __future__ import annotations
 
+import contextlib
+
 from sttrl.engines.ray.common import ActorSettings, on_gpu, placement_info
 from sttrl.engines.ray.weight_sync import WeightSender
 from sttrl.engines.ray.zero import ZeroRank, ds_config
@@ -23,6 +25,27 @@ class TrainerActor(WeightSender, ZeroRank):
         return AutoModelForCausalLM.from_pretrained(s.model_path, dtype=dtype,
                                                     trust_remote_code=s.trust_remote_code)
 
+    def _adapt(self, model):
+        s = self.settings
+        if not s.lora_rank:
+            return model
+        from sttrl.engines import lora
+
+        # after checkpointing is switched on (it zeroes every dropout, the adapter's too)
+        model = lora.wrap(model, s)
+        if s.gradient_checkpointing:  # as in the local engine: adapters inside checkpointed
+            model.enable_input_require_grads()  # layers need inputs that require grad
+        self.adapter_names = [n for n, p in model.named_parameters() if p.requires_grad]
+        return model
+
+    def adapter_weights(self) -> dict | None:
+        """The adapter under peft's saved names, on rank 0 (None elsewhere); a collective."""
+        from sttrl.engines.lora import peft_key
+        from sttrl.engines.ray.weight_sync import gathered
+
+        _, chunk = next(gathered(self.engine.module, [self.adapter_names], {}, self.rank == 0))
+        return {peft_key(n): t for n, t in chunk.items()} if self.rank == 0 else None
+
     def _reference(self):
         if self.ref_engine is None:
             import deepspeed
@@ -41,9 +64,12 @@ class TrainerActor(WeightSender, ZeroRank):
 
         from sttrl.engines.sequences import response_logprobs
 
-        model = self._reference() if reference else self.engine
+        adapter_off = reference and self.settings.lora_rank
+        model = self._reference() if reference and not adapter_off else self.engine
         out = []
-        with torch.no_grad():
+        # with LoRA the reference is the base model: the same ranks with the adapter off
+        with torch.no_grad(), (self.engine.module.disable_adapter() if adapter_off
+                               else contextlib.nullcontext()):
             for mb in micro_batches:
                 ids, attn, pos, mask, dummy = self._batch(mb)
                 got = response_logprobs(model, ids, attn, pos, mask.shape[1], with_logsumexp,

@@ -101,7 +101,9 @@ class ZeroRank:
                                    auto_mpi_discovery=False,
                                    timeout=datetime.timedelta(seconds=self.settings.sync_timeout))
         model = self._load(train=True)
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+        # only what trains gets fp32 partitions and Adam moments (all of it but a frozen base)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable,
                                                config=ds_config(self.settings))
         self.engine.eval()  # no dropout in training either, as in the local engine
         # a ZeRO-3 parameter keeps its full size in ds_numel
@@ -127,6 +129,10 @@ class ZeroRank:
             enable_gradient_checkpointing(model)
         if not train:
             model.requires_grad_(False)
+        return self._adapt(model) if train else model
+
+    def _adapt(self, model):
+        """The model as it trains (the policy's ranks wrap a LoRA adapter around it here)."""
         return model
 
     def _pretrained(self, dtype):
@@ -156,6 +162,9 @@ class ZeroRank:
         history = []
         # Training mode only switches on checkpointing (dropout is off: see models.py).
         self.engine.module.train(self.settings.gradient_checkpointing)
+        if self.settings.lora_dropout:  # the adapter's dropout: on in these forwards only
+            from sttrl.engines.lora import set_dropout
+            set_dropout(self.engine.module, True)
         try:
             for _ in range(steps):
                 sums: dict = {}
