@@ -19,8 +19,8 @@ on questions whose vote was right and on those whose vote was wrong, seconds per
 (train and after-evaluation only: the cached phases cost nothing after the first point), and
 the number of questions whose vote was right that went down (the damage).
 
-`--weak_vote 0.3,0.4` adds, for every point run without `--min_majority_ratio`, the row that rule
-would give at each threshold. Such a row is exact, not an estimate: in reset mode a skipped
+`--weak_vote 0.3,0.4` adds, for every point whose resolved `--min_majority_ratio` is 0, the row that
+rule would give at each threshold. Such a row is exact, not an estimate: in reset mode a skipped
 question's after-evaluation is the untouched model sampled with the before-evaluation's seed,
 so its after equals its before, and the other questions are unchanged
 (`with_weak_vote_rule`; tests/test_accuracy_bench.py checks it against a real run).
@@ -276,7 +276,7 @@ def write_table(out: Path, weak_votes: list[float] = ()) -> str:
     rows = [row for folder in folders if (row := point_row(folder.name, folder, ids)) is not None]
     # derived rows only from points that ran without the rule
     rows += [row for t in weak_votes for folder in folders
-             if "--min_majority_ratio" not in flags_of(folder)
+             if not resolved(folder).get("min_majority_ratio")
              and (row := point_row(f"{folder.name}+mmr{t:g}", folder, ids, t)) is not None]
     if not rows:
         return "no finished points yet\n"
@@ -304,6 +304,12 @@ def write_table(out: Path, weak_votes: list[float] = ()) -> str:
         f"- `{r['point']}`: `{r['flags']}`\n" for r in rows)
     (out / "table.md").write_text(text)
     return text
+
+
+def resolved(folder: Path) -> dict:
+    """The point's resolved config (summary.json has it), or {} before its first question."""
+    path = folder / "summary.json"
+    return json.loads(path.read_text()).get("config", {}) if path.exists() else {}
 
 
 def flags_of(folder: Path) -> str:

@@ -6,12 +6,51 @@ which overrides the defaults in `sttrl.config.Config`.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
 import json
 import sys
+from dataclasses import fields
+from pathlib import Path
 
-from sttrl.config import Config, field_help, load_yaml, validate
+from sttrl.config import Config, validate
 from sttrl.errors import EngineError, UserError
+
+
+def field_help() -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body), for --help."""
+    tree = ast.parse(inspect.getsource(Config))
+    body = tree.body[0].body
+    out = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) \
+                and isinstance(getattr(nxt, "value", None), ast.Constant):
+            out[node.target.id] = nxt.value.value
+    return out
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: invalid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of option: value")
+    if isinstance(data.get("lora_target_modules"), list):  # a YAML list reads as the flag does
+        data["lora_target_modules"] = ",".join(map(str, data["lora_target_modules"]))
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")
+    return data
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -4,9 +4,7 @@ Fields left as None take a device-dependent default in `resolve` (a GPU affords 
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -110,14 +108,14 @@ class Config:
     """strict (against a plain-number reference only a plain number counts: "9 - 4" is not 5) or symbolic (math-verify's equivalence); decides votes, rewards and grading alike."""
     reward: str = "vote"
     """vote (agreement with the pseudo-label), oracle (the reference answer: an upper bound, marked in every output) or random (the vote's positive rate, no signal: the null)."""
-    min_majority_ratio: float = 0.0
-    """Weak-vote rule: skip the update when the winning cluster holds less than this share of the voting weight (0: never skip)."""
+    min_majority_ratio: float | None = None
+    """Weak-vote rule: skip the update when the winning cluster holds less than this share of the voting weight (0: never skip; default: the method's CPU study value in reset mode, else 0)."""
     stop_clip_frac: float | None = None
     """Adaptive budget: end a question's update after the step whose clipped-token share exceeds this (None: take every step)."""
     stop_kl: float | None = None
     """Adaptive budget: end a question's update after the step whose KL to the reference exceeds this (None: no KL budget)."""
     stop_agreement: float | None = None
-    """Adaptive budget: end a question's update once the policy's estimated share of answers agreeing with the vote (importance-weighted over the trained samples) reaches this (None: off)."""
+    """Adaptive budget: end a question's update once the policy's estimated share of answers agreeing with the vote (importance-weighted over the trained samples) reaches this (0: off; default: the method's CPU study value in reset mode, else off)."""
     memo_variants: int = 2
     """Prompt phrasings pooled into MEMO's marginal (adaptation_method=memo; 1 to 4)."""
     continuous: bool = False
@@ -171,18 +169,6 @@ class Config:
     """Resume in an output_dir whose saved data hash differs (the questions file was edited)."""
 
 
-def field_help() -> dict[str, str]:
-    """Each field's docstring (the string literal under it in the class body), for --help."""
-    tree = ast.parse(inspect.getsource(Config))
-    body = tree.body[0].body
-    out = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) \
-                and isinstance(getattr(nxt, "value", None), ast.Constant):
-            out[node.target.id] = nxt.value.value
-    return out
-
-
 # Fields that do not change what a run computes: resuming may change them freely.
 NON_RESULT_FIELDS = {"num_questions", "output_dir", "generation_threads", "allow_config_change", "wandb",
                      "tensorboard", "progress", "ray_address", "device", "data_dir",
@@ -192,29 +178,6 @@ NON_RESULT_FIELDS = {"num_questions", "output_dir", "generation_threads", "allow
 # The most samples one call may draw: far above any published setting (TTRL uses 64), and
 # low enough that a typo (--n_votes 1000000) is one line, not an allocation of tens of GB.
 MAX_SAMPLES = 4096
-
-
-def load_yaml(path: str) -> dict:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: invalid YAML{where}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of option: value")
-    if isinstance(data.get("lora_target_modules"), list):  # a YAML list reads as the flag does
-        data["lora_target_modules"] = ",".join(map(str, data["lora_target_modules"]))
-    known = {f.name for f in fields(Config)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")
-    return data
 
 
 def _check(ok: bool, message: str) -> None:
@@ -288,14 +251,14 @@ def validate(cfg: Config) -> Config:
     _check(cfg.reward == "vote" or cfg.adaptation_method in ("ttrl", "ttft"),
            f"--reward {cfg.reward} applies to --adaptation_method ttrl or ttft (and --mode "
            f"dataset), got {cfg.adaptation_method!r}")
-    _check(0 <= cfg.min_majority_ratio <= 1,
+    _check(cfg.min_majority_ratio is None or 0 <= cfg.min_majority_ratio <= 1,
            f"--min_majority_ratio must be from 0 to 1, got {cfg.min_majority_ratio}")
     for name in ("stop_clip_frac", "stop_kl"):
         v = getattr(cfg, name)
         _check(v is None or v >= 0, f"--{name} must be >= 0, got {v}")
-    _check(cfg.stop_agreement is None or 0 < cfg.stop_agreement <= 1,
-           f"--stop_agreement must be in (0, 1], got {cfg.stop_agreement}")
-    _check(cfg.stop_agreement is None or cfg.advantage_estimator == "grpo",
+    _check(cfg.stop_agreement is None or 0 <= cfg.stop_agreement <= 1,
+           f"--stop_agreement must be from 0 (off) to 1, got {cfg.stop_agreement}")
+    _check(not cfg.stop_agreement or cfg.advantage_estimator == "grpo",
            "--stop_agreement needs --advantage_estimator grpo (one advantage per response)")
     _check(1 <= cfg.memo_variants <= 4, f"--memo_variants must be from 1 to 4, got {cfg.memo_variants}")
     _check(cfg.energy_tau > 0, f"--energy_tau must be > 0, got {cfg.energy_tau}")
@@ -374,8 +337,12 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
         cfg.vllm_num_engines = (cfg.actor_num_gpus // cfg.vllm_tensor_parallel_size
                                 if cfg.colocate else 2 if big else 1)
     method = METHODS[cfg.adaptation_method]
-    if cfg.steps_per_question is None:
-        cfg.steps_per_question = method.steps
+    # the development study's values, where it measured them: a CPU, one question at a time
+    study = method.cpu_reset if not big and cfg.mode == "question" and not cfg.continuous else {}
+    for name, general in (("steps_per_question", method.steps), ("min_majority_ratio", 0.0),
+                          ("stop_agreement", 0.0)):
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, study.get(name, general))
     if cfg.prompt_family is None:
         from sttrl.data.prompts import model_family
         cfg.prompt_family = model_family(cfg.model)
@@ -383,7 +350,7 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
         cfg.weight_decay = DATASET_WEIGHT_DECAY if cfg.mode == "dataset" else 0.0
     if cfg.lr is None:
         cfg.lr = (DATASET_LR if cfg.mode == "dataset" else
-                  method.continuous_lr if cfg.continuous else method.lr)
+                  method.continuous_lr if cfg.continuous else study.get("lr", method.lr))
         if cfg.lora_rank and method.trains_weights:
             cfg.lr *= LORA_LR_FACTOR
     if cfg.output_dir is None:

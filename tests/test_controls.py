@@ -165,10 +165,34 @@ def test_the_agreement_budget_estimates_the_policy_and_stops_at_its_target(tiny_
 
 
 @pytest.mark.parametrize("kw,message", [
-    (dict(stop_agreement=0.0), "--stop_agreement must be in"),
-    (dict(stop_agreement=1.5), "--stop_agreement must be in"),
+    (dict(stop_agreement=-0.1), "--stop_agreement must be from 0"),
+    (dict(stop_agreement=1.5), "--stop_agreement must be from 0"),
     (dict(stop_agreement=0.9, advantage_estimator="gae", engine="ray"), "--stop_agreement needs"),
 ])
 def test_bad_agreement_budget_is_one_line(kw, message):
     with pytest.raises(UserError, match=message):
         validate(Config(**kw))
+
+
+def test_the_cpu_study_defaults_apply_to_reset_mode_ttrl_on_a_cpu_only():
+    from sttrl.algorithms import TTRL_CPU_RESET
+    from sttrl.algorithms.ttrl import budget
+    from sttrl.config import resolve
+
+    def picked(cfg):
+        return {k: getattr(cfg, k) for k in TTRL_CPU_RESET}
+
+    assert picked(resolve(Config(), on_gpu=False)) == TTRL_CPU_RESET
+    general = {"lr": 1e-5, "steps_per_question": 3, "stop_agreement": 0.0, "min_majority_ratio": 0.0}
+    assert picked(resolve(Config(), on_gpu=True)) == general
+    assert picked(resolve(Config(continuous=True), on_gpu=False)) == general
+    ttft = resolve(Config(adaptation_method="ttft"), on_gpu=False)
+    assert (ttft.min_majority_ratio, ttft.stop_agreement) == (0.0, 0.0)
+    # a flag wins over the study, and 0 turns a rule off
+    own = resolve(Config(lr=1e-6, stop_agreement=0.0, min_majority_ratio=0.0), on_gpu=False)
+    assert (own.lr, own.stop_agreement, own.min_majority_ratio, own.steps_per_question) == \
+        (1e-6, 0.0, 0.0, TTRL_CPU_RESET["steps_per_question"])
+    assert budget(own) is None
+    # resolving a resolved config changes nothing (a saved config.json compares equal on resume)
+    cpu = resolve(Config(), on_gpu=False)
+    assert resolve(cpu, on_gpu=False) == cpu

@@ -231,7 +231,7 @@ def test_lora_learning_rate_default_and_output_dir():
 
 
 def test_yaml_may_list_the_target_modules(tmp_path):
-    from sttrl.config import load_yaml
+    from sttrl.cli import load_yaml
 
     path = tmp_path / "c.yaml"
     path.write_text("lora_rank: 8\nlora_target_modules: [q_proj, v_proj]\n")

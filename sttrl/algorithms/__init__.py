@@ -6,7 +6,7 @@ sttrl.types.Adaptation` sees the question and the prompt, never the reference an
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from sttrl.algorithms import memo, slot, ttft, ttrl
@@ -37,12 +37,21 @@ class Method:
     them itself)."""
     trains_weights: bool = True
     """Whether the method updates the model's weights (an adapter with --lora_rank); slot does not."""
+    cpu_reset: dict = field(default_factory=dict)
+    """Config defaults that replace the general ones on a CPU in reset mode: the development
+    study's choice (docs/RESULTS.md), measured there and only there."""
 
+
+# The development study's choice for the embedded model on a CPU (docs/RESULTS.md): a larger lr,
+# an update that ends once the policy agrees with the vote (at most 5 steps), and no update on
+# a vote weaker than 0.3 (there the label is usually wrong).
+TTRL_CPU_RESET = {"lr": 3e-5, "steps_per_question": 5, "stop_agreement": 0.8,
+                  "min_majority_ratio": 0.3}
 
 METHODS: dict[str, Method] = {
     "ttrl": Method(ttrl.adapt, lr=1e-5, continuous_lr=1e-5, steps=3, name="STTRL",
                    row="STTRL (reset)", continuous_row="STTRL (continuous)",
-                   votes=ttrl.vote_group),
+                   votes=ttrl.vote_group, cpu_reset=TTRL_CPU_RESET),
     "ttft": Method(ttft.adapt, lr=1e-4, continuous_lr=5e-5, steps=3, name="ttft",
                    row="ttft", continuous_row="ttft (continuous)", votes=ttrl.vote_group),
     "slot": Method(slot.adapt, lr=0.1, continuous_lr=0.1, steps=5, name="slot",

@@ -80,7 +80,7 @@ def skip_reason(label, rewards: list[float], stats=None, cfg=None) -> str | None
 
 def weak_vote(stats, cfg) -> str | None:
     """The weak-vote rule's reason to skip, or None (never for an oracle run)."""
-    if cfg.reward != "oracle" and stats.majority_ratio < cfg.min_majority_ratio:
+    if cfg.reward != "oracle" and stats.majority_ratio < (cfg.min_majority_ratio or 0.0):
         return f"weak vote (majority ratio {stats.majority_ratio:.2f} < {cfg.min_majority_ratio})"
     return None
 
@@ -91,14 +91,14 @@ def budget(cfg):
     that sampled), or whose forward pass finds the policy agreeing with the vote often enough
     (`agreement_estimate`: the step's stats describe the policy before that step's update, so
     the update ends one step after the target is reached); None when no budget is set."""
-    if cfg.stop_clip_frac is None and cfg.stop_kl is None and cfg.stop_agreement is None:
+    if cfg.stop_clip_frac is None and cfg.stop_kl is None and not cfg.stop_agreement:
         return None
 
     def stop(stats: dict) -> bool:
         agree = agreement_estimate(stats)
         return ((cfg.stop_clip_frac is not None and stats.get("clip_frac", 0.0) > cfg.stop_clip_frac)
                 or (cfg.stop_kl is not None and stats.get("kl", 0.0) > cfg.stop_kl)
-                or (cfg.stop_agreement is not None and agree is not None
+                or (bool(cfg.stop_agreement) and agree is not None
                     and agree >= cfg.stop_agreement))
     return stop
 
