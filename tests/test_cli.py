@@ -101,3 +101,11 @@ def test_an_engine_failure_is_one_line_that_says_how_to_resume(monkeypatch, caps
     assert main(["--engine", "ray", "--progress", "false"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "vLLM engine 0 died" in err and "re-run" in err
+
+
+def test_the_default_yaml_is_the_no_flag_run_on_a_cpu():
+    from sttrl.cli import load_yaml
+    from sttrl.config import Config, resolve
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    assert resolve(Config(**load_yaml(str(path))), on_gpu=False) == resolve(Config(), on_gpu=False)
