@@ -338,7 +338,8 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
                                 if cfg.colocate else 2 if big else 1)
     method = METHODS[cfg.adaptation_method]
     # the development study's values, where it measured them: a CPU, one question at a time
-    study = method.cpu_reset if not big and cfg.mode == "question" and not cfg.continuous else {}
+    study = (method.cpu_reset if not big and cfg.mode == "question" and not cfg.continuous
+             and cfg.advantage_estimator == "grpo" else {})
     for name, general in (("steps_per_question", method.steps), ("min_majority_ratio", 0.0),
                           ("stop_agreement", 0.0)):
         if getattr(cfg, name) is None:

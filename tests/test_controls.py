@@ -186,6 +186,8 @@ def test_the_cpu_study_defaults_apply_to_reset_mode_ttrl_on_a_cpu_only():
     general = {"lr": 1e-5, "steps_per_question": 3, "stop_agreement": 0.0, "min_majority_ratio": 0.0}
     assert picked(resolve(Config(), on_gpu=True)) == general
     assert picked(resolve(Config(continuous=True), on_gpu=False)) == general
+    gae = resolve(Config(advantage_estimator="gae", engine="ray"), on_gpu=False)
+    assert picked(gae) == general  # the study measured GRPO
     ttft = resolve(Config(adaptation_method="ttft"), on_gpu=False)
     assert (ttft.min_majority_ratio, ttft.stop_agreement) == (0.0, 0.0)
     # a flag wins over the study, and 0 turns a rule off
