@@ -38,8 +38,8 @@ class Method:
     trains_weights: bool = True
     """Whether the method updates the model's weights (an adapter with --lora_rank); slot does not."""
     cpu_reset: dict = field(default_factory=dict)
-    """Config defaults that replace the general ones on a CPU in reset mode with GRPO: the development
-    study's choice (docs/RESULTS.md), measured there and only there."""
+    """Config defaults that replace the general ones on a CPU in reset mode with GRPO: the
+    development study's choice (docs/RESULTS.md), measured there and only there."""
 
 
 # The development study's choice for the embedded model on a CPU (docs/RESULTS.md): a larger lr,
