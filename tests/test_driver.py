@@ -38,6 +38,20 @@ def lines(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
 
 
+def kill_after_two_lines(flags: list[str], out: Path) -> Path:
+    """Run main.py with these flags into out and SIGKILL it once two results lines are written;
+    returns the results file."""
+    proc = subprocess.Popen([sys.executable, "main.py", *flags, "--output_dir", str(out)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not results.exists() or results.read_text().count("\n") < 2):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return results
+
+
 def without_timings(records):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
@@ -140,14 +154,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tiny_model, tmp_path, con
     ref_out, out = tmp_path / "uninterrupted", tmp_path / "killed"
     subprocess.run([sys.executable, "main.py", *flags, "--output_dir", str(ref_out)], cwd=REPO,
                    check=True, capture_output=True)
-    proc = subprocess.Popen([sys.executable, "main.py", *flags, "--output_dir", str(out)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results = out / "results.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not results.exists() or results.read_text().count("\n") < 2):
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    results = kill_after_two_lines(flags, out)
     killed_at = results.read_text().count("\n")
     assert 2 <= killed_at < 5
     # a torn last line, as a kill in the middle of a write would leave

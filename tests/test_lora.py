@@ -1,10 +1,7 @@
 """LoRA adapters (--lora_rank) on the local engine, on the tiny random model."""
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,7 +13,8 @@ from sttrl.errors import UserError
 from sttrl.run import run
 from sttrl.types import TrainBatch
 from conftest import local_engine
-from test_driver import REPO, lines, tiny_config, without_timings, write_questions
+from test_driver import (REPO, kill_after_two_lines, lines, tiny_config, without_timings,
+                         write_questions)
 
 PROMPT = "<|user|>What is 2 + 3?<|end|><|assistant|>"
 
@@ -180,14 +178,7 @@ def test_a_killed_continuous_lora_run_resumes_its_adapter(tiny_model, tmp_path):
     ref_out, out = tmp_path / "uninterrupted", tmp_path / "killed"
     subprocess.run([sys.executable, "main.py", *flags, "--output_dir", str(ref_out)], cwd=REPO,
                    check=True, capture_output=True)
-    proc = subprocess.Popen([sys.executable, "main.py", *flags, "--output_dir", str(out)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results = out / "results.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not results.exists() or results.read_text().count("\n") < 2):
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    results = kill_after_two_lines(flags, out)
     assert 2 <= results.read_text().count("\n") < 5
     subprocess.run([sys.executable, "main.py", *flags, "--output_dir", str(out)], cwd=REPO,
                    check=True, capture_output=True)
