@@ -6,17 +6,24 @@ the hidden sets; the same files for the same seed).
   phrasings of our own ("Compute 7 + 8.", "What is 6 times 3?", ...).
 - noharm (40 questions): short word problems from our own templates, where the model's vote is
   almost never right; there the method must not lower pass@1.
+- gain2 (128 questions): the controlled-update study's gain set. The 48 of `gain` first, then 64
+  more ARITH-TTT level-1 questions and 16 more phrasings from the same seed.
+- noharm2 (64 questions): the 40 of `noharm`, then 24 more.
+- confirm (64 questions): held back until the study's choices are made, then run once: 48
+  ARITH-TTT level-1 questions from seed + 1 and 16 phrasings, none of whose sums (a, op, b)
+  is in gain2, so it is new questions, not new ids.
 
 Both use the ARITH instruction (source "arith": put the answer in \\boxed{}, no step-by-step), so
 an answer stays short on a 2-core CPU.
 
-    .venv/bin/python benchmarks/devsets.py --out runs/devsets   # writes gain.json, noharm.json
+    .venv/bin/python benchmarks/devsets.py --out runs/devsets   # writes gain.json, noharm.json, gain2.json, ...
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 
 PHRASINGS = {
@@ -84,14 +91,63 @@ def gain_set(seed: int = 7) -> list[dict]:
     return arith + arith_rephrased(16, seed)
 
 
-def noharm_set(seed: int = 7) -> list[dict]:
-    return word_problems(40, seed)
+def noharm_set(seed: int = 7, n: int = 40) -> list[dict]:
+    return word_problems(n, seed)
+
+
+def gain2_set(seed: int = 7) -> list[dict]:
+    """128 questions whose first 48 are `gain_set(seed)`: the same generators run longer."""
+    from sttrl.data import make_arith
+
+    arith = [{"prompt": ex.question.prompt, "answer": ex.answer, "source": "arith",
+              "id": f"dev-{ex.question.id}"} for ex in make_arith(96, seed=seed, level=1)]
+    phrased = arith_rephrased(32, seed)
+    return arith[:32] + phrased[:16] + arith[32:] + phrased[16:]
+
+
+SUM = re.compile(r"(\d+)\D+?(\d+)")
+
+
+def sum_key(row: dict) -> tuple:
+    """(a, op, b) of a single-operation question in any of our phrasings."""
+    text = row["prompt"]
+    a, b = map(int, SUM.search(text).groups())
+    low = text.lower()
+    if "subtract" in low:  # "Subtract b from a."
+        a, b = b, a
+    op = ("+" if "+" in text or "plus" in low or "add" in low or "sum" in low else
+          "-" if "-" in text or "minus" in low or "subtract" in low or "difference" in low else "*")
+    return a, op, b
+
+
+def confirm_set(seed: int = 7) -> list[dict]:
+    """64 questions from seed + 1 whose sums are not in gain2_set(seed)."""
+    from sttrl.data import make_arith
+
+    taken = {sum_key(r) for r in gain2_set(seed)}
+    rows = []
+    for ex in make_arith(400, seed=seed + 1, level=1):
+        row = {"prompt": ex.question.prompt, "answer": ex.answer, "source": "arith",
+               "id": f"conf-{ex.question.id}"}
+        if sum_key(row) not in taken and len(rows) < 48:
+            taken.add(sum_key(row))
+            rows.append(row)
+    phrased = []
+    for row in arith_rephrased(200, seed + 1):
+        if sum_key(row) not in taken and len(phrased) < 16:
+            taken.add(sum_key(row))
+            phrased.append({**row, "id": row["id"].replace("dev-", "conf-")})
+    return rows + phrased
+
+
+SETS = {"gain": gain_set, "noharm": noharm_set, "gain2": gain2_set,
+        "noharm2": lambda seed: noharm_set(seed, 64), "confirm": confirm_set}
 
 
 def write_sets(out: Path, seed: int = 7) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, rows in (("gain", gain_set(seed)), ("noharm", noharm_set(seed))):
+    for name, rows in ((name, make(seed)) for name, make in SETS.items()):
         paths[name] = out / f"{name}.json"
         paths[name].write_text(json.dumps(rows, indent=1) + "\n")
     return paths
