@@ -114,6 +114,12 @@ class Config:
     """Adaptive budget: end a question's update after the step whose clipped-token share exceeds this (None: take every step)."""
     stop_kl: float | None = None
     """Adaptive budget: end a question's update after the step whose KL to the reference exceeds this (None: no KL budget)."""
+    max_step_kl: float | None = None
+    """Trust region: a step whose per-token KL to the policy before it exceeds this is undone and retried smaller (0: no step budget; default: see README)."""
+    max_kl: float | None = None
+    """Trust region: a step that takes the per-token KL to the initial model past this is undone and retried smaller (0: no budget; default: see README)."""
+    kl_backtracks: int = 4
+    """Trust region: how often an overshooting step is undone and retried smaller before the question's update ends."""
     stop_agreement: float | None = None
     """Adaptive budget: end a question's update once the policy's estimated share of answers agreeing with the vote (importance-weighted over the trained samples) reaches this (0: off; default: the method's CPU study value in reset mode, else off)."""
     memo_variants: int = 2
@@ -138,6 +144,8 @@ class Config:
     """Weight of the k3 KL penalty to the frozen initial model (0 turns it off)."""
     grad_clip: float = 1.0
     """Gradient-norm clip."""
+    optimizer: str = "adamw"
+    """adamw, or sgd (plain SGD on the gradient scaled to norm grad_clip: a step of length lr x grad_clip along the gradient)."""
     temperature: float = 0.8
     """Rollout temperature for the vote and training samples."""
     top_p: float = 1.0
@@ -208,6 +216,9 @@ def validate(cfg: Config) -> Config:
         v = getattr(cfg, name)
         _check(1 <= v <= 1_000_000, f"--{name} must be an integer from 1 to 1000000, got {v}")
     _check(0 <= cfg.warmup_ratio < 1, f"--warmup_ratio must be from 0 to below 1, got {cfg.warmup_ratio}")
+    _check(cfg.optimizer in ("adamw", "sgd"), f"--optimizer must be adamw or sgd, got {cfg.optimizer!r}")
+    _check(cfg.optimizer == "adamw" or cfg.engine == "local",
+           "--optimizer sgd needs --engine local (the scale engine trains with AdamW)")
     _check(cfg.engine in ENGINES, f"--engine must be one of {', '.join(ENGINES)}, got {cfg.engine!r}")
     _check(cfg.adaptation_method in METHODS,
            f"--adaptation_method must be one of {', '.join(METHODS)}, got {cfg.adaptation_method!r}")
@@ -253,7 +264,9 @@ def validate(cfg: Config) -> Config:
            f"dataset), got {cfg.adaptation_method!r}")
     _check(cfg.min_majority_ratio is None or 0 <= cfg.min_majority_ratio <= 1,
            f"--min_majority_ratio must be from 0 to 1, got {cfg.min_majority_ratio}")
-    for name in ("stop_clip_frac", "stop_kl"):
+    _check(0 <= cfg.kl_backtracks <= 100,
+           f"--kl_backtracks must be an integer from 0 to 100, got {cfg.kl_backtracks}")
+    for name in ("stop_clip_frac", "stop_kl", "max_step_kl", "max_kl"):
         v = getattr(cfg, name)
         _check(v is None or v >= 0, f"--{name} must be >= 0, got {v}")
     _check(cfg.stop_agreement is None or 0 <= cfg.stop_agreement <= 1,
@@ -341,7 +354,7 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
     study = (method.cpu_reset if not big and cfg.mode == "question" and not cfg.continuous
              and cfg.advantage_estimator == "grpo" else {})
     for name, general in (("steps_per_question", method.steps), ("min_majority_ratio", 0.0),
-                          ("stop_agreement", 0.0)):
+                          ("stop_agreement", 0.0), ("max_step_kl", 0.0), ("max_kl", 0.0)):
         if getattr(cfg, name) is None:
             setattr(cfg, name, study.get(name, general))
     if cfg.prompt_family is None:

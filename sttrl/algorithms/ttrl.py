@@ -7,9 +7,10 @@ reference, and such a run is marked oracle everywhere it is reported.
 """
 from __future__ import annotations
 
-from sttrl.algorithms.grpo import agreement_estimate, group_advantages, grpo_loss
+from sttrl.algorithms.grpo import (agreement_estimate, group_advantages, grpo_loss,
+                                  heldout_agreement)
 from sttrl.rewards import extract_answer, random_rewards, ttrl_rewards, vote, voting_weights
-from sttrl.types import Adaptation, SampleGroup, TrainBatch
+from sttrl.types import Adaptation, SampleGroup, TrainBatch, TrustRegion
 
 
 def pseudo_label(samples, task: str, cfg):
@@ -85,22 +86,63 @@ def weak_vote(stats, cfg) -> str | None:
     return None
 
 
-def budget(cfg):
+# The held-out estimate is not trusted once fewer than this share of the held-out votes carry
+# the weight (effective sample size): the policy then samples responses the votes rarely show.
+MIN_ESS_SHARE = 0.25
+
+
+def trust_region(cfg) -> TrustRegion:
+    """The per-question update's trust region from the config (0 turns a budget off; with both
+    off every step is still measured and logged, never undone)."""
+    return TrustRegion(cfg.max_step_kl or 0.0, cfg.max_kl or 0.0, cfg.kl_backtracks)
+
+
+def agreement(stats: dict, probe_agree: list[bool] | None) -> float | None:
+    """The policy's estimated share of vote-agreeing answers after this step: from the held-out
+    votes when there are some (`heldout_agreement`), else the trained samples' share."""
+    if probe_agree and "probe_logratio" in stats:
+        estimate, _ = heldout_agreement(stats["probe_logratio"], probe_agree,
+                                        MIN_ESS_SHARE * len(probe_agree))
+        return estimate
+    return agreement_estimate(stats)
+
+
+def budget(cfg, probe_agree: list[bool] | None = None):
     """The adaptive update budget, as the engines' `stop` rule: end the update after the step
     whose clipped share or KL passes its budget (the policy has moved far enough from the one
-    that sampled), or whose forward pass finds the policy agreeing with the vote often enough
-    (`agreement_estimate`: the step's stats describe the policy before that step's update, so
-    the update ends one step after the target is reached); None when no budget is set."""
+    that sampled), or after which the policy agrees with the vote often enough (`agreement`:
+    with held-out votes, measured after the step; otherwise from the trained samples in the
+    step's own forward pass, which describes the policy before the step, so the update then
+    ends one step after the target is reached); None when no budget is set."""
     if cfg.stop_clip_frac is None and cfg.stop_kl is None and not cfg.stop_agreement:
         return None
 
     def stop(stats: dict) -> bool:
-        agree = agreement_estimate(stats)
+        agree = agreement(stats, probe_agree)
         return ((cfg.stop_clip_frac is not None and stats.get("clip_frac", 0.0) > cfg.stop_clip_frac)
                 or (cfg.stop_kl is not None and stats.get("kl", 0.0) > cfg.stop_kl)
                 or (bool(cfg.stop_agreement) and agree is not None
                     and agree >= cfg.stop_agreement))
     return stop
+
+
+def with_agreement(history: list[dict], agree: list[bool]) -> list[dict]:
+    """The step records with the log-ratio lists replaced by what they say (`agree` flags every
+    voted sample, trained ones first): the policy's agreement with the vote after each step,
+    estimated from the held-out votes (`agree_heldout`, with its effective sample size) and,
+    in-sample, from the trained ones (`agree_trained`)."""
+    out = []
+    for stats in history:
+        stats = dict(stats)
+        trained = stats.pop("train_logratio", None)
+        held = stats.pop("probe_logratio", None)
+        if trained is not None:
+            stats["agree_trained"], _ = heldout_agreement(trained, agree[:len(trained)])
+        if held is not None:
+            stats["agree_heldout"], stats["agree_ess"] = heldout_agreement(
+                held, agree[len(agree) - len(held):])
+        out.append(stats)
+    return out
 
 
 def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None,
@@ -112,14 +154,23 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None,
     reason = skip_reason(label, rewards, stats, cfg)
     history = []
     if reason is None and cfg.steps_per_question > 0:
+        gae = cfg.advantage_estimator == "gae"
+        # The votes after n_train were drawn with the trained ones and are never trained on:
+        # after each step their importance weights say how often the policy now agrees.
+        held_out = samples[cfg.n_train:] if not gae else []
+        probe_agree = [stats.sample_cluster[i] == stats.winner
+                       for i in range(cfg.n_train, cfg.n_train + len(held_out))]
         # with gae the engine's critic turns the rewards into per-token advantages itself
         batch = TrainBatch.shared(engine.encode(prompt), [s.token_ids for s in train],
-                                  group_advantages(rewards),
-                                  rewards if cfg.advantage_estimator == "gae" else None,
-                                  temperature=cfg.temperature)
+                                  group_advantages(rewards), rewards if gae else None,
+                                  temperature=cfg.temperature,
+                                  probe=[s.token_ids for s in held_out] or None)
         with timer("train"):
             history = engine.train(batch, grpo_loss,
                                    {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef,
                                     **({"agreement": True} if cfg.stop_agreement else {})},
-                                   cfg.steps_per_question, stop=budget(cfg))
+                                   cfg.steps_per_question, stop=budget(cfg, probe_agree),
+                                   trust=None if gae else trust_region(cfg))
+        history = with_agreement(history, [c == stats.winner for c in
+                                           stats.sample_cluster[:cfg.n_train + len(held_out)]])
     return Adaptation(answers, label, stats, rewards, reason, history)

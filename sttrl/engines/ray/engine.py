@@ -43,6 +43,7 @@ import tempfile
 from sttrl.data.prompts import encode_prompt
 from sttrl.engines.ray.adapter_sync import AdapterSync
 from sttrl.engines.ray.common import ActorSettings, RaySnapshot, wait
+from sttrl.engines.ray.measured import train_measured
 from sttrl.engines.ray.critic import gae_targets
 from sttrl.engines.ray.scoring import ActorScoring
 from sttrl.engines.ray.placement import create_placement_group, plan_layout, spawn_actors
@@ -50,7 +51,7 @@ from sttrl.engines.ray.rollout import engine_seed, split_counts
 from sttrl.engines.ray.weight_sync import WeightSync
 from sttrl.engines.ray.zero import merge_steps, micro_batches, shard
 from sttrl.errors import UserError
-from sttrl.types import Sample, SampleGroup, TrainBatch
+from sttrl.types import Sample, SampleGroup, TrainBatch, TrustRegion
 
 NO_HIDDEN_STATES = ("--adaptation_method slot needs --engine local: the scale engine samples with "
                     "vLLM, which does not expose the hidden states entering the LM head")
@@ -229,11 +230,18 @@ class RayEngine(ActorScoring):
     # ---- training -------------------------------------------------------------------------------
     def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int,
               mini_batches: list[list[int]] | None = None,
-              lrs: list[float] | None = None, stop=None) -> list[dict]:
+              lrs: list[float] | None = None, stop=None,
+              trust: TrustRegion | None = None) -> list[dict]:
         """As LocalEngine.train: `steps` optimiser steps on the batch, or with `mini_batches`
         one step per mini-batch per epoch, all against the log-probs of the policy that
         sampled (at batch.temperature); `lrs` per optimiser step; `stop(stats)` ends the update
-        after the step it accepts. One weight sync at the end."""
+        after the step it accepts; `trust`: every step measured and kept only inside the trust
+        region (ray/measured.py). One weight sync at the end."""
+        if trust is not None:
+            if mini_batches is not None or self.actors.critics:
+                raise ValueError("a trust region applies to one GRPO batch, not mini-batches "
+                                 "or a critic")
+            return train_measured(self, batch, loss_fn, loss_kwargs, steps, lrs, stop, trust)
         groups = mini_batches if mini_batches is not None else [list(range(len(batch.responses)))]
         schedule = [rows for _ in range(steps) for rows in groups]
         if lrs is not None and len(lrs) != len(schedule):
