@@ -120,6 +120,8 @@ class Config:
     """Trust region: a step that takes the per-token KL to the initial model past this is undone and retried smaller (0: no budget; default: see README)."""
     kl_backtracks: int = 4
     """Trust region: how often an overshooting step is undone and retried smaller before the question's update ends."""
+    agreement_estimate: str = "heldout"
+    """How --stop_agreement estimates the policy's agreement with the vote: heldout (importance weights of the votes after n_train, never trained on, measured after each step) or trained (the trained samples' own, from the step's forward pass)."""
     stop_agreement: float | None = None
     """Adaptive budget: end a question's update once the policy's estimated share of answers agreeing with the vote (importance-weighted over the trained samples) reaches this (0: off; default: the method's CPU study value in reset mode, else off)."""
     memo_variants: int = 2
@@ -219,6 +221,8 @@ def validate(cfg: Config) -> Config:
     _check(cfg.optimizer in ("adamw", "sgd"), f"--optimizer must be adamw or sgd, got {cfg.optimizer!r}")
     _check(cfg.optimizer == "adamw" or cfg.engine == "local",
            "--optimizer sgd needs --engine local (the scale engine trains with AdamW)")
+    _check(cfg.agreement_estimate in ("heldout", "trained"),
+           f"--agreement_estimate must be heldout or trained, got {cfg.agreement_estimate!r}")
     _check(cfg.engine in ENGINES, f"--engine must be one of {', '.join(ENGINES)}, got {cfg.engine!r}")
     _check(cfg.adaptation_method in METHODS,
            f"--adaptation_method must be one of {', '.join(METHODS)}, got {cfg.adaptation_method!r}")

@@ -157,7 +157,8 @@ def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None,
         gae = cfg.advantage_estimator == "gae"
         # The votes after n_train were drawn with the trained ones and are never trained on:
         # after each step their importance weights say how often the policy now agrees.
-        held_out = samples[cfg.n_train:] if not gae else []
+        held_out = samples[cfg.n_train:] if not gae and cfg.agreement_estimate == "heldout" \
+            else []
         probe_agree = [stats.sample_cluster[i] == stats.winner
                        for i in range(cfg.n_train, cfg.n_train + len(held_out))]
         # with gae the engine's critic turns the rewards into per-token advantages itself
