@@ -15,7 +15,21 @@ def test_equivalent_answers_vote_together():
     assert stats.sample_cluster == [0, 0, 1, 0, None, 1]
     assert stats.representatives == ["0.5", "3"] and stats.winner == 0
     assert (stats.n_voting, stats.n_none) == (5, 1)
-    assert stats.majority_ratio == pytest.approx(3 / 5)
+    # TTRL's ratio: the winner's count over every sample, the unanswered one included
+    assert stats.majority_ratio == pytest.approx(3 / 6)
+    assert stats.answered_ratio == pytest.approx(3 / 5)
+
+
+def test_the_majority_ratio_is_ttrls_over_all_samples():
+    """TTRL (ttt_metrics.py) divides the majority answer's count by the number of samples:
+    3 agreeing among 5 answered of 16 is 3 / 16, not 3 / 5."""
+    answers = ["7", "7", "7", "8", "9"] + [None] * 11
+    _, stats = vote(answers)
+    assert stats.majority_ratio == pytest.approx(3 / 16)
+    assert stats.answered_ratio == pytest.approx(3 / 5)
+    # weighted votes: the winner's weight over every sample's weight
+    _, stats = vote(["1", "2", None], weights=[0.5, 0.2, 0.3])
+    assert stats.majority_ratio == pytest.approx(0.5) and stats.answered_ratio == pytest.approx(0.5 / 0.7)
 
 
 def test_none_answers_do_not_vote():
