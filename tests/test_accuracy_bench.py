@@ -4,7 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from conftest import local_engine
+from helpers import local_engine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_derived_weak_vote_rows_equal_a_real_run_with_the_rule(tiny_model, tmp_p
     derivation must give exactly the lines the real run writes."""
     import sys
     sys.path.insert(0, str(REPO / "tests"))
-    from test_driver import lines, tiny_config, write_questions
+    from helpers import lines, tiny_config, write_questions
     from sttrl.run import run
 
     acc = load("accuracy")

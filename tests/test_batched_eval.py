@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import local_engine
-from test_driver import tiny_config, write_questions
+from helpers import local_engine
+from helpers import tiny_config, write_questions
 
 PROMPT = "<|user|>What is 2 + 3?<|end|><|assistant|>"
 LOGPROB_TOL = 1e-5  # the forward on a batch of another size: measured <= 1e-6 in fp32

@@ -12,7 +12,7 @@ from sttrl.errors import UserError
 from sttrl.rewards import random_rewards
 from sttrl.rewards.oracle import OracleReward
 from sttrl.run import run
-from test_driver import lines, tiny_config, write_questions
+from helpers import lines, tiny_config, write_questions
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sttrl"
 
@@ -104,7 +104,7 @@ def test_the_weak_vote_rule_skips_weak_votes(tiny_model, tmp_path):
 
 
 def test_the_adaptive_budget_stops_after_the_step_that_passes_it(tiny_model):
-    from conftest import local_engine
+    from helpers import local_engine
     from sttrl.algorithms.grpo import grpo_loss
     from sttrl.algorithms.ttrl import budget
     from sttrl.types import TrainBatch
@@ -137,7 +137,7 @@ def test_dataset_mode_takes_the_oracle_and_is_marked(tiny_model, tmp_path):
 
 
 def test_the_agreement_budget_estimates_the_policy_and_stops_at_its_target(tiny_model):
-    from conftest import local_engine
+    from helpers import local_engine
     from sttrl.algorithms.grpo import agreement_estimate, group_advantages, grpo_loss
     from sttrl.algorithms.ttrl import budget
     from sttrl.types import TrainBatch

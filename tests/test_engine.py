@@ -4,7 +4,7 @@ import torch
 
 from sttrl.algorithms.grpo import group_advantages, grpo_loss, kl_k3
 from sttrl.types import TrainBatch
-from conftest import local_engine
+from helpers import local_engine
 
 PROMPT = "<|user|>What is 2 + 3?<|end|><|assistant|>"
 

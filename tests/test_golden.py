@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_driver import tiny_config, write_questions
+from helpers import tiny_config, write_questions
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = {

@@ -12,8 +12,8 @@ from sttrl.config import LORA_LR_FACTOR, Config, resolve, validate
 from sttrl.errors import UserError
 from sttrl.run import run
 from sttrl.types import TrainBatch
-from conftest import local_engine
-from test_driver import (REPO, kill_after_two_lines, lines, tiny_config, without_timings,
+from helpers import local_engine
+from helpers import (REPO, kill_after_two_lines, lines, tiny_config, without_timings,
                          write_questions)
 
 PROMPT = "<|user|>What is 2 + 3?<|end|><|assistant|>"

@@ -53,7 +53,7 @@ def engines(ray_cpu, tiny_vllm_model):
     model on its own bundle, and the local engine on the same model; energy voting, so the engine
     also fills logsumexp; weights reach vLLM through the object store (the broadcast path has
     its own test below). (The driver runs below use the default in-actor reference.)"""
-    from conftest import local_engine
+    from helpers import local_engine
     from sttrl.engines.ray.engine import RayEngine
 
     cfg = ray_config(tiny_vllm_model, actor_num_gpus=2, micro_batch_size=2,
@@ -298,7 +298,7 @@ def test_broadcast_sync_follows_the_actor_and_a_killed_engine_is_a_clear_error(r
 
 def test_reference_actor_on_its_own(tiny_vllm_model):
     """The actor --separate_ref_gpu adds, called directly (no Ray needed)."""
-    from conftest import local_engine
+    from helpers import local_engine
     from sttrl.engines.ray.common import ActorSettings
     from sttrl.engines.ray.trainer import ReferenceActor
 
@@ -422,7 +422,7 @@ class TestPPOWithACritic:
                                   monkeypatch, kw):
         """The driver on this class's engine (a second engine would cost a minute of start-up):
         continuous mode checkpoints the critic, the dataset-level mode trains it too."""
-        from test_driver import lines, write_questions
+        from helpers import lines, write_questions
 
         import sttrl.run as driver
 
@@ -465,7 +465,7 @@ def shape(value):
 def ray_run(ray_cpu, tiny_vllm_model, tmp_path_factory):
     """An uninterrupted 4-question driver run on the scale engine (continuous: from the second
     question on, the KL needs the reference, here the ZeRO-3 copy inside the actor ranks)."""
-    from test_driver import write_questions
+    from helpers import write_questions
 
     from sttrl.run import run
 
@@ -477,7 +477,7 @@ def ray_run(ray_cpu, tiny_vllm_model, tmp_path_factory):
 
 
 def test_driver_writes_the_local_engines_format(ray_run, tiny_vllm_model):
-    from test_driver import lines
+    from helpers import lines
 
     from sttrl.run import run
 
@@ -503,7 +503,7 @@ def test_driver_writes_the_local_engines_format(ray_run, tiny_vllm_model):
 
 def test_a_killed_vllm_engine_is_a_clear_error_and_the_run_resumes(ray_run, tiny_vllm_model,
                                                                     ray_cpu, monkeypatch):
-    from test_driver import lines, without_timings
+    from helpers import lines, without_timings
 
     import sttrl.run as driver
     from sttrl.errors import EngineError
@@ -545,7 +545,7 @@ def test_a_killed_vllm_engine_is_a_clear_error_and_the_run_resumes(ray_run, tiny
 def test_smollm2_end_to_end_on_both_engines(ray_cpu, tmp_path):
     """The embedded SmolLM2 on 2 ARITH-TTT questions: the scale engine writes what the local
     engine writes, line for line in structure, with the same pseudo-label machinery."""
-    from test_driver import lines
+    from helpers import lines
 
     from sttrl.run import run
 
@@ -571,7 +571,7 @@ def test_smollm2_end_to_end_on_both_engines(ray_cpu, tmp_path):
 @pytest.mark.parametrize("kw", [dict(adaptation_method="ttft"), dict(adaptation_method="memo"),
                                 dict(mode="dataset", prompts_per_step=2, eval_every=1)])
 def test_weight_updating_methods_run_on_the_scale_engine(ray_cpu, tiny_vllm_model, tmp_path, kw):
-    from test_driver import write_questions
+    from helpers import write_questions
 
     from sttrl.run import run
 

@@ -18,7 +18,7 @@ def test_the_adapter_trains_on_zero3_and_vllm_serves_it(ray_cpu, tiny_vllm_model
     import torch
     from safetensors.torch import load_file
 
-    from conftest import local_engine
+    from helpers import local_engine
     from sttrl.algorithms.grpo import group_advantages, grpo_loss
     from sttrl.engines.ray.engine import RayEngine
     from sttrl.types import TrainBatch
@@ -90,7 +90,7 @@ def test_a_continuous_lora_run_on_the_scale_engine_checkpoints_the_adapter(ray_c
     import torch
 
     from sttrl.run import run
-    from test_driver import write_questions
+    from helpers import write_questions
 
     data = write_questions(tmp_path / "q.json", n=2)
     out = tmp_path / "out"

@@ -18,7 +18,7 @@ from sttrl.config import Config, resolve
 from sttrl.errors import UserError
 from sttrl.run import check_saved_config, lock_output_dir, run, unlock_output_dir
 
-from test_driver import REPO, lines, tiny_config, write_questions
+from helpers import REPO, lines, tiny_config, write_questions
 
 
 def one_line_error(capsys, argv) -> str:

@@ -1,13 +1,15 @@
-"""The interface both engines implement in full, as the modes and methods use it.
+"""The contract both engines implement in full: everything the modes, the methods and `run.py`
+use of an engine, and nothing else (tests/test_engine_contract.py checks both engines against it).
 
 `LocalEngine` (sttrl/engines/local.py) and `RayEngine` (sttrl/engines/ray/engine.py) are built
-the same way, `Engine(cfg, model_path)`, from a resolved `sttrl.config.Config`, and the modes
-cannot tell them apart. Records come from `sttrl.types`.
+the same way, `Engine(settings, model_path)`, from their own `sttrl.settings.EngineSettings`, and
+the modes cannot tell them apart. Records come from `sttrl.types`.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
+from sttrl.settings import EngineSettings
 from sttrl.types import Sample, SampleGroup, TrainBatch
 
 HeadHook = Callable[[Any], Any]
@@ -19,9 +21,18 @@ class Engine(Protocol):
 
     tokenizer: Any
     """A Hugging Face tokenizer, for prompt templates and token counts."""
+    max_context: int | None
+    """The most tokens a prompt and its response may hold together (None: no known limit);
+    `run.py` refuses a question whose prompt and --max_new_tokens do not fit."""
 
-    def __init__(self, cfg, model_path: str) -> None:
-        """Load the model at `model_path` as the resolved config `cfg` says (device, lr, ...)."""
+    def __init__(self, settings: EngineSettings, model_path: str) -> None:
+        """Load the model at `model_path` as `settings` say (device, optimiser, layout, ...)."""
+
+    def sampling_memory(self, rows: int, prompt_tokens: int,
+                        max_new_tokens: int) -> tuple[int, str] | None:
+        """A lower estimate of the bytes one sampling call of `rows` samples holds at once, and
+        the device whose free memory must hold them; None where the engine cannot tell
+        (`run.py` refuses a run whose largest call would not fit, before any sampling)."""
 
     def encode(self, prompt: str) -> list[int]:
         """The token ids of a formatted prompt, as generate and train see it."""
@@ -63,13 +74,8 @@ class Engine(Protocol):
         """
 
     def set_lr(self, lr: float) -> None:
-        """The optimiser's learning rate from now on (dataset mode's schedule)."""
-
-    def snapshot(self) -> Any:
-        """Capture the trainable state (weights, optimiser, head hook) for a later exact restore."""
-
-    def restore(self, state: Any) -> None:
-        """Return weights and optimiser to a snapshot, bit-exactly."""
+        """The optimiser's learning rate from now on (benchmarks/accuracy.py runs grid points
+        of different lrs on one engine)."""
 
     def reset(self) -> None:
         """Back to the initial weights, an empty optimiser state and no head hook."""

@@ -1,11 +1,51 @@
-"""Evaluation metrics. These take the reference answer and must never feed a reward."""
+"""Evaluation: every computation that reads a reference answer, to measure (never to train).
+
+The metrics of one question's samples (pass@1, maj@N, pass@k, label and reward accuracy), a
+question's results-line metrics before and after its update (`question_metrics`), and dataset
+mode's mean pass@1 over the set (`evaluate_set`). The training path's one reader of a reference
+is the oracle reward (sttrl/rewards/oracle.py), and only with --reward oracle.
+"""
 from __future__ import annotations
 
 import math
 
+from sttrl.modes.common import question_seed, sample_answers
 from sttrl.rewards.grade import check_form, grade
 from sttrl.rewards.vote import vote
+from sttrl.settings import SamplingSettings
+from sttrl.types import Adaptation, Example
 
+
+def question_metrics(example: Example, before: list, after: list, adapted: Adaptation,
+                     form: str = "strict") -> dict:
+    """A question's metrics for its results line (QuestionResult's fields): pass@1 of the
+    answers before and after the update, and maj@N, label and reward accuracy of the vote."""
+    reference, task = example.answer, example.question.task
+    n_train = len(adapted.rewards)
+    return {
+        "pass1_before": pass_at_1(before, reference, task, form=form),
+        "pass1_after": pass_at_1(after, reference, task, form=form),
+        "majN_before": maj_at_n(adapted.answers, reference, task, form=form),
+        "label_correct": label_accuracy(adapted.label, reference, task, form=form),
+        "reward_accuracy": reward_accuracy(adapted.rewards, adapted.answers[:n_train],
+                                           reference, task, form=form),
+    }
+
+
+def evaluate_set(engine, examples: list[Example], prompts: list[str],
+                 sampling: SamplingSettings, form: str) -> float:
+    """Mean pass@1 over the set: n_eval samples per question at val_temp / val_top_p, each
+    question from its own evaluation seed (the per-question mode's)."""
+    scores = []
+    for ex, prompt in zip(examples, prompts):
+        answers = sample_answers(engine, prompt, ex.question.task, sampling.n_eval,
+                                 sampling.val_temp, sampling.val_top_p, sampling.max_new_tokens,
+                                 question_seed(sampling.seed, ex.question.id) + 1)
+        scores.append(pass_at_1(answers, ex.answer, ex.question.task, form=form))
+    return sum(scores) / len(scores)
+
+
+# ---- the metrics of one question's samples --------------------------------------------------
 
 def pass_at_1(answers: list[str | None], reference: str, task: str = "math", *,
               form: str = "strict") -> float:
