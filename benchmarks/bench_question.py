@@ -34,8 +34,9 @@ def timed_question(engine, example, index: int, cfg, warmup_tokens: int) -> dict
     """
     import dataclasses
 
-    from sttrl.modes.question import run_question
     from sttrl.engines.sequences import PASS_COST_TOKENS, length_buckets
+    from sttrl.modes.question import run_question
+    from sttrl.parts import parts
 
     tokens = {"n": 0, "trained": 0, "padded": 0}
     generate, generate_groups, train = engine.generate, engine.generate_groups, engine.train
@@ -64,7 +65,7 @@ def timed_question(engine, example, index: int, cfg, warmup_tokens: int) -> dict
     qcfg = dataclasses.replace(cfg, max_new_tokens=warmup_tokens) if index == 0 else cfg
     try:
         start = time.perf_counter()
-        record = run_question(engine, example, index, qcfg)
+        record = run_question(engine, example, index, parts(qcfg)).to_json()
         mid = time.perf_counter()
         engine.reset()
         end = time.perf_counter()
@@ -116,6 +117,7 @@ def main() -> None:
     import torch
 
     from sttrl.config import Config, resolve
+    from sttrl.parts import parts
     from sttrl.run import build_engine, load_examples
     from sttrl.engines.models import resolve_model
 
@@ -126,7 +128,7 @@ def main() -> None:
                          progress=False, output_dir="unused"), on_gpu=False)
     examples = load_examples(cfg)
     start = time.perf_counter()
-    engine = build_engine(cfg)
+    engine = build_engine(cfg.engine, parts(cfg).engine, cfg.model)
     load_seconds = time.perf_counter() - start
 
     if args.serve:

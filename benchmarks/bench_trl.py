@@ -92,7 +92,8 @@ def trl_question(base, tokenizer, example, prompt: str, cfg, variant: str, seed:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from sttrl.rewards import extract_answer, pass_at_1, ttrl_rewards, vote
+    from sttrl.modes.evaluate import pass_at_1
+    from sttrl.rewards import extract_answer, ttrl_rewards, vote
 
     q = example.question
     n_gen, beta = VARIANTS[variant]
@@ -264,6 +265,7 @@ def main() -> None:
     import torch
 
     from sttrl.config import Config, resolve
+    from sttrl.parts import parts
     from sttrl.data import format_prompt
     from sttrl.modes.common import question_seed
     from sttrl.run import build_engine, load_examples
@@ -274,7 +276,7 @@ def main() -> None:
                          max_new_tokens=args.max_new_tokens, progress=False, output_dir="unused"),
                   on_gpu=False)
     examples = load_examples(cfg)
-    engine = build_engine(cfg)
+    engine = build_engine(cfg.engine, parts(cfg).engine, cfg.model)
     base, tokenizer = load_model(cfg.model, torch.float32, "cpu")
     base.eval()
     threads = torch.get_num_threads()

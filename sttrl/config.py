@@ -1,6 +1,9 @@
 """The run configuration: one dataclass, every field documented; YAML files and flags fill it.
 
 Fields left as None take a device-dependent default in `resolve` (a GPU affords more samples).
+`validate` checks each field against its rule in `RULES` (the table below the fields) and the
+rules that tie fields together (`CROSS_FIELD`). Only the top of a run reads a `Config`:
+`sttrl.parts.parts` splits the resolved one into the settings each layer reads.
 """
 from __future__ import annotations
 
@@ -11,9 +14,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from sttrl.algorithms import METHODS
-from sttrl.rewards import ANSWER_FORMS, REWARDS
 from sttrl.checks import Choice, Range, integers, type_problem
 from sttrl.errors import UserError
+from sttrl.rewards import ANSWER_FORMS, REWARDS
 
 ENGINES = ("local", "ray")
 VOTING_FUNCTIONS = ("majority", "energy", "confidence")

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 # ---- the tiny model ----------------------------------------------------------------------------
 
@@ -155,24 +154,30 @@ def contract_members():
 
 
 def contract_problems(cls) -> list[str]:
-    """Where the class `cls` departs from the contract, without building one: a method or
-    property missing or of another kind, a parameter missing, renamed, moved or without the
-    protocol's default, a required parameter the protocol does not pass, or a contract
-    attribute its __init__ never sets."""
+    """Where the class `cls` departs from the contract, without building one: a method missing
+    or of another kind, a parameter missing, renamed, moved or without the protocol's default,
+    a required parameter the protocol does not pass, or a property or attribute that neither
+    the class has nor its __init__ sets."""
     import ast
     import textwrap
 
     members, attributes = contract_members()
-    problems = []
+    init = ast.parse(textwrap.dedent(inspect.getsource(cls.__init__)))
+    assigned = {t.attr for node in ast.walk(init) if isinstance(node, ast.Assign)
+                for target in node.targets
+                for t in (target.elts if isinstance(target, ast.Tuple) else [target])
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                and t.value.id == "self"}
+    problems = [f"{cls.__name__}.__init__ never sets {a}" for a in attributes
+                if a not in assigned and not hasattr(cls, a)]
     for name, want in members.items():
         have = getattr(cls, name, None)
-        if have is None:
+        if isinstance(want, property):  # a property, or a plain attribute set in __init__
+            if not isinstance(have, property) and name not in assigned:
+                problems.append(f"{cls.__name__}.{name} is missing")
+            continue
+        if not callable(have) or isinstance(have, property):
             problems.append(f"{cls.__name__}.{name} is missing")
-            continue
-        if isinstance(want, property) != isinstance(have, property):
-            problems.append(f"{cls.__name__}.{name}: property and method differ")
-            continue
-        if isinstance(want, property):
             continue
         wanted = list(inspect.signature(want).parameters.values())
         had = list(inspect.signature(have).parameters.values())
@@ -187,14 +192,6 @@ def contract_problems(cls) -> list[str]:
                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         if extra:
             problems.append(f"{cls.__name__}.{name}: requires {extra}, which callers never pass")
-    init = ast.parse(textwrap.dedent(inspect.getsource(cls.__init__)))
-    assigned = {t.attr for node in ast.walk(init) if isinstance(node, ast.Assign)
-                for target in node.targets
-                for t in (target.elts if isinstance(target, ast.Tuple) else [target])
-                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
-                and t.value.id == "self"}
-    problems += [f"{cls.__name__}.__init__ never sets {a}" for a in attributes
-                 if a not in assigned and not hasattr(cls, a)]
     return problems
 
 
