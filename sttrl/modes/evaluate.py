@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from sttrl.engines.base import Engine
 from sttrl.modes.common import question_seed, sample_answers
 from sttrl.rewards.grade import check_form, grade
 from sttrl.rewards.vote import vote
@@ -32,7 +33,7 @@ def question_metrics(example: Example, before: list, after: list, adapted: Adapt
     }
 
 
-def evaluate_set(engine, examples: list[Example], prompts: list[str],
+def evaluate_set(engine: Engine, examples: list[Example], prompts: list[str],
                  sampling: SamplingSettings, form: str) -> float:
     """Mean pass@1 over the set: n_eval samples per question at val_temp / val_top_p, each
     question from its own evaluation seed (the per-question mode's)."""
