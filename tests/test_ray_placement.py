@@ -10,7 +10,7 @@ from sttrl.config import Config, resolve
 from sttrl.engines.ray.placement import Layout, bundle_specs, plan_layout
 from sttrl.errors import EngineError
 
-# name -> (flags, expected layout); the README's table of layouts is this list
+# name -> (flags, expected layout); the table of layouts in docs/ENGINES.md is this list
 LAYOUTS = {
     "4 GPUs, default": ({}, Layout(bundles=4, actor=[0, 1], vllm=[[2], [3]])),
     "4 GPUs, --separate_ref_gpu": (
