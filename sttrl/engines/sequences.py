@@ -2,7 +2,8 @@
 buckets and the log-probs of a response given its prompt.
 
 The local engine and the scale engine's trainer ranks import these, so both score and train
-on exactly the same tensors.
+on exactly the same tensors. Log-probs never hold the logits of a whole response: the LM head
+runs over chunks of its tokens (`logprob_head`), [B, T, d] hidden states in, [B, T] out.
 """
 from __future__ import annotations
 
@@ -146,7 +147,8 @@ def chunked_head_logprobs(head_forward, hidden: torch.Tensor, targets: torch.Ten
 def logprob_head(model, targets: torch.Tensor, temperature: float, with_logsumexp: bool,
                  chunk: int | None = None):
     """While inside, the model's LM head returns `chunked_head_logprobs` of its input, [B, n,
-    k], in place of logits. Yields a `forward(**kwargs)` that runs the model and returns them.
+    k], in place of logits. Yields `run(**model_kwargs)`: the model's output, whose `.logits`
+    are those log-probs.
 
     The head module itself is called, once per forward: its pre-hooks (the local engine's head
     hook) see the whole hidden states as before, and under ZeRO-3 its weight is gathered once
@@ -174,7 +176,8 @@ def logprob_head(model, targets: torch.Tensor, temperature: float, with_logsumex
         out = model(**kwargs)
         # wrappers (ZeRO-3's backward hooks) may hand on a copy; a change shows in the values
         if not seen or not torch.equal(out.logits, seen[-1]):
-            raise UserError(f"{type(model).__name__} changes the LM head's output before "
+            name = getattr(getattr(model, "config", None), "model_type", None)
+            raise UserError(f"{name or type(model).__name__} changes the LM head's output before "
                             "returning its logits (soft-capping or scaling), which the chunked "
                             "log-probs do not apply: this model is not supported")
         return out
