@@ -412,8 +412,8 @@ def main() -> None:
     from report_memory import default_run_section, memory_section  # it imports this module
 
     names = ["question", "question_ray", "trl", "generation", "reset", "grading", "train_profile",
-             "sampling_profile", "weight_sync", "vllm_reload", "lora", "memory", "memory_ckpt",
-             "logprob_chunks", "memory_default", "memory_default_old"]
+             "sampling_profile", "weight_sync", "vllm_reload", "lora", "logprob_chunks",
+             "memory_default", "memory_default_old"]
     data = {n: load(args.results, n) for n in names}
     sections, summary = [], []
     parts = [question_section(data["question"]), question_section(data["question_ray"], "ray"),
@@ -421,7 +421,9 @@ def main() -> None:
              grading_section(data["grading"]),
              speedup_section(data["train_profile"], data["sampling_profile"]),
              weight_sync_section(data["weight_sync"], data["vllm_reload"]), lora_section(data["lora"]),
-             memory_section({k: data[k] for k in ("memory", "memory_ckpt")}, data["logprob_chunks"]),
+             memory_section({f.stem: load(args.results, f.stem)
+                             for f in sorted(args.results.glob("memory*.json"))
+                             if not f.stem.startswith("memory_default")}, data["logprob_chunks"]),
              default_run_section(data["memory_default"], data["memory_default_old"])]
     for lines, rows in parts:
         sections += lines

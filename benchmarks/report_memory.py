@@ -124,13 +124,12 @@ def memory_section(runs: dict, chunks: dict | None) -> tuple[list[str], list]:
              "and the step's own part (peak less the RSS just before the step: gradients, AdamW's "
              "moments, activations, logits).", ""]
     summary = []
-    for key, label in (("memory", "gradient checkpointing off (the CPU default)"),
-                       ("memory_ckpt", "`--gradient_checkpointing`")):
-        d = runs.get(key)
-        lines += [f"### {label[0].upper() + label[1:]}", ""]
-        if d is None:
-            lines += [f"Not run: no `benchmarks/results/{key}.json`.", ""]
-            continue
+    if not runs:
+        lines += ["Not run: no `benchmarks/results/memory*.json`.", ""]
+    for key, d in runs.items():  # one results file per command: memory.json, memory_ckpt.json, ...
+        ckpt = d["settings"]["gradient_checkpointing"]
+        label = "`--gradient_checkpointing`" if ckpt else "gradient checkpointing off (the CPU default)"
+        lines += [f"### `{key}.json`: {label}", ""]
         lines += command(d)
         rows = []
         for p in d["results"]["points"]:
@@ -138,7 +137,8 @@ def memory_section(runs: dict, chunks: dict | None) -> tuple[list[str], list]:
 
             def peak(x):
                 if "peak_rss_mib" not in x:
-                    return x.get("skipped") or x.get("failed") or "—"
+                    why = x.get("skipped") or x.get("failed")
+                    return f"not run: {why}" if why else "—"
                 return f"{x['peak_rss_mib']:.0f} ({x['peak_rss_mib'] - x['rss_before_step_mib']:.0f})"
             rows.append([f"{p['rows']} x {p['length']:,} @ {p['micro_batch']}", peak(old),
                          peak(new), f"{p['old_over_new']:.2f}x" if "old_over_new" in p else "—",
