@@ -38,7 +38,7 @@ POINTS = ["1x128@1", "1x512@1", "1x1024@1", "1x2048@1", "1x4096@1", "4x1024@4",
           "16x1024@8"]
 # The old path holds about 3 fp32 [b, T, V] tensors at its peak (profile_logprob_chunks.py:
 # 2,322 MiB for 4,096 tokens of a 49K vocabulary); it runs only where its new side's peak plus
-# those would leave a quarter of the machine's free memory.
+# those stay under --free_fraction of the machine's free memory.
 OLD_LOGIT_COPIES = 3
 
 
@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument("--model", default=None, help="model directory (default: the embedded SmolLM2)")
     parser.add_argument("--name", default=None, help="result name (default: memory, or memory_ckpt)")
+    parser.add_argument("--free_fraction", type=float, default=0.75,
+                        help="run the old side only where its estimate is under this share of free memory")
     parser.add_argument("--child", choices=["old", "new"], help=argparse.SUPPRESS)
     parser.add_argument("--point", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -134,7 +136,7 @@ def main() -> None:
                     key = "gpu_peak_mib" if device == "cuda" else "peak_rss_mib"
                     need = (row["new"][key] * 2**20
                             + min(rows, mb) * length * vocab * 4 * OLD_LOGIT_COPIES)
-                    if need > 0.75 * free_bytes(device):
+                    if need > args.free_fraction * free_bytes(device):
                         row["old"] = {"skipped": f"would need ~{need / 2**30:.1f} GiB"}
                         print(f"{point} old: skipped ({row['old']['skipped']})", flush=True)
                         continue

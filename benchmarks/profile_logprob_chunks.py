@@ -65,6 +65,7 @@ def child(variant: str, tokens: int, vocab: int, hidden_size: int) -> dict:
     from benchutil import peak_rss_mib
     from sttrl.engines.sequences import chunked_head_logprobs, tempered_logprobs
 
+    torch.manual_seed(0)  # the same head in every variant's process
     gen = torch.Generator().manual_seed(0)
     head = torch.nn.Linear(hidden_size, vocab, bias=False)
     hidden = torch.randn(1, tokens, hidden_size, generator=gen, requires_grad=True)
