@@ -12,7 +12,7 @@ swaps in the full-logits log-probs (benchmarks/full_logits.py) for a before/afte
 chunked head in one command; the whole process's peak is what `/usr/bin/time -v` reports as
 "Maximum resident set size".
 
-    .venv/bin/python benchmarks/profile_memory.py [--old] [--name memory_default]
+    .venv/bin/python benchmarks/profile_memory.py [--old] [--num_questions N] [--name NAME]
 """
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", action="store_true", help="the full-logits log-probs (before)")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--num_questions", type=int, default=None,
+                        help="fewer than the default run's 5 questions (each runs every phase)")
     args = parser.parse_args()
 
     machine = machine_info()
@@ -87,7 +89,8 @@ def main() -> None:
     for name, phase in PHASES.items():
         setattr(local.LocalEngine, name, measured(phase, getattr(local.LocalEngine, name)))
     with tempfile.TemporaryDirectory() as tmp:
-        cli_main(["--output_dir", tmp, "--progress", "false"])
+        extra = ["--num_questions", str(args.num_questions)] if args.num_questions else []
+        cli_main(["--output_dir", tmp, "--progress", "false", *extra])
     engine = engines[0]
     phases = {}
     for phase in ["load", *PHASES.values()]:
@@ -114,6 +117,7 @@ def main() -> None:
                "phases": phases, "tensors": tensors, "peak_rss_mib": peak_rss_mib(),
                "calls": calls}
     settings = {"command": "main.py --output_dir <tmp> --progress false", "device": "cpu",
+                "num_questions": args.num_questions or "the default (5)",
                 "dtype": "float32", "torch_threads": torch.get_num_threads()}
     name = args.name or ("memory_default_old" if args.old else "memory_default")
     path = write_result(name, machine, settings, results, notes=[

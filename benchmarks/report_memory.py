@@ -176,8 +176,10 @@ def default_run_section(new: dict | None, old: dict | None) -> tuple[list[str], 
     lines = ["## 10. The default run's memory, by phase and by role (`profile_memory.py`)", ""]
     if new is None:
         return lines + ["Not run: no `benchmarks/results/memory_default.json`.", ""], []
-    lines += ["The default command (`main.py --output_dir <tmp> --progress false`: five "
-              "ARITH-TTT questions, SmolLM2-135M-Instruct, fp32, CPU) in one process, every "
+    n = new["settings"].get("num_questions", "the default (5)")
+    lines += ["The default command (`main.py --output_dir <tmp> --progress false`: ARITH-TTT "
+              f"questions, {n} of them here, SmolLM2-135M-Instruct, fp32, CPU; every question "
+              "runs every phase) in one process, every "
               "engine call measured from outside: per phase the largest peak RSS during one "
               "call and the RSS just before that call; then the tensors by role.", ""]
     for d in (new, old):
