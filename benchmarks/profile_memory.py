@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchutil import machine_info, peak_rss_mib, rnd, write_result
+from benchutil import machine_info, rnd, write_result
 
 PHASES = {"generate_groups": "generate", "train": "train", "score": "score", "reset": "reset"}
 
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--old", action="store_true", help="the full-logits log-probs (before)")
     parser.add_argument("--name", default=None)
     parser.add_argument("--num_questions", type=int, default=None,
-                        help="fewer than the default run's 5 questions (each runs every phase)")
+                        help="fewer than the default run's 5 questions")
     args = parser.parse_args()
 
     machine = machine_info()
@@ -114,7 +114,9 @@ def main() -> None:
                if engine.ref_model is not None else 0.0}
     results = {"path": "old (full logits)" if args.old else "new (chunked head)",
                "rss_at_start_mib": rnd(start_rss, 1), "rss_after_imports_mib": rnd(imported_rss, 1),
-               "phases": phases, "tensors": tensors, "peak_rss_mib": peak_rss_mib(),
+               "phases": phases, "tensors": tensors,
+               # clear_refs resets ru_maxrss with VmHWM: the run's peak is the largest call's
+               "peak_rss_mib": max(c["peak_mib"] for c in calls),
                "calls": calls}
     settings = {"command": "main.py --output_dir <tmp> --progress false", "device": "cpu",
                 "num_questions": args.num_questions or "the default (5)",

@@ -180,8 +180,8 @@ def default_run_section(new: dict | None, old: dict | None) -> tuple[list[str], 
         return lines + ["Not run: no `benchmarks/results/memory_default.json`.", ""], []
     n = new["settings"].get("num_questions", "the default (5)")
     lines += ["The default command (`main.py --output_dir <tmp> --progress false`: ARITH-TTT "
-              f"questions, {n} of them here, SmolLM2-135M-Instruct, fp32, CPU; every question "
-              "runs every phase) in one process, every "
+              f"questions, {n} of them here, SmolLM2-135M-Instruct, fp32, CPU; a question trains "
+              "only when its vote passes the rules) in one process, every "
               "engine call measured from outside: per phase the largest peak RSS during one "
               "call and the RSS just before that call; then the tensors by role.", ""]
     for d in (new, old):
@@ -197,7 +197,10 @@ def default_run_section(new: dict | None, old: dict | None) -> tuple[list[str], 
                      *[f"{d['results']['phases'][phase]['max_peak_mib']:.0f} "
                        f"({d['results']['phases'][phase]['rss_before_that_peak_mib']:.0f})"
                        if phase in d["results"]["phases"] else "—" for _, d in runs]])
-    rows.append(["**whole run: peak RSS**", *[f"**{d['results']['peak_rss_mib']:.0f}**" for _, d in runs]])
+    # resetting VmHWM per call resets ru_maxrss too: the run's peak is the largest phase peak
+    rows.append(["**whole run: peak RSS**", *[
+        f"**{max(x['max_peak_mib'] for x in d['results']['phases'].values()):.0f}**"
+        for _, d in runs]])
     for key, label in (("weights_mib", "tensors: weights"),
                        ("reset_snapshot_mib", "tensors: reset snapshot (initial weights)"),
                        ("gradients_after_run_mib", "tensors: gradients after the last step"),
