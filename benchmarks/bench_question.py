@@ -27,6 +27,14 @@ from benchutil import machine_info, median, peak_rss_mib, rnd, write_result
 PHASES = ("generate", "vote", "train", "eval")
 
 
+# The update as bench_trl.py runs it on every side: a fixed number of optimiser steps at a fixed
+# lr, none skipped or cut short. `resolve` otherwise gives a CPU run in reset mode the study's
+# adaptive budget (stop_agreement) and weak-vote rule, which TRL cannot express: same work only
+# with them off.
+MATCHED_UPDATE = {"lr": 1e-5, "steps_per_question": 3, "stop_agreement": 0.0,
+                  "min_majority_ratio": 0.0}
+
+
 def timed_question(engine, example, index: int, cfg, warmup_tokens: int) -> dict:
     """One question through the driver, then a reset: seconds per phase and token counts.
 
@@ -110,6 +118,8 @@ def main() -> None:
     parser.add_argument("--warmup_tokens", type=int, default=16, help="new tokens in the untimed warm-up")
     parser.add_argument("--engine", default="local", choices=["local", "ray"])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--matched_update", action="store_true",
+                        help="bench_trl.py's fixed update (MATCHED_UPDATE) instead of the defaults")
     parser.add_argument("--name", default=None, help="result file name (default question[_ray])")
     args = parser.parse_args()
     args.name = args.name or ("question" if args.engine == "local" else f"question_{args.engine}")
@@ -124,8 +134,8 @@ def main() -> None:
     machine = machine_info()
     cfg = resolve(Config(model=resolve_model(args.model), dataset=args.dataset,
                          num_questions=args.questions + 1, max_new_tokens=args.max_new_tokens,
-                         engine=args.engine,
-                         progress=False, output_dir="unused"), on_gpu=False)
+                         engine=args.engine, progress=False, output_dir="unused",
+                         **(MATCHED_UPDATE if args.matched_update else {})), on_gpu=False)
     examples = load_examples(cfg)
     start = time.perf_counter()
     engine = build_engine(cfg.engine, parts(cfg).engine, cfg.model)

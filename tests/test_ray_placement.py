@@ -11,7 +11,7 @@ from sttrl.engines.ray.placement import Layout, bundle_specs, plan_layout
 from sttrl.errors import EngineError
 from sttrl.parts import parts
 
-# name -> (flags, expected layout); the README's table of layouts is this list
+# name -> (flags, expected layout); the table of layouts in docs/ENGINES.md is this list
 LAYOUTS = {
     "4 GPUs, default": ({}, Layout(bundles=4, actor=[0, 1], vllm=[[2], [3]])),
     "4 GPUs, --separate_ref_gpu": (
