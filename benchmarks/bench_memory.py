@@ -65,6 +65,7 @@ def child(path_kind: str, point: str, model: str | None, ckpt: bool, out: str) -
     import sttrl.engines.local as local
     from sttrl.algorithms.grpo import group_advantages, grpo_loss
     from sttrl.config import Config, resolve
+    from sttrl.parts import parts
     from sttrl.engines.local import LocalEngine
     from sttrl.engines.models import resolve_model
     from sttrl.types import TrainBatch
@@ -76,7 +77,7 @@ def child(path_kind: str, point: str, model: str | None, ckpt: bool, out: str) -
     cuda = torch.cuda.is_available()
     cfg = resolve(Config(device="cuda" if cuda else "cpu", micro_batch_size=mb,
                          gradient_checkpointing=ckpt), on_gpu=cuda)
-    engine = LocalEngine(cfg, resolve_model(model))
+    engine = LocalEngine(parts(cfg).engine, resolve_model(model))
     vocab = engine.model.get_output_embeddings().weight.shape[0]
     gen = torch.Generator().manual_seed(0)
     low = min(100, vocab // 2)  # clear of the special tokens at the start of the vocabulary
