@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))
 
 
 class CachedSamples:
-    """An engine whose samples from the untouched model come from (and go to) a disk cache."""
+    """A LocalEngine (the only engine the benchmark runs; `pristine`: its weights are the
+    initial ones) whose samples from the untouched model come from (and go to) a disk cache."""
 
     def __init__(self, engine, path: Path, model: str):
         self.engine, self.path, self.model = engine, path, model
@@ -77,7 +78,7 @@ class CachedSamples:
     def generate(self, prompt, n, temperature, top_p, max_new_tokens, seed):
         from sttrl.types import Sample
 
-        untouched = getattr(self.engine, "pristine", False) and self.engine.head_hook is None
+        untouched = self.engine.pristine and self.engine.head_hook is None
         if not untouched:
             return self.engine.generate(prompt, n, temperature, top_p, max_new_tokens, seed)
         key = self.key(prompt, n, temperature, top_p, max_new_tokens, seed)
@@ -127,7 +128,7 @@ class CachedSamples:
         engine draws a group in a batch as generate draws it alone)."""
         from sttrl.types import Sample
 
-        untouched = getattr(self.engine, "pristine", False) and self.engine.head_hook is None
+        untouched = self.engine.pristine and self.engine.head_hook is None
         if not untouched:
             return self.engine.generate_groups(prompt, groups, max_new_tokens)
         keys = [self.key(prompt, g.n, g.temperature, g.top_p, max_new_tokens, g.seed)
@@ -182,6 +183,7 @@ def run_points(args) -> None:
     from sttrl.engines.local import LocalEngine
     from sttrl.engines.models import resolve_model
     from sttrl.modes.question import run_questions
+    from sttrl.parts import parts
     from sttrl.run import load_examples, on_gpu
 
     out = Path(args.out)
@@ -195,15 +197,16 @@ def run_points(args) -> None:
         if cfg.engine != "local":
             raise SystemExit("the development benchmark runs on the local engine")
         examples = load_examples(cfg)
+        run = parts(cfg)
         if engine is None:
             path = resolve_model(cfg.model)
-            engine = CachedSamples(LocalEngine(cfg, path), out / "samples.jsonl", path)
+            engine = CachedSamples(LocalEngine(run.engine, path), out / "samples.jsonl", path)
         engine.reset()
-        engine.set_lr(cfg.lr)
+        engine.set_lr(run.engine.lr)  # one engine for every point, each at its own lr
         print(f"[{name}] {' '.join(flags) or '(shared flags only)'}", flush=True)
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.output_dir) / "flags.txt").write_text(" ".join(argv) + "\n")
-        run_questions(cfg, examples, lambda: engine)
+        run_questions(run, examples, lambda: engine)
         print(f"[{name}] cached samples used {engine.hits}, drawn {engine.misses}", flush=True)
 
 

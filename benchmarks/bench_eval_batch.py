@@ -25,6 +25,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from sttrl.config import Config, resolve
+    from sttrl.parts import parts
     from sttrl.data import format_prompt
     from sttrl.engines.models import resolve_model
     from sttrl.modes.common import question_seed
@@ -34,7 +35,7 @@ def main() -> None:
     cfg = resolve(Config(model=resolve_model(args.model), num_questions=args.question + 1,
                          progress=False, output_dir="unused"), on_gpu=False)
     q = load_examples(cfg)[args.question].question
-    engine = build_engine(cfg)
+    engine = build_engine(cfg.engine, parts(cfg).engine, cfg.model)
     prompt = format_prompt(q, engine.tokenizer, cfg.prompt_family)
     seed = question_seed(cfg.seed, q.id)
     evals = SampleGroup(cfg.n_eval, cfg.val_temp, cfg.val_top_p, seed + 1)

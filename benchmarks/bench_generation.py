@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchutil import machine_info, median, peak_rss_mib, rnd, write_result
+from benchutil import actor_settings, machine_info, median, peak_rss_mib, rnd, write_result
 
 PROMPT_QUESTION = 0  # the first ARITH-TTT question
 
@@ -41,11 +41,10 @@ def vllm_child(args, path: str, prompt_ids: list[int]) -> None:
 
     import vllm
 
-    from sttrl.engines.ray.common import ActorSettings
     from sttrl.engines.ray.rollout import RolloutActor
 
-    actor = RolloutActor(0, [0], ActorSettings(model_path=path, max_model_len=1024,
-                                               max_num_seqs=max(args.ns)))
+    actor = RolloutActor(0, [0], actor_settings(path, max_model_len=1024,
+                                                max_sample_rows=max(args.ns)))
     actor.setup()
     # RolloutActor imports SamplingParams at call time: every request now ignores the end token.
     vllm.SamplingParams = functools.partial(vllm.SamplingParams, ignore_eos=True)
@@ -110,6 +109,7 @@ def main() -> None:
 
     from sttrl.data import format_prompt, make_arith, model_family
     from sttrl.config import Config, resolve
+    from sttrl.parts import parts
     from sttrl.engines.local import LocalEngine
     from sttrl.engines.models import resolve_model
 
@@ -124,7 +124,7 @@ def main() -> None:
         return
     machine = machine_info()
     default_threads = torch.get_num_threads()
-    engine = LocalEngine(resolve(Config(device="cpu"), on_gpu=False), path)
+    engine = LocalEngine(parts(resolve(Config(device="cpu"), on_gpu=False)).engine, path)
     engine.stop_ids = [-1]  # no sample may stop early: fixed work per call
     prompt = format_prompt(question, engine.tokenizer, model_family(path))
     prompt_ids = engine.encode(prompt)

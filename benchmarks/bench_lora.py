@@ -42,6 +42,7 @@ def child(variant: str, rank: int, questions: int, model: str | None, out: str) 
 
     from sttrl.algorithms.grpo import group_advantages, grpo_loss
     from sttrl.config import Config, resolve
+    from sttrl.parts import parts
     from sttrl.engines.local import LocalEngine
     from sttrl.engines.models import resolve_model
     from sttrl.types import TrainBatch
@@ -49,7 +50,7 @@ def child(variant: str, rank: int, questions: int, model: str | None, out: str) 
     path = resolve_model(model)
     cfg = resolve(Config(device="cpu", lora_rank=rank if variant == "lora" else 0), on_gpu=False)
     start = time.perf_counter()
-    engine = LocalEngine(cfg, path)
+    engine = LocalEngine(parts(cfg).engine, path)
     load_s = time.perf_counter() - start
     rss_loaded = peak_rss_mib()
     gen = torch.Generator().manual_seed(0)

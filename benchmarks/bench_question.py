@@ -27,6 +27,14 @@ from benchutil import machine_info, median, peak_rss_mib, rnd, write_result
 PHASES = ("generate", "vote", "train", "eval")
 
 
+# The update as bench_trl.py runs it on every side: a fixed number of optimiser steps at a fixed
+# lr, none skipped or cut short. `resolve` otherwise gives a CPU run in reset mode the study's
+# adaptive budget (stop_agreement) and weak-vote rule, which TRL cannot express: same work only
+# with them off.
+MATCHED_UPDATE = {"lr": 1e-5, "steps_per_question": 3, "stop_agreement": 0.0,
+                  "min_majority_ratio": 0.0}
+
+
 def timed_question(engine, example, index: int, cfg, warmup_tokens: int) -> dict:
     """One question through the driver, then a reset: seconds per phase and token counts.
 
@@ -34,8 +42,9 @@ def timed_question(engine, example, index: int, cfg, warmup_tokens: int) -> dict
     """
     import dataclasses
 
-    from sttrl.modes.question import run_question
     from sttrl.engines.sequences import PASS_COST_TOKENS, length_buckets
+    from sttrl.modes.question import run_question
+    from sttrl.parts import parts
 
     tokens = {"n": 0, "trained": 0, "padded": 0}
     generate, generate_groups, train = engine.generate, engine.generate_groups, engine.train
@@ -64,7 +73,7 @@ def timed_question(engine, example, index: int, cfg, warmup_tokens: int) -> dict
     qcfg = dataclasses.replace(cfg, max_new_tokens=warmup_tokens) if index == 0 else cfg
     try:
         start = time.perf_counter()
-        record = run_question(engine, example, index, qcfg)
+        record = run_question(engine, example, index, parts(qcfg)).to_json()
         mid = time.perf_counter()
         engine.reset()
         end = time.perf_counter()
@@ -109,6 +118,8 @@ def main() -> None:
     parser.add_argument("--warmup_tokens", type=int, default=16, help="new tokens in the untimed warm-up")
     parser.add_argument("--engine", default="local", choices=["local", "ray"])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--matched_update", action="store_true",
+                        help="bench_trl.py's fixed update (MATCHED_UPDATE) instead of the defaults")
     parser.add_argument("--name", default=None, help="result file name (default question[_ray])")
     args = parser.parse_args()
     args.name = args.name or ("question" if args.engine == "local" else f"question_{args.engine}")
@@ -116,17 +127,18 @@ def main() -> None:
     import torch
 
     from sttrl.config import Config, resolve
+    from sttrl.parts import parts
     from sttrl.run import build_engine, load_examples
     from sttrl.engines.models import resolve_model
 
     machine = machine_info()
     cfg = resolve(Config(model=resolve_model(args.model), dataset=args.dataset,
                          num_questions=args.questions + 1, max_new_tokens=args.max_new_tokens,
-                         engine=args.engine,
-                         progress=False, output_dir="unused"), on_gpu=False)
+                         engine=args.engine, progress=False, output_dir="unused",
+                         **(MATCHED_UPDATE if args.matched_update else {})), on_gpu=False)
     examples = load_examples(cfg)
     start = time.perf_counter()
-    engine = build_engine(cfg)
+    engine = build_engine(cfg.engine, parts(cfg).engine, cfg.model)
     load_seconds = time.perf_counter() - start
 
     if args.serve:

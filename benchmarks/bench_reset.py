@@ -44,12 +44,13 @@ def main() -> None:
     from sttrl.algorithms.grpo import grpo_loss
     from sttrl.types import TrainBatch
     from sttrl.config import Config, resolve
+    from sttrl.parts import parts
     from sttrl.engines.local import LocalEngine
     from sttrl.engines.models import load_model, resolve_model
 
     machine = machine_info()
     path = resolve_model(args.model)
-    engine = LocalEngine(resolve(Config(device="cpu"), on_gpu=False), path)
+    engine = LocalEngine(parts(resolve(Config(device="cpu"), on_gpu=False)).engine, path)
     prompt = engine.encode("What is 2 + 2? Put your final answer within \\boxed{}.")
     batch = TrainBatch.shared(prompt, [prompt[:8], prompt[:6]], [1.0, -1.0])
     n_params = sum(p.numel() for p in engine.params)
@@ -65,7 +66,7 @@ def main() -> None:
     reload = timed(lambda: load_model(path, torch.float32, "cpu"), args.repeats)
     pristine = engine.model
     deep = timed(lambda: copy.deepcopy(pristine), args.repeats)
-    new_engine = timed(lambda: LocalEngine(resolve(Config(device="cpu"), on_gpu=False), path), max(2, args.repeats // 2))
+    new_engine = timed(lambda: LocalEngine(parts(resolve(Config(device="cpu"), on_gpu=False)).engine, path), max(2, args.repeats // 2))
 
     r = median(reset)
     results = {

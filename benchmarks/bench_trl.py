@@ -14,7 +14,10 @@ seed 0), the prompt token ids (checked), rollout temperature 0.8 / top-p 1.0 / n
 tokens, eval 8 samples at 0.6 / 0.95, lr 1e-5 constant, AdamW (0.9, 0.999, 1e-8), weight decay 0,
 gradient clip 1.0, PPO clip 0.2, token-mean loss (TRL `loss_type="dapo"`), group-normalised
 advantages, 3 optimiser steps on one generation (TRL `num_iterations=3`, one full batch per step,
-micro-batches of 8 as STTRL's `micro_batch_size`), no gradient checkpointing, no dropout.
+micro-batches of 8 as STTRL's `micro_batch_size`), no gradient checkpointing, no dropout. STTRL's
+CPU defaults for reset mode (lr 3e-5, up to 5 steps ended early by --stop_agreement, no update on
+a weak vote) are replaced by bench_question.MATCHED_UPDATE on both STTRL sides: TRL has no
+adaptive budget, and same work means the same steps.
 
 Differences that TRL's API forces, or that are the two designs (documented in the JSON too):
 - TRL trains on every completion of the group: with 16 votes it trains 16, where STTRL trains
@@ -51,7 +54,7 @@ import os
 import tempfile
 import time
 
-from bench_question import timed_question
+from bench_question import MATCHED_UPDATE, timed_question
 from benchutil import machine_info, median, peak_rss_mib, rnd, write_result
 
 DIFFERENCES = [
@@ -92,7 +95,8 @@ def trl_question(base, tokenizer, example, prompt: str, cfg, variant: str, seed:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from sttrl.rewards import extract_answer, pass_at_1, ttrl_rewards, vote
+    from sttrl.modes.evaluate import pass_at_1
+    from sttrl.rewards import extract_answer, ttrl_rewards, vote
 
     q = example.question
     n_gen, beta = VARIANTS[variant]
@@ -209,7 +213,7 @@ class RaySide:
 
         script = Path(__file__).resolve().parent / "bench_question.py"
         cmd = [python, str(script), "--engine", "ray", "--serve", "--questions", str(questions),
-               "--warmup_tokens", str(warmup_tokens)]
+               "--warmup_tokens", str(warmup_tokens), "--matched_update"]
         cmd += ["--model", model] if model else []
         cmd += ["--max_new_tokens", str(max_new_tokens)] if max_new_tokens else []
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -264,6 +268,7 @@ def main() -> None:
     import torch
 
     from sttrl.config import Config, resolve
+    from sttrl.parts import parts
     from sttrl.data import format_prompt
     from sttrl.modes.common import question_seed
     from sttrl.run import build_engine, load_examples
@@ -271,10 +276,10 @@ def main() -> None:
 
     machine = machine_info()
     cfg = resolve(Config(model=resolve_model(args.model), num_questions=args.questions + 1,
-                         max_new_tokens=args.max_new_tokens, progress=False, output_dir="unused"),
-                  on_gpu=False)
+                         max_new_tokens=args.max_new_tokens, progress=False, output_dir="unused",
+                         **MATCHED_UPDATE), on_gpu=False)
     examples = load_examples(cfg)
-    engine = build_engine(cfg)
+    engine = build_engine(cfg.engine, parts(cfg).engine, cfg.model)
     base, tokenizer = load_model(cfg.model, torch.float32, "cpu")
     base.eval()
     threads = torch.get_num_threads()

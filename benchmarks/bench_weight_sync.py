@@ -40,6 +40,7 @@ def main() -> None:
     import ray
 
     from sttrl.config import Config, resolve
+    from sttrl.parts import parts
     from sttrl.engines.models import resolve_model
     from sttrl.engines.ray.engine import RayEngine
 
@@ -53,7 +54,7 @@ def main() -> None:
             cfg = resolve(Config(engine="ray", model=path, weight_sync=how, actor_num_gpus=1,
                                  vllm_num_engines=1, progress=False), on_gpu=False)
             start = time.perf_counter()
-            engine = RayEngine(cfg, path)
+            engine = RayEngine(parts(cfg).engine, path)
             startup = time.perf_counter() - start
             try:
                 time_sync(engine)  # warm-up: first allocations, first reload

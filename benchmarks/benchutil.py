@@ -158,3 +158,16 @@ def write_result(name: str, machine: dict, settings: dict, results: dict,
 def default_model() -> str:
     from sttrl.engines.models import resolve_model
     return resolve_model(None)
+
+
+def actor_settings(path: str, **fields):
+    """The scale engine's actor settings for the model at `path`, from the default CPU config,
+    with `fields` replaced: for the benchmarks that drive one actor without an engine."""
+    import dataclasses
+
+    from sttrl.config import Config, resolve
+    from sttrl.engines.ray.common import ActorSettings
+    from sttrl.parts import parts
+
+    engine = parts(resolve(Config(engine="ray"), on_gpu=False)).engine
+    return dataclasses.replace(ActorSettings.derive(engine, path, pad_id=0), **fields)

@@ -343,67 +343,12 @@ def speedup_section(train: dict | None, sampling: dict | None) -> tuple[list[str
     return lines, []
 
 
-# Llama-3.1-8B-Instruct's shapes, for the LoRA memory estimate (its config.json)
-LLAMA8B = {"params": 8.03e9, "layers": 32, "hidden": 4096, "kv": 1024, "inter": 14336,
-           "vocab": 128256}
-LOGIT_BYTES = 14  # per logit in training: bf16 out, fp32 copy, /T, log-softmax (+ its backward)
-
-
-def lora_estimate(rank: int = 16, tokens: int = 3072) -> list[str]:
-    """The arithmetic for an 8B model on one 80 GB GPU with --lora_rank: an estimate from the
-    model's shapes, not a measurement (no GPU here)."""
-    m = LLAMA8B
-    d, kv, inter, L, V = m["hidden"], m["kv"], m["inter"], m["layers"], m["vocab"]
-    shapes = [(d, d), (d, kv), (d, kv), (d, d), (d, inter), (d, inter), (inter, d)]
-    adapter = L * sum(rank * (i + o) for i, o in shapes)
-    base_gb, adapter_gb = m["params"] * 2 / 1e9, adapter * 4 * 5 / 1e9
-    ckpt = L * d * 2  # bytes per token: each layer's bf16 input, kept for the backward
-    layer = 2 * 2 * (3 * d + 2 * kv + 4 * inter + 2 * d)  # one layer recomputed, and its grads
-    logits = LOGIT_BYTES * V
-    per_token = ckpt + layer + logits
-    full_gb = m["params"] * 4 * 5 / 1e9  # fp32 weights, grads, 2 Adam moments, reset snapshot
-    lines = [f"**Estimate, not a measurement** (no GPU here): Llama-3.1-8B-Instruct "
-             f"({m['params'] / 1e9:.2f} B parameters; {L} layers, hidden {d}, k/v {kv}, MLP {inter}, "
-             f"vocabulary {V}) with `--lora_rank {rank}` on all seven projections, one 80 GB GPU, "
-             f"{tokens}-token responses, `--gradient_checkpointing`.", "",
-             f"- Base weights, bf16, frozen: {m['params'] / 1e9:.2f} B x 2 bytes = **{base_gb:.1f} GB**.",
-             f"- Adapter: {L} layers x {rank} x (in + out) summed over q, k, v, o ({d}+{d}, {d}+{kv}, "
-             f"{d}+{kv}, {d}+{d}) and gate, up, down ({d}+{inter} x 3) = {adapter / 1e6:.1f} M "
-             f"parameters ({100 * adapter / m['params']:.2f}%); fp32 weights, gradients, two AdamW "
-             f"moments and the reset snapshot: {adapter / 1e6:.1f} M x 4 bytes x 5 = "
-             f"**{adapter_gb:.2f} GB**. No reference model: the adapter is switched off instead.",
-             f"- Activations per token of a micro-batch: checkpointed layer inputs {L} x {d} x 2 = "
-             f"{ckpt / 1024:.0f} KiB; one layer recomputed in the backward, with its gradients, "
-             f"~2 x 2 x (3x{d} + 2x{kv} + 4x{inter} + 2x{d}) = {layer / 1024:.0f} KiB; the logits, "
-             f"about {LOGIT_BYTES} bytes x {V} = {logits / 2**20:.2f} MiB (bf16 out of the head, the "
-             f"fp32 copy, / temperature, log-softmax, and as much again in the backward). In all "
-             f"~{per_token / 2**20:.2f} MiB per token: the 128K vocabulary's logits are 3/4 of it.",
-             ""]
-    rows = []
-    for rows_per_mb in (32, 8, 4, 2):
-        n = rows_per_mb * tokens
-        act = n * per_token / 1e9
-        total = base_gb + adapter_gb + act
-        rows.append([f"{rows_per_mb} x {tokens} = {n:,}", f"{act:.1f}", f"{total:.1f}",
-                     "yes" if total < 75 else "no"])
-    lines += table(["tokens per micro-batch (`--micro_batch_size` x length)", "activations GB",
-                    "+ base + adapter GB", "fits 80 GB (with ~5 GB for CUDA)"], rows)
-    lines += ["", "So all 32 training responses in one forward (32 x 3072 tokens) do not fit; the "
-              "update is the same token mean whatever the micro-batch size, and "
-              "`configs/llama-3.1-8b-instruct-lora.yaml` sets `micro_batch_size: 4`. Sampling 64 x "
-              f"~3,300 tokens needs their KV cache: 2 x {L} x {kv} x 2 bytes = 128 KiB per token, "
-              "~27 GB beside the 16 GB of weights (sampling and training never overlap). Full "
-              f"fine-tuning in the local engine (fp32 weights, gradients, AdamW, snapshot: 4 bytes x 5) "
-              f"would need {full_gb:.0f} GB before any activation, plus another {m['params'] * 4 / 1e9:.0f} "
-              "GB for the reference in continuous mode: it does not fit one GPU.", ""]
-    return lines
-
-
 def lora_section(d: dict | None) -> tuple[list[str], list]:
     lines = ["## 8. LoRA against full fine-tuning (`bench_lora.py`)", ""]
+    pointer = ["What an 8B model with LoRA needs on one 80 GB GPU is in section 9's arithmetic.", ""]
     if d is None:
         lines += ["Not run: no `benchmarks/results/lora.json`.", ""]
-        return lines + lora_estimate(), []
+        return lines + pointer, []
     r, s = d["results"], d["settings"]
     full, lora = r["full"], r["lora"]
     lines += [f"The local engine on the CPU, {s['model']}, {s['dtype']}: {s['responses']} responses x "
@@ -444,13 +389,13 @@ def lora_section(d: dict | None) -> tuple[list[str], list]:
               f"{full['peak_rss_mib'] - state['full']:.0f} MiB for full fine-tuning was not "
               "investigated (no torch allocator statistics on the CPU). On a model this small "
               "LoRA saves the optimiser, the reset snapshot and the reference; on a large one "
-              "these are most of the memory (the estimate below).", ""]
+              "these are most of the memory (section 9).", ""]
     busy = (d["machine"].get("contention") or {}).get("other_processes_mean_cores") or 0
     if busy > 0.2:
         lines += [f"**Ran once on a busy machine** (other processes used {busy:.2f} cores on "
                   "average, on 2 cores): the times are noisy and slower than on a quiet machine "
                   "(compare within this table only); the sizes are not affected.", ""]
-    return lines + lora_estimate(s["lora_rank"]), []
+    return lines + pointer, []
 
 
 def notes_section(path: Path) -> list[str]:
@@ -464,20 +409,30 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
     args = parser.parse_args()
 
+    from report_memory import default_run_section, memory_section  # it imports this module
+
     names = ["question", "question_ray", "trl", "generation", "reset", "grading", "train_profile",
-             "sampling_profile", "weight_sync", "vllm_reload", "lora"]
+             "sampling_profile", "weight_sync", "vllm_reload", "lora", "logprob_chunks",
+             "memory_default", "memory_default_old"]
     data = {n: load(args.results, n) for n in names}
     sections, summary = [], []
     parts = [question_section(data["question"]), question_section(data["question_ray"], "ray"),
              trl_section(data["trl"]), generation_section(data["generation"]), reset_section(data["reset"]),
              grading_section(data["grading"]),
              speedup_section(data["train_profile"], data["sampling_profile"]),
-             weight_sync_section(data["weight_sync"], data["vllm_reload"]), lora_section(data["lora"])]
+             weight_sync_section(data["weight_sync"], data["vllm_reload"]), lora_section(data["lora"]),
+             memory_section({f.stem: load(args.results, f.stem)
+                             for f in sorted(args.results.glob("memory*.json"))
+                             if not f.stem.startswith("memory_default")}, data["logprob_chunks"]),
+             default_run_section(data["memory_default"], data["memory_default_old"])]
     for lines, rows in parts:
         sections += lines
         summary += rows
 
     out = ["# Performance", "",
+           "What this covers: how fast STTRL runs on a CPU: one question on each engine, against "
+           "TRL's GRPOTrainer, sampling, reset, grading, weight sync and LoRA, each with its command.",
+           "",
            "Generated by `benchmarks/make_report.py` from `benchmarks/results/*.json`; regenerate everything "
            "with `bash benchmarks/run_all.sh` (about 60 minutes on the machine below). Each benchmark is a "
            "script that runs alone; the exact command line is given above each table. Numbers are medians of "
@@ -491,8 +446,8 @@ def main() -> None:
     out += sections
     out += ["## GPU", "",
             "Not measured: no GPU in this session. No GPU number appears anywhere in this report, and "
-            "none is extrapolated from the CPU numbers; the one GPU figure, section 8's memory for an 8B "
-            "model with LoRA, is arithmetic from the model's shapes, marked as an estimate.", ""]
+            "none is extrapolated from the CPU numbers; the one GPU figure, section 9's memory for the "
+            "paper's four models, is arithmetic from the models' shapes, marked as an estimate.", ""]
     args.out.write_text("\n".join(out))
     print(f"wrote {args.out}")
 

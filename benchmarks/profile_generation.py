@@ -31,12 +31,13 @@ def main() -> None:
 
     from sttrl.data import format_prompt, make_arith, model_family
     from sttrl.config import Config, resolve
+    from sttrl.parts import parts
     from sttrl.engines.local import LocalEngine
     from sttrl.engines.models import resolve_model
 
     machine = machine_info()
     path = resolve_model(args.model)
-    engine = LocalEngine(resolve(Config(device="cpu"), on_gpu=False), path)
+    engine = LocalEngine(parts(resolve(Config(device="cpu"), on_gpu=False)).engine, path)
     engine.stop_ids = [-1]
     question = make_arith(1, seed=0)[0].question
     prompt = format_prompt(question, engine.tokenizer, model_family(path))

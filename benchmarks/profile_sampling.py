@@ -49,13 +49,14 @@ def main() -> None:
 
     from sttrl.data import format_prompt, make_arith, model_family
     from sttrl.config import Config, resolve
+    from sttrl.parts import parts
     from sttrl.engines.local import LocalEngine
     from sttrl.engines.sampling import sample_next
     from sttrl.engines.models import resolve_model
 
     machine = machine_info()
     path = resolve_model(args.model)
-    engine = LocalEngine(resolve(Config(device="cpu"), on_gpu=False), path)
+    engine = LocalEngine(parts(resolve(Config(device="cpu"), on_gpu=False)).engine, path)
     torch.set_num_threads(1)
     prompt = format_prompt(make_arith(1, seed=0)[0].question, engine.tokenizer, model_family(path))
     ids = torch.tensor([engine.encode(prompt)])

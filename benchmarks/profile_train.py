@@ -46,8 +46,9 @@ def main() -> None:
     import torch
 
     from sttrl.algorithms.grpo import group_advantages, grpo_loss
-    from sttrl.algorithms.ttrl import pseudo_label
+    from sttrl.rewards.label import pseudo_label
     from sttrl.config import Config, resolve
+    from sttrl.parts import parts
     from sttrl.data import format_prompt
     from sttrl.modes.common import question_seed
     from sttrl.run import build_engine, load_examples
@@ -60,11 +61,11 @@ def main() -> None:
                          max_new_tokens=args.max_new_tokens, progress=False, output_dir="unused"),
                   on_gpu=False)
     ex = load_examples(cfg)[args.question]
-    engine = build_engine(cfg)
+    engine = build_engine(cfg.engine, parts(cfg).engine, cfg.model)
     prompt = format_prompt(ex.question, engine.tokenizer, cfg.prompt_family)
     seed = question_seed(cfg.seed, ex.question.id)
     samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p, cfg.max_new_tokens, seed)
-    answers, label, _ = pseudo_label(samples, ex.question.task, cfg)
+    answers, label, _ = pseudo_label(samples, ex.question.task, parts(cfg).vote)
     rewards = ttrl_rewards(answers[:cfg.n_train], label, ex.question.task)
     train = samples[:cfg.n_train]
     prompt_ids = engine.encode(prompt)

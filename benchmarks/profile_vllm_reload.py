@@ -20,7 +20,7 @@ import glob
 import os
 import time
 
-from benchutil import machine_info, median, rnd, write_result
+from benchutil import actor_settings, machine_info, median, rnd, write_result
 
 
 def main() -> None:
@@ -34,7 +34,6 @@ def main() -> None:
     from transformers import AutoConfig
 
     from sttrl.engines.models import resolve_model
-    from sttrl.engines.ray.common import ActorSettings
     from sttrl.engines.ray.rollout import RolloutActor
     from sttrl.engines.ray.weight_sync import SYNC_CHUNK_BYTES, weight_groups
 
@@ -52,7 +51,7 @@ def main() -> None:
     ways = {"per_module": weight_groups(names), "chunked": weight_groups(names, nbytes),
             "one_call": [names]}
 
-    actor = RolloutActor(0, [0], ActorSettings(model_path=path, max_model_len=1024))
+    actor = RolloutActor(0, [0], actor_settings(path, max_model_len=1024))
     actor.setup()
     times = {way: [] for way in [*ways, "from_disk"]}
     for _ in range(args.repeats):

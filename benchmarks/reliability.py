@@ -69,7 +69,8 @@ def question_rows(run: Path, data: str, point: str, harmony: bool) -> list[dict]
     engine = None
     if harmony:
         from sttrl.engines.local import LocalEngine
-        engine = LocalEngine(cfg, path)
+        from sttrl.parts import parts
+        engine = LocalEngine(parts(cfg).engine, path)
     cache = CachedSamples(engine, run / "samples.jsonl", path)
     from transformers import AutoTokenizer
     tokenizer = engine.tokenizer if engine else AutoTokenizer.from_pretrained(path)

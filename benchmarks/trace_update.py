@@ -71,7 +71,8 @@ def trace(args, out: Path) -> None:
     from accuracy import CachedSamples
 
     from sttrl.algorithms import METHODS
-    from sttrl.algorithms.ttrl import pseudo_label
+    from sttrl.parts import parts
+    from sttrl.rewards.label import pseudo_label
     from sttrl.cli import parse_config
     from sttrl.config import resolve
     from sttrl.data import format_prompt
@@ -87,7 +88,8 @@ def trace(args, out: Path) -> None:
     cfg = resolve(parse_config(argv), on_gpu=False)
     out.mkdir(parents=True, exist_ok=True)
     path = resolve_model(cfg.model)
-    engine = CachedSamples(LocalEngine(cfg, path), Path(args.cache or out) / "samples.jsonl", path)
+    run = parts(cfg)
+    engine = CachedSamples(LocalEngine(run.engine, path), Path(args.cache or out) / "samples.jsonl", path)
     done = set()
     if (out / "trace.jsonl").exists():
         done = {json.loads(x)["id"] for x in (out / "trace.jsonl").read_text().splitlines()}
@@ -99,7 +101,7 @@ def trace(args, out: Path) -> None:
         seed = question_seed(cfg.seed, q.id)
         votes = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p,
                                 cfg.max_new_tokens, seed)
-        _, label, _ = pseudo_label(votes, q.task, cfg)
+        _, label, _ = pseudo_label(votes, q.task, run.vote)
 
         def fresh(step):
             samples = engine.engine.generate(prompt, args.fresh, cfg.temperature, cfg.top_p,
@@ -115,7 +117,8 @@ def trace(args, out: Path) -> None:
         tracing = Tracing(engine, fresh)
         engine.reset()
         engine.set_lr(cfg.lr)
-        adapted = METHODS[cfg.adaptation_method].adapt(tracing, q, prompt, cfg, seed, Timer(),
+        adapted = METHODS[cfg.adaptation_method].adapt(tracing, q, prompt, run.sampling,
+                                                       run.vote, run.update, seed, Timer(),
                                                        votes=votes)
         for step, stats in zip(tracing.steps, adapted.train):
             step["stats"] = stats  # with the log-ratios turned into agreement estimates

@@ -10,7 +10,7 @@
 # Extra flags are passed on and win over the defaults below, e.g. --num_questions 50,
 # --continuous, --ray_address auto (join a running cluster; default: a local Ray).
 #
-# GPU layout per model (one bundle per GPU; see the README's layout table):
+# GPU layout per model (one bundle per GPU; see the layout table in docs/ENGINES.md):
 #   qwen2.5-math-1.5b: 4 GPUs - 2 ZeRO-3 actor ranks + 2 vLLM engines
 #   7B / 8B models:     8 GPUs - 4 ZeRO-3 actor ranks + 4 vLLM engines
 set -euo pipefail

@@ -12,6 +12,7 @@ from sttrl.data.prompts import ARITH_INSTRUCTIONS, MATH_INSTRUCTIONS
 from sttrl.config import Config, resolve
 from sttrl.engines.local import LocalEngine
 from sttrl.engines.models import resolve_model
+from sttrl.parts import parts
 from sttrl.rewards import extract_answer, grade, vote
 
 parser = argparse.ArgumentParser()
@@ -20,7 +21,7 @@ parser.add_argument("--samples", type=int, default=8)
 parser.add_argument("--max_new_tokens", type=int, default=128)
 args = parser.parse_args()
 
-engine = LocalEngine(resolve(Config(device="cpu"), on_gpu=False), resolve_model(None))
+engine = LocalEngine(parts(resolve(Config(device="cpu"), on_gpu=False)).engine, resolve_model(None))
 examples = load_dataset("ARITH-TTT", arith_n=args.questions)
 print("| instruction | pass@1 | maj@%d |" % args.samples)
 print("|---|---|---|")

@@ -14,7 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from sttrl.config import Config, validate
+from sttrl.config import Config, field_kinds, validate
 from sttrl.errors import EngineError, UserError
 
 
@@ -73,18 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="sttrl", description="Single-sample test-time RL: adapt a model "
                            "to each question with label-free rewards. Subcommands: prepare, report.")
     parser.add_argument("--config", help="YAML file of option: value (flags override it)")
-    helps = field_help()
+    helps, kinds = field_help(), field_kinds()
     for f in dataclasses.fields(Config):
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
         flag, default = f"--{f.name}", f.default
         text = f"{helps.get(f.name, '')} (default: {default})"
-        if kind.startswith("bool"):
+        if kinds[f.name] is bool:
             # `--continuous` alone means true; `--continuous false` is also accepted
             parser.add_argument(flag, nargs="?", const=True, type=str2bool,
                                 default=argparse.SUPPRESS, help=text)
         else:
-            caster = int if kind.startswith("int") else float if kind.startswith("float") else str
-            parser.add_argument(flag, type=caster, default=argparse.SUPPRESS, help=text,
+            parser.add_argument(flag, type=kinds[f.name], default=argparse.SUPPRESS, help=text,
                                 metavar=f.name.upper())
     return parser
 

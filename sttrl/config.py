@@ -1,17 +1,22 @@
 """The run configuration: one dataclass, every field documented; YAML files and flags fill it.
 
 Fields left as None take a device-dependent default in `resolve` (a GPU affords more samples).
+`validate` checks each field against its rule in `RULES` (the table below the fields) and the
+rules that tie fields together (`CROSS_FIELD`). Only the top of a run reads a `Config`:
+`sttrl.parts.parts` splits the resolved one into the settings each layer reads.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from sttrl.algorithms import METHODS
-from sttrl.rewards import ANSWER_FORMS, REWARDS
+from sttrl.checks import Choice, Range, integers, type_problem
 from sttrl.errors import UserError
+from sttrl.rewards import ANSWER_FORMS, REWARDS
 
 ENGINES = ("local", "ray")
 VOTING_FUNCTIONS = ("majority", "energy", "confidence")
@@ -188,130 +193,158 @@ NON_RESULT_FIELDS = {"num_questions", "output_dir", "generation_threads", "allow
 # The most samples one call may draw: far above any published setting (TTRL uses 64), and
 # low enough that a typo (--n_votes 1000000) is one line, not an allocation of tens of GB.
 MAX_SAMPLES = 4096
+BIG = 1_000_000  # the bound of counts that have no natural one
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
+def cuda_index(device: str) -> bool:
+    return device.startswith("cuda:") and device[5:].isdigit()
+
+
+def module_names(name: str, value: str) -> str | None:
+    if all(n.strip().isidentifier() for n in value.split(",")):
+        return None
+    return f"--{name} must be comma-separated module names (q_proj,v_proj), got {value!r}"
+
+
+# Each field's allowed values: rule(name, value) -> why not, or None (a None value, "take the
+# default", is always allowed). Checks that involve two fields are CROSS_FIELD's, below.
+RULES = {
+    "mode": Choice(("question", "dataset"), "question or dataset"),
+    **dict.fromkeys(("episodes", "prompts_per_step", "mini_batch_prompts", "eval_every",
+                     "num_questions", "max_new_tokens", "micro_batch_size"), integers(1, BIG)),
+    "warmup_ratio": Range(0, 1, hi_open=True),
+    "engine": Choice(ENGINES),
+    "adaptation_method": Choice(tuple(METHODS)),
+    "voting_function": Choice(VOTING_FUNCTIONS),
+    "device": Choice(("auto", "cpu", "cuda"), f"one of {DEVICES_HELP}", also=cuda_index),
+    "generation_threads": integers(0, 1024),
+    **dict.fromkeys(("n_votes", "n_train", "n_eval"), integers(1, MAX_SAMPLES)),
+    "steps_per_question": integers(0, 10_000),
+    "lora_rank": integers(0, 4096),
+    "lora_alpha": Range(0, lo_open=True),
+    "lora_dropout": Range(0, 1, hi_open=True),
+    "lora_target_modules": module_names,
+    "lr": Range(0, 10, lo_open=True),
+    **dict.fromkeys(("temperature", "val_temp"), Range(0, 10)),
+    **dict.fromkeys(("top_p", "val_top_p", "confidence_keep"), Range(0, 1, lo_open=True)),
+    **dict.fromkeys(("weight_decay", "kl_coef", "clip_eps", "grad_clip", "stop_clip_frac",
+                     "stop_kl", "max_step_kl", "max_kl", "seed"), Range(0)),
+    "kl_backtracks": integers(0, 100),
+    "agreement_estimate": Choice(("heldout", "trained"), "heldout or trained"),
+    "optimizer": Choice(("adamw", "sgd"), "adamw or sgd"),
+    "answer_form": Choice(ANSWER_FORMS),
+    "reward": Choice(REWARDS),
+    "min_majority_ratio": Range(0, 1),
+    "stop_agreement": Range(0, 1, lo_text="0 (off)"),
+    "memo_variants": Range(1, 4),
+    "energy_tau": Range(0, lo_open=True),
+    **dict.fromkeys(("vllm_num_engines", "actor_num_gpus"), integers(1, 1024)),
+    "vllm_tensor_parallel_size": integers(1, 64),
+    "ray_num_cpus": integers(1, 100_000),
+    "advantage_estimator": Choice(ADVANTAGE_ESTIMATORS),
+    "sync_timeout": Range(0, lo_open=True, unit=" seconds"),
+    "weight_sync": Choice(WEIGHT_SYNCS),
+    "critic_lr": Range(0, 10, lo_open=True),
+    "value_clip": Range(0, lo_open=True),
+    **dict.fromkeys(("gamma", "lambd"), Range(0, 1)),
+}
+
+
+@functools.cache
+def field_kinds() -> dict[str, type]:
+    """Each field's type without its None: bool, int, float or str (the CLI casts to it)."""
+    hints = typing.get_type_hints(Config)
+    return {f.name: next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],)
+                         if t is not type(None)) for f in fields(Config)}
+
+
+# ---- the rules that involve two or more fields ---------------------------------------------
+
+def lora_has_no_separate_reference(cfg: Config) -> str | None:
+    if cfg.lora_rank and cfg.separate_ref_gpu:
+        return ("--separate_ref_gpu has no use with --lora_rank: the reference is the base model "
+                "with the adapter switched off")
+    return None
+
+
+def controls_need_a_trained_label(cfg: Config) -> str | None:
+    if cfg.reward != "vote" and cfg.adaptation_method not in ("ttrl", "ttft"):
+        return (f"--reward {cfg.reward} applies to --adaptation_method ttrl or ttft (and --mode "
+                f"dataset), got {cfg.adaptation_method!r}")
+    return None
+
+
+def agreement_needs_grpo(cfg: Config) -> str | None:
+    if cfg.stop_agreement and cfg.advantage_estimator != "grpo":
+        return "--stop_agreement needs --advantage_estimator grpo (one advantage per response)"
+    return None
+
+
+def sgd_needs_the_local_engine(cfg: Config) -> str | None:
+    if cfg.optimizer != "adamw" and cfg.engine != "local":
+        return "--optimizer sgd needs --engine local (the scale engine trains with AdamW)"
+    return None
+
+
+def gae_needs_the_scale_engine_and_ttrl(cfg: Config) -> str | None:
+    if cfg.advantage_estimator != "gae":
+        return None
+    if cfg.engine != "ray":
+        return "--advantage_estimator gae needs --engine ray (the local engine has no critic)"
+    if cfg.adaptation_method != "ttrl":
+        return ("--advantage_estimator gae applies to --adaptation_method ttrl only, got "
+                f"{cfg.adaptation_method!r}")
+    return None
+
+
+def scale_engine_limits(cfg: Config) -> str | None:
+    if cfg.engine == "ray" and cfg.lora_rank > 512:
+        return ("--engine ray serves adapters of --lora_rank up to 512 (vLLM's largest "
+                f"max_lora_rank), got {cfg.lora_rank}")
+    if cfg.engine == "ray" and cfg.adaptation_method == "slot":
+        return "--adaptation_method slot needs --engine local (it edits the local model's hidden states)"
+    return None
+
+
+def colocated_engines_fill_the_actor(cfg: Config) -> str | None:
+    if cfg.colocate and cfg.vllm_num_engines is not None and cfg.actor_num_gpus is not None:
+        vllm_gpus = cfg.vllm_num_engines * cfg.vllm_tensor_parallel_size
+        if vllm_gpus != cfg.actor_num_gpus:
+            return (f"--colocate needs vllm_num_engines x vllm_tensor_parallel_size ({vllm_gpus}) "
+                    f"to equal --actor_num_gpus ({cfg.actor_num_gpus})")
+    return None
+
+
+def trained_samples_are_voted(cfg: Config) -> str | None:
+    if cfg.n_votes is not None and cfg.n_train is not None and cfg.n_train > cfg.n_votes:
+        return f"--n_train ({cfg.n_train}) must not exceed --n_votes ({cfg.n_votes})"
+    return None
+
+
+CROSS_FIELD = (lora_has_no_separate_reference, controls_need_a_trained_label,
+               agreement_needs_grpo, sgd_needs_the_local_engine, gae_needs_the_scale_engine_and_ttrl, scale_engine_limits,
+               colocated_engines_fill_the_actor, trained_samples_are_voted)
 
 
 def validate(cfg: Config) -> Config:
-    """Type- and range-check every field; the first problem becomes a one-line UserError."""
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
+    """Check every field's type and RULES, then the CROSS_FIELD rules; the first problem is a
+    one-line UserError. Numbers of float fields become floats."""
+    for name, kind in field_kinds().items():
+        value = getattr(cfg, name)
         if value is None:
             continue
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
-        if kind.startswith("bool"):
-            _check(isinstance(value, bool), f"--{f.name} must be true or false, got {value!r}")
-        elif kind.startswith("int"):
-            _check(isinstance(value, int) and not isinstance(value, bool),
-                   f"--{f.name} must be an integer, got {value!r}")
-        elif kind.startswith("float"):
-            _check(isinstance(value, (int, float)) and not isinstance(value, bool)
-                   and math.isfinite(value), f"--{f.name} must be a finite number, got {value!r}")
-            setattr(cfg, f.name, float(value))
-        elif kind.startswith("str"):
-            _check(isinstance(value, str) and value != "", f"--{f.name} must be a non-empty string")
-    _check(cfg.mode in ("question", "dataset"), f"--mode must be question or dataset, got {cfg.mode!r}")
-    for name in ("episodes", "prompts_per_step", "mini_batch_prompts", "eval_every"):
-        v = getattr(cfg, name)
-        _check(1 <= v <= 1_000_000, f"--{name} must be an integer from 1 to 1000000, got {v}")
-    _check(0 <= cfg.warmup_ratio < 1, f"--warmup_ratio must be from 0 to below 1, got {cfg.warmup_ratio}")
-    _check(cfg.optimizer in ("adamw", "sgd"), f"--optimizer must be adamw or sgd, got {cfg.optimizer!r}")
-    _check(cfg.optimizer == "adamw" or cfg.engine == "local",
-           "--optimizer sgd needs --engine local (the scale engine trains with AdamW)")
-    _check(cfg.agreement_estimate in ("heldout", "trained"),
-           f"--agreement_estimate must be heldout or trained, got {cfg.agreement_estimate!r}")
-    _check(cfg.engine in ENGINES, f"--engine must be one of {', '.join(ENGINES)}, got {cfg.engine!r}")
-    _check(cfg.adaptation_method in METHODS,
-           f"--adaptation_method must be one of {', '.join(METHODS)}, got {cfg.adaptation_method!r}")
-    _check(cfg.voting_function in VOTING_FUNCTIONS,
-           f"--voting_function must be one of {', '.join(VOTING_FUNCTIONS)}, got {cfg.voting_function!r}")
-    dev = cfg.device
-    _check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
-           f"--device must be one of {DEVICES_HELP}, got {dev!r}")
-    _check(0 <= cfg.generation_threads <= 1024,
-           f"--generation_threads must be an integer from 0 to 1024, got {cfg.generation_threads}")
-    for name in ("n_votes", "n_train", "n_eval"):
-        v = getattr(cfg, name)
-        _check(v is None or 1 <= v <= MAX_SAMPLES,
-               f"--{name} must be an integer from 1 to {MAX_SAMPLES}, got {v}")
-    for name in ("num_questions", "max_new_tokens", "micro_batch_size"):
-        v = getattr(cfg, name)
-        _check(v is None or 1 <= v <= 1_000_000, f"--{name} must be an integer from 1 to 1000000, got {v}")
-    _check(cfg.steps_per_question is None or 0 <= cfg.steps_per_question <= 10_000,
-           f"--steps_per_question must be an integer from 0 to 10000, got {cfg.steps_per_question}")
-    _check(0 <= cfg.lora_rank <= 4096, f"--lora_rank must be an integer from 0 to 4096, got {cfg.lora_rank}")
-    _check(cfg.lora_alpha > 0, f"--lora_alpha must be > 0, got {cfg.lora_alpha}")
-    _check(0 <= cfg.lora_dropout < 1, f"--lora_dropout must be from 0 to below 1, got {cfg.lora_dropout}")
-    names = cfg.lora_target_modules.split(",")
-    _check(all(n.strip().isidentifier() for n in names), "--lora_target_modules must be comma-"
-           f"separated module names (q_proj,v_proj), got {cfg.lora_target_modules!r}")
-    _check(not (cfg.lora_rank and cfg.separate_ref_gpu), "--separate_ref_gpu has no use with "
-           "--lora_rank: the reference is the base model with the adapter switched off")
-    _check(cfg.lr is None or 0 < cfg.lr <= 10, f"--lr must be > 0 and <= 10, got {cfg.lr}")
-    for name in ("temperature", "val_temp"):
-        v = getattr(cfg, name)
-        _check(0 <= v <= 10, f"--{name} must be from 0 to 10, got {v}")
-    for name in ("top_p", "val_top_p", "confidence_keep"):
-        v = getattr(cfg, name)
-        _check(0 < v <= 1, f"--{name} must be > 0 and <= 1, got {v}")
-    for name in ("weight_decay", "kl_coef", "clip_eps", "grad_clip"):
-        v = getattr(cfg, name)
-        _check(v is None or v >= 0, f"--{name} must be >= 0, got {v}")
-    _check(cfg.answer_form in ANSWER_FORMS,
-           f"--answer_form must be one of {', '.join(ANSWER_FORMS)}, got {cfg.answer_form!r}")
-    _check(cfg.reward in REWARDS, f"--reward must be one of {', '.join(REWARDS)}, got {cfg.reward!r}")
-    _check(cfg.reward == "vote" or cfg.adaptation_method in ("ttrl", "ttft"),
-           f"--reward {cfg.reward} applies to --adaptation_method ttrl or ttft (and --mode "
-           f"dataset), got {cfg.adaptation_method!r}")
-    _check(cfg.min_majority_ratio is None or 0 <= cfg.min_majority_ratio <= 1,
-           f"--min_majority_ratio must be from 0 to 1, got {cfg.min_majority_ratio}")
-    _check(0 <= cfg.kl_backtracks <= 100,
-           f"--kl_backtracks must be an integer from 0 to 100, got {cfg.kl_backtracks}")
-    for name in ("stop_clip_frac", "stop_kl", "max_step_kl", "max_kl"):
-        v = getattr(cfg, name)
-        _check(v is None or v >= 0, f"--{name} must be >= 0, got {v}")
-    _check(cfg.stop_agreement is None or 0 <= cfg.stop_agreement <= 1,
-           f"--stop_agreement must be from 0 (off) to 1, got {cfg.stop_agreement}")
-    _check(not cfg.stop_agreement or cfg.advantage_estimator == "grpo",
-           "--stop_agreement needs --advantage_estimator grpo (one advantage per response)")
-    _check(1 <= cfg.memo_variants <= 4, f"--memo_variants must be from 1 to 4, got {cfg.memo_variants}")
-    _check(cfg.energy_tau > 0, f"--energy_tau must be > 0, got {cfg.energy_tau}")
-    _check(cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")
-    # the scale engine
-    for name, top in (("vllm_num_engines", 1024), ("vllm_tensor_parallel_size", 64),
-                      ("actor_num_gpus", 1024), ("ray_num_cpus", 100_000)):
-        v = getattr(cfg, name)
-        _check(v is None or 1 <= v <= top, f"--{name} must be an integer from 1 to {top}, got {v}")
-    _check(cfg.advantage_estimator in ADVANTAGE_ESTIMATORS,
-           f"--advantage_estimator must be one of {', '.join(ADVANTAGE_ESTIMATORS)}, "
-           f"got {cfg.advantage_estimator!r}")
-    _check(cfg.sync_timeout > 0, f"--sync_timeout must be > 0 seconds, got {cfg.sync_timeout}")
-    _check(cfg.weight_sync in WEIGHT_SYNCS,
-           f"--weight_sync must be one of {', '.join(WEIGHT_SYNCS)}, got {cfg.weight_sync!r}")
-    _check(0 < cfg.critic_lr <= 10, f"--critic_lr must be > 0 and <= 10, got {cfg.critic_lr}")
-    _check(cfg.value_clip > 0, f"--value_clip must be > 0, got {cfg.value_clip}")
-    _check(0 <= cfg.gamma <= 1, f"--gamma must be from 0 to 1, got {cfg.gamma}")
-    _check(0 <= cfg.lambd <= 1, f"--lambd must be from 0 to 1, got {cfg.lambd}")
-    if cfg.advantage_estimator == "gae":
-        _check(cfg.engine == "ray",
-               "--advantage_estimator gae needs --engine ray (the local engine has no critic)")
-        _check(cfg.adaptation_method == "ttrl", "--advantage_estimator gae applies to "
-               f"--adaptation_method ttrl only, got {cfg.adaptation_method!r}")
-    _check(not (cfg.engine == "ray" and cfg.lora_rank > 512), "--engine ray serves adapters of "
-           f"--lora_rank up to 512 (vLLM's largest max_lora_rank), got {cfg.lora_rank}")
-    _check(not (cfg.engine == "ray" and cfg.adaptation_method == "slot"),
-           "--adaptation_method slot needs --engine local (it edits the local model's hidden states)")
-    if cfg.colocate and cfg.vllm_num_engines is not None and cfg.actor_num_gpus is not None:
-        vllm_gpus = cfg.vllm_num_engines * cfg.vllm_tensor_parallel_size
-        _check(vllm_gpus == cfg.actor_num_gpus,
-               f"--colocate needs vllm_num_engines x vllm_tensor_parallel_size ({vllm_gpus}) "
-               f"to equal --actor_num_gpus ({cfg.actor_num_gpus})")
-    if cfg.n_votes is not None and cfg.n_train is not None:
-        _check(cfg.n_train <= cfg.n_votes,
-               f"--n_train ({cfg.n_train}) must not exceed --n_votes ({cfg.n_votes})")
+        problem = type_problem(name, kind, value)
+        if problem:
+            raise UserError(problem)
+        if kind is float:
+            setattr(cfg, name, value := float(value))
+        problem = RULES[name](name, value) if name in RULES else None
+        if problem:
+            raise UserError(problem)
+    for rule in CROSS_FIELD:
+        problem = rule(cfg)
+        if problem:
+            raise UserError(problem)
     return cfg
 
 

@@ -1,6 +1,7 @@
 """One run, top to bottom: resolve the config, take the output folder (a lock, so one run at a
-time), guard it against a different experiment, load the questions, build the engine, check the
-prompts fit it, hand over to the mode."""
+time), guard it against a different experiment, load the questions, split the config into the
+parts each layer reads (sttrl/parts.py), build the engine from its part, check the prompts fit
+it, hand over to the mode."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,12 @@ from pathlib import Path
 
 from sttrl.config import NON_RESULT_FIELDS, Config, resolve
 from sttrl.data import encode_prompt, format_prompt, load_dataset
+from sttrl.engines.base import Engine
 from sttrl.errors import UserError
 from sttrl.files import write_json_atomic
+from sttrl.parts import parts
+from sttrl.settings import EngineSettings
+from sttrl.types import Example
 
 ARITH_DEFAULT_QUESTIONS = 5
 LOCK_NAME = "run.lock"
@@ -200,21 +205,22 @@ def data_digest(cfg: Config, examples) -> str | None:
     return h.hexdigest()
 
 
-def check_prompts(engine, examples, cfg: Config) -> int:
-    """Every prompt fits the model's context with room for max_new_tokens; returns the longest
+def check_prompts(engine: Engine, examples: list[Example], prompt_family: str,
+                  max_new_tokens: int) -> int:
+    """Every prompt fits the engine's context with room for max_new_tokens; returns the longest
     prompt's tokens. The character bound comes first, so a huge prompt is never tokenised."""
-    context = getattr(engine, "max_context", None)
+    context = engine.max_context
     longest = 0
     for ex in examples:
         q = ex.question
-        prompt = format_prompt(q, engine.tokenizer, cfg.prompt_family)
+        prompt = format_prompt(q, engine.tokenizer, prompt_family)
         if context and len(prompt) > MAX_CHARS_PER_TOKEN * context:
             raise UserError(f"question {q.id!r}: the prompt is {len(prompt):,} characters, far "
                             f"beyond the model's context of {context} tokens")
         tokens = len(encode_prompt(prompt, engine.tokenizer))
-        if context and tokens + cfg.max_new_tokens > context:
+        if context and tokens + max_new_tokens > context:
             raise UserError(f"question {q.id!r}: the prompt is {tokens} tokens, and with "
-                            f"--max_new_tokens {cfg.max_new_tokens} that passes the model's "
+                            f"--max_new_tokens {max_new_tokens} that passes the model's "
                             f"context of {context} tokens; lower --max_new_tokens or leave the "
                             "question out")
         longest = max(longest, tokens)
@@ -236,35 +242,19 @@ def available_memory(device: str) -> int | None:
     return None
 
 
-def sampling_bytes(engine, cfg: Config, prompt_tokens: int) -> int | None:
-    """A lower estimate of what the local engine's largest sampling call holds at once: the KV
-    cache of n samples at full length, and a few [n, vocab] float32 tensors per step."""
-    model = getattr(engine, "model", None)
-    conf = getattr(model, "config", None)
-    if cfg.engine != "local" or conf is None:
-        return None
-    try:
-        import torch
-
-        layers = conf.num_hidden_layers
-        heads = getattr(conf, "num_key_value_heads", None) or conf.num_attention_heads
-        head_dim = getattr(conf, "head_dim", None) or conf.hidden_size // conf.num_attention_heads
-        width = torch.finfo(engine.dtype).bits // 8
-        n = max(cfg.n_votes, cfg.n_eval)
-        kv = n * (prompt_tokens + cfg.max_new_tokens) * layers * 2 * heads * head_dim * width
-        return kv + 4 * n * conf.vocab_size * 4
-    except (AttributeError, TypeError):
-        return None
-
-
-def check_sample_memory(engine, cfg: Config, prompt_tokens: int) -> None:
-    need = sampling_bytes(engine, cfg, prompt_tokens)
-    free = available_memory(getattr(engine, "device", "cpu")) if need else None
-    if need and free is not None and need > free:
-        n = max(cfg.n_votes, cfg.n_eval)
-        raise UserError(f"sampling {n} answers of up to {cfg.max_new_tokens} tokens needs about "
-                        f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on "
-                        f"{engine.device}; lower --n_votes / --n_eval or --max_new_tokens")
+def check_sample_memory(engine: Engine, rows: int, prompt_tokens: int,
+                        max_new_tokens: int) -> None:
+    """The largest sampling call (`rows` samples of the longest prompt) fits in free memory,
+    where the engine can tell what it needs."""
+    need = engine.sampling_memory(rows, prompt_tokens, max_new_tokens)
+    if need is None:
+        return
+    nbytes, device = need
+    free = available_memory(device)
+    if free is not None and nbytes > free:
+        raise UserError(f"sampling {rows} answers of up to {max_new_tokens} tokens needs about "
+                        f"{nbytes / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on "
+                        f"{device}; lower --n_votes / --n_eval or --max_new_tokens")
 
 
 def check_dataset_checkpoint(path: Path) -> None:
@@ -286,15 +276,16 @@ def check_dataset_checkpoint(path: Path) -> None:
 
 # ---- the run ---------------------------------------------------------------------------------
 
-def build_engine(cfg: Config):
-    """The engine `cfg.engine` names, on the model `cfg.model` resolves to."""
+def build_engine(kind: str, settings: EngineSettings, model: str) -> Engine:
+    """The engine `kind` names (--engine), built from its settings on the model `model`
+    (--model) resolves to."""
     from sttrl.engines.models import resolve_model
 
-    if cfg.engine == "ray":
+    if kind == "ray":
         from sttrl.engines.ray.engine import RayEngine as engine_class
     else:
         from sttrl.engines.local import LocalEngine as engine_class
-    return engine_class(cfg, resolve_model(cfg.model))
+    return engine_class(settings, resolve_model(model))
 
 
 def run(cfg: Config) -> dict:
@@ -312,18 +303,22 @@ def run(cfg: Config) -> dict:
 
 
 def run_locked(cfg: Config, out: Path) -> dict:
+    """The run in its locked folder. Below here nothing sees `cfg`: each layer gets its part."""
     everything, n = load_all_examples(cfg)
     examples = everything[:n] if n else everything
     digest = data_digest(cfg, everything)
-    config = dataclasses.asdict(cfg)
+    run_parts = parts(cfg)
+    config = run_parts.record
     check_saved_config(out, config, cfg.allow_config_change, digest, cfg.allow_data_change)
 
-    def start():
+    def start() -> Engine:
         """The engine, once it has loaded and every prompt fits it; only then is the config
         saved, so a failed start leaves the folder as it was."""
-        engine = build_engine(cfg)
+        engine = build_engine(cfg.engine, run_parts.engine, cfg.model)
         try:
-            check_sample_memory(engine, cfg, check_prompts(engine, examples, cfg))
+            longest = check_prompts(engine, examples, cfg.prompt_family, cfg.max_new_tokens)
+            check_sample_memory(engine, max(cfg.n_votes, cfg.n_eval), longest,
+                                cfg.max_new_tokens)
             save_config(out, config, digest)
         except BaseException:
             engine.close()
@@ -335,10 +330,10 @@ def run_locked(cfg: Config, out: Path) -> dict:
         check_dataset_checkpoint(out / "checkpoint.pt")
         engine = start()
         try:
-            return run_dataset(cfg, examples, engine)
+            return run_dataset(run_parts, examples, engine)
         finally:
             engine.close()
     from sttrl.modes.question import run_questions
-    summary = run_questions(cfg, examples, start)
+    summary = run_questions(run_parts, examples, start)
     save_config(out, config, digest)  # again: with nothing left to run, no engine saved it
     return summary

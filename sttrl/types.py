@@ -1,5 +1,5 @@
-"""The records passed between layers: samples out of an engine, a batch into it, and what a
-method's adaptation of one question produced.
+"""The records passed between layers: a question, samples out of an engine, a batch into it,
+what a method's adaptation of one question produced, and that question's results line.
 
 Nothing here imports torch or any other STTRL module, so every layer can read them.
 """
@@ -7,6 +7,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Question:
+    """What the model and the training loop see for one test item: no reference answer, so a
+    label cannot leak into a reward by accident."""
+
+    id: str
+    """Unique within its set; seeds the question's sampling."""
+    prompt: str
+    """The bare question; prompt templates add the instruction."""
+    source: str
+    """Where the question comes from (a data set's name)."""
+    task: str
+    """math, or gpqa (multiple choice: the answer is a letter)."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """A question with its reference answer, which only evaluation (and the oracle) may read."""
+
+    question: Question
+    """The part the methods see."""
+    answer: str
+    """The reference answer."""
 
 
 @dataclass
@@ -115,3 +140,104 @@ class Adaptation:
     """One stats dict per optimiser step taken."""
     extra: dict | None = None
     """Method-specific numbers for the results line (MEMO: the marginal's entropy)."""
+
+
+NUMBER = (int, float)
+# What a resumed run and the summary read from a results line, and the JSON types each must have.
+REQUIRED = {"id": (str, int), "pass@1_before": NUMBER, "pass@1_after": NUMBER,
+            "maj@N_before": (bool, *NUMBER), "label_correct": (bool, *NUMBER),
+            "reward_accuracy": NUMBER + (type(None),), "skipped": (bool,), "seconds": (dict,)}
+
+
+@dataclass
+class QuestionResult:
+    """One question's line of results.jsonl: `to_json` writes it, `from_json` reads it back
+    (on resume) and refuses anything that is not such a line."""
+
+    index: int | None
+    """The question's position in the run's set (None in lines written before it was kept)."""
+    id: str | int
+    """The question's id."""
+    reward: str
+    """What the update was trained on: vote, oracle or random."""
+    pseudo_label: str | None
+    """The label the vote elected; None when no sample had an answer."""
+    vote: dict
+    """majority_ratio, n_voting, n_none and clusters (answer -> count) of the vote."""
+    rewards: dict
+    """n, positive and mean of the trained samples' rewards."""
+    skipped: bool
+    """Whether no update was taken."""
+    skip_reason: str | None
+    """Why not (None: it was taken)."""
+    flagged: bool
+    """No label: nothing could be extracted from any sample."""
+    train: list[dict]
+    """One stats dict per optimiser step taken."""
+    answers_before: list
+    """The before-evaluation's answers (cut to 200 characters)."""
+    answers_after: list
+    """The after-evaluation's answers."""
+    pass1_before: float
+    """pass@1 before the update (written as "pass@1_before")."""
+    pass1_after: float
+    """pass@1 after it ("pass@1_after")."""
+    majN_before: float
+    """1 if the vote before the update elected the reference ("maj@N_before")."""
+    label_correct: float
+    """1 if the pseudo-label is correct."""
+    reward_accuracy: float | None
+    """Share of trained samples whose reward equals the reference's."""
+    seconds: dict
+    """Wall seconds per phase (generate, vote, train, eval, reset) and their total."""
+    extra: dict | None = None
+    """Method-specific numbers (MEMO: the marginal's entropy); not written when None."""
+    diverged: bool = False
+    """A training statistic was NaN or infinite; written only when true."""
+
+    def to_json(self) -> dict:
+        out = {"index": self.index, "reward": self.reward, "id": self.id,
+               "pseudo_label": self.pseudo_label, "vote": self.vote, "rewards": self.rewards,
+               "skipped": self.skipped, "skip_reason": self.skip_reason, "flagged": self.flagged,
+               "train": self.train, "answers_before": self.answers_before,
+               "answers_after": self.answers_after, "pass@1_before": self.pass1_before,
+               "pass@1_after": self.pass1_after, "maj@N_before": self.majN_before,
+               "label_correct": self.label_correct, "reward_accuracy": self.reward_accuracy}
+        if self.extra is not None:
+            out["extra"] = self.extra
+        if self.diverged:
+            out["diverged"] = True
+        out["seconds"] = self.seconds
+        return out
+
+    @staticmethod
+    def problem(record) -> str | None:
+        """Why `record` (a parsed JSON line) is not a results line, or None when it is one."""
+        if not isinstance(record, dict):
+            return f"a JSON {type(record).__name__}, not an object"
+        for key, types in REQUIRED.items():
+            if key not in record:
+                return f"no {key!r}"
+            if not isinstance(record[key], types):
+                return f"{key!r} is {type(record[key]).__name__}"
+        if not isinstance(record["seconds"].get("total"), NUMBER):
+            return "no 'total' in 'seconds'"
+        return None
+
+    @classmethod
+    def from_json(cls, record) -> "QuestionResult":
+        """The line as a record; a ValueError saying why (`problem`) when it is not one. Keys
+        that older lines lack take their defaults."""
+        problem = cls.problem(record)
+        if problem:
+            raise ValueError(problem)
+        r = record
+        return cls(index=r.get("index"), id=r["id"], reward=r.get("reward", "vote"),
+                   pseudo_label=r.get("pseudo_label"), vote=r.get("vote", {}),
+                   rewards=r.get("rewards", {}), skipped=r["skipped"],
+                   skip_reason=r.get("skip_reason"), flagged=r.get("flagged", False),
+                   train=r.get("train", []), answers_before=r.get("answers_before", []),
+                   answers_after=r.get("answers_after", []), pass1_before=r["pass@1_before"],
+                   pass1_after=r["pass@1_after"], majN_before=r["maj@N_before"],
+                   label_correct=r["label_correct"], reward_accuracy=r["reward_accuracy"],
+                   seconds=r["seconds"], extra=r.get("extra"), diverged=bool(r.get("diverged")))

@@ -2,11 +2,8 @@
 untouched model's samples are cached."""
 import importlib.util
 import json
-from pathlib import Path
 
-from conftest import local_engine
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, local_engine
 
 
 def load(name):
@@ -54,9 +51,7 @@ def test_devsets_are_fixed_and_of_the_promised_sizes(tmp_path):
 def test_derived_weak_vote_rows_equal_a_real_run_with_the_rule(tiny_model, tmp_path):
     """accuracy.py --weak_vote derives a --min_majority_ratio run from one without it: the
     derivation must give exactly the lines the real run writes."""
-    import sys
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_driver import lines, tiny_config, write_questions
+    from helpers import lines, tiny_config, write_questions
     from sttrl.run import run
 
     acc = load("accuracy")

@@ -7,8 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import local_engine
-from test_driver import tiny_config, write_questions
+from helpers import local_engine, tiny_config, write_questions
 
 PROMPT = "<|user|>What is 2 + 3?<|end|><|assistant|>"
 LOGPROB_TOL = 1e-5  # the forward on a batch of another size: measured <= 1e-6 in fp32
@@ -108,6 +107,7 @@ def question_setup(tiny_model, tmp_path, **kw):
     from sttrl.config import resolve
     from sttrl.data import format_prompt
     from sttrl.modes.common import question_seed
+    from sttrl.parts import parts
     from sttrl.run import load_examples
 
     data = write_questions(tmp_path / "q.json", n=1)
@@ -115,7 +115,7 @@ def question_setup(tiny_model, tmp_path, **kw):
     example = load_examples(cfg)[0]
     engine = local_engine(tiny_model, lr=cfg.lr)
     prompt = format_prompt(example.question, engine.tokenizer, cfg.prompt_family)
-    return cfg, example, engine, prompt, question_seed(cfg.seed, example.question.id)
+    return parts(cfg), example, engine, prompt, question_seed(cfg.seed, example.question.id)
 
 
 @pytest.mark.parametrize("method", ["ttrl", "ttft", "slot", "memo"])
@@ -125,15 +125,16 @@ def test_votes_never_include_the_evaluation_samples(tiny_model, tmp_path, monkey
     import sttrl.modes.question as mode
     from sttrl.rewards import extract_answer
 
-    cfg, example, engine, prompt, seed = question_setup(
+    parts, example, engine, prompt, seed = question_setup(
         tiny_model, tmp_path, adaptation_method=method, n_votes=6, n_eval=3, val_temp=0.6,
         max_new_tokens=12, memo_variants=2)
+    sampling = parts.sampling
     real = mode.METHODS[method]
-    group = real.votes(cfg, seed)
+    group = real.votes(sampling, seed)
     want_votes = engine.generate(prompt, group.n, group.temperature, group.top_p,
-                                 cfg.max_new_tokens, group.seed)
-    want_eval = engine.generate(prompt, cfg.n_eval, cfg.val_temp, cfg.val_top_p,
-                                cfg.max_new_tokens, seed + 1)
+                                 sampling.max_new_tokens, group.seed)
+    want_eval = engine.generate(prompt, sampling.n_eval, sampling.val_temp, sampling.val_top_p,
+                                sampling.max_new_tokens, seed + 1)
     seen = []
 
     def spy(*args, votes=None, **kw):
@@ -141,11 +142,11 @@ def test_votes_never_include_the_evaluation_samples(tiny_model, tmp_path, monkey
         return real.adapt(*args, votes=votes, **kw)
 
     monkeypatch.setitem(mode.METHODS, method, dataclasses.replace(real, adapt=spy))
-    record = mode.run_question(engine, example, 0, cfg)
+    record = mode.run_question(engine, example, 0, parts).to_json()
     assert len(seen) == 1 and seen[0] is not None
     assert [s.token_ids for s in seen[0]] == [s.token_ids for s in want_votes]
     assert record["answers_before"] == [extract_answer(s.text, example.question.task) for s in want_eval]
-    assert record["vote"]["n_voting"] + record["vote"]["n_none"] == cfg.n_votes
+    assert record["vote"]["n_voting"] + record["vote"]["n_none"] == sampling.n_votes
     assert record["seconds"]["eval"] > 0 and record["seconds"]["generate"] > 0
 
 
@@ -166,10 +167,10 @@ def test_an_unchanged_policy_reuses_the_before_answers(tiny_model, tmp_path, mon
     """No update (no steps): the after-evaluation is the before-evaluation, not drawn again."""
     from sttrl.modes.question import run_question
 
-    cfg, example, engine, prompt, seed = question_setup(tiny_model, tmp_path,
+    parts, example, engine, prompt, seed = question_setup(tiny_model, tmp_path,
                                                         steps_per_question=0, max_new_tokens=12)
     calls = count_generation(engine, monkeypatch)
-    record = run_question(engine, example, 0, cfg)
+    record = run_question(engine, example, 0, parts).to_json()
     assert record["train"] == []
     assert len(calls["generate_groups"]) == 1 and calls["generate"] == []
     assert record["answers_after"] == record["answers_before"]
@@ -182,16 +183,18 @@ def test_a_changed_policy_draws_the_after_evaluation_with_the_eval_seed(tiny_mod
     evaluation's seed, from the adapted policy."""
     from sttrl.modes.question import run_question
 
-    cfg, example, engine, prompt, seed = question_setup(
+    parts, example, engine, prompt, seed = question_setup(
         tiny_model, tmp_path, adaptation_method="slot", lr=0.5, steps_per_question=3,
         max_new_tokens=12)
+    sampling = parts.sampling
     version = engine.policy_version
     calls = count_generation(engine, monkeypatch)
-    run_question(engine, example, 0, cfg)
+    run_question(engine, example, 0, parts)
     assert engine.policy_version != version and engine.head_hook is not None
     assert len(calls["generate"]) == 1
     args, after = calls["generate"][0]
-    assert args == (prompt, cfg.n_eval, cfg.val_temp, cfg.val_top_p, cfg.max_new_tokens, seed + 1)
+    assert args == (prompt, sampling.n_eval, sampling.val_temp, sampling.val_top_p,
+                    sampling.max_new_tokens, seed + 1)
     before = calls["generate_groups"][0][1][0]
     fresh = engine.generate(*args)
     assert [s.token_ids for s in after] == [s.token_ids for s in fresh]

@@ -1,13 +1,11 @@
 """The command line: every bad value is one line naming what is allowed, never a traceback."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import REPO
 from sttrl.cli import main, parse_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 BAD = [
     (["--voting_function", "median"], "majority, energy, confidence"),
@@ -107,5 +105,5 @@ def test_the_default_yaml_is_the_no_flag_run_on_a_cpu():
     from sttrl.cli import load_yaml
     from sttrl.config import Config, resolve
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    path = REPO / "configs" / "default.yaml"
     assert resolve(Config(**load_yaml(str(path))), on_gpu=False) == resolve(Config(), on_gpu=False)

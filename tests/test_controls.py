@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import lines, run_parts, tiny_config, write_questions
 from sttrl.config import Config, validate
 from sttrl.errors import UserError
 from sttrl.rewards import random_rewards
 from sttrl.rewards.oracle import OracleReward
 from sttrl.run import run
-from test_driver import lines, tiny_config, write_questions
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sttrl"
 
@@ -66,16 +66,15 @@ def test_only_the_oracle_path_reads_the_references(tiny_model, tmp_path):
 
 def test_no_module_but_the_modes_reads_a_reference_answer():
     """Structurally: `.answer` (an Example's reference) is read only where the modes evaluate
-    and where they build the oracle (and where run.py hashes the data); the data layer makes
-    Examples; metrics and the oracle
-    take the reference as an argument."""
+    (modes/evaluate.py) and where the oracle is built (rewards/oracle.py), and where run.py
+    hashes the data; the data layer makes Examples. The modes' loops never read it."""
     readers = set()
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr == "answer":
                 readers.add(str(path.relative_to(PACKAGE)))
     # run.py hashes the questions (answers included) to notice an edited data file on resume
-    assert readers <= {"modes/question.py", "modes/dataset.py", "data/datasets.py",
+    assert readers <= {"modes/evaluate.py", "rewards/oracle.py", "data/datasets.py",
                        "data/prepare.py", "run.py"}, readers
 
 
@@ -104,7 +103,7 @@ def test_the_weak_vote_rule_skips_weak_votes(tiny_model, tmp_path):
 
 
 def test_the_adaptive_budget_stops_after_the_step_that_passes_it(tiny_model):
-    from conftest import local_engine
+    from helpers import local_engine
     from sttrl.algorithms.grpo import grpo_loss
     from sttrl.algorithms.ttrl import budget
     from sttrl.types import TrainBatch
@@ -115,12 +114,12 @@ def test_the_adaptive_budget_stops_after_the_step_that_passes_it(tiny_model):
     batch = TrainBatch.shared(ids, [s.token_ids for s in samples], [1, -1, 1, -1, 1, -1])
     full = engine.train(batch, grpo_loss, {"clip_eps": 0.2}, 6)
     engine.reset()
-    cfg = Config(stop_clip_frac=0.0)  # any clipped token ends the update
-    got = engine.train(batch, grpo_loss, {"clip_eps": 0.2}, 6, stop=budget(cfg))
+    update = run_parts(stop_clip_frac=0.0, stop_agreement=0.0).update  # any clipped token ends it
+    got = engine.train(batch, grpo_loss, {"clip_eps": 0.2}, 6, stop=budget(update))
     first_clipped = next(i for i, s in enumerate(full) if s["clip_frac"] > 0)
     assert len(got) == first_clipped + 1 < 6
     assert [s["loss"] for s in got] == pytest.approx([s["loss"] for s in full[:len(got)]])
-    assert budget(Config()) is None
+    assert budget(run_parts(stop_agreement=0.0).update) is None
     after = [p.detach().clone() for p in engine.params]
     engine.reset()
     assert not all(torch.equal(a, p) for a, p in zip(after, engine.params))
@@ -137,7 +136,7 @@ def test_dataset_mode_takes_the_oracle_and_is_marked(tiny_model, tmp_path):
 
 
 def test_the_agreement_budget_estimates_the_policy_and_stops_at_its_target(tiny_model):
-    from conftest import local_engine
+    from helpers import local_engine
     from sttrl.algorithms.grpo import agreement_estimate, group_advantages, grpo_loss
     from sttrl.algorithms.ttrl import budget
     from sttrl.types import TrainBatch
@@ -155,7 +154,8 @@ def test_the_agreement_budget_estimates_the_policy_and_stops_at_its_target(tiny_
     assert estimates[-1] > estimates[0] + 0.2  # rewarded responses gained probability
     target = (estimates[0] + estimates[-1]) / 2
     engine.reset()
-    got = engine.train(batch, grpo_loss, kwargs, 6, stop=budget(Config(stop_agreement=target)))
+    stop = budget(run_parts(stop_agreement=target).update)
+    got = engine.train(batch, grpo_loss, kwargs, 6, stop=stop)
     reached = next(i for i, e in enumerate(estimates) if e >= target)
     assert len(got) == reached + 1 < 6
     # without the flag the loss adds nothing, so the recorded stats stay as they were
@@ -178,6 +178,7 @@ def test_the_cpu_study_defaults_apply_to_reset_mode_ttrl_on_a_cpu_only():
     from sttrl.algorithms import TTRL_CPU_RESET
     from sttrl.algorithms.ttrl import budget
     from sttrl.config import resolve
+    from sttrl.parts import parts
 
     def picked(cfg):
         return {k: getattr(cfg, k) for k in TTRL_CPU_RESET}
@@ -194,7 +195,7 @@ def test_the_cpu_study_defaults_apply_to_reset_mode_ttrl_on_a_cpu_only():
     own = resolve(Config(lr=1e-6, stop_agreement=0.0, min_majority_ratio=0.0), on_gpu=False)
     assert (own.lr, own.stop_agreement, own.min_majority_ratio, own.steps_per_question) == \
         (1e-6, 0.0, 0.0, TTRL_CPU_RESET["steps_per_question"])
-    assert budget(own) is None
+    assert budget(parts(own).update) is None
     # resolving a resolved config changes nothing (a saved config.json compares equal on resume)
     cpu = resolve(Config(), on_gpu=False)
     assert resolve(cpu, on_gpu=False) == cpu

@@ -1,59 +1,15 @@
 """The per-question driver end to end on a tiny random model."""
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from sttrl.config import Config
-from sttrl.run import run
+from helpers import REPO, kill_after_two_lines, lines, tiny_config, without_timings, write_questions
 from sttrl.errors import UserError
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_questions(path: Path, n: int = 4) -> str:
-    rows = [{"prompt": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1), "source": "toy",
-             "id": f"q{i}"} for i in range(n)]
-    path.write_text(json.dumps(rows))
-    return str(path)
-
-
-def tiny_config(model: str, data: str, out: Path, **kw) -> Config:
-    base = dict(model=model, data_path=data, output_dir=str(out), device="cpu", n_votes=8,
-                n_train=6, n_eval=4, max_new_tokens=8, steps_per_question=2, lr=5e-3,
-                temperature=1.0, progress=False,
-                # the rules off, whatever the CPU study's defaults: each test turns on its own
-                min_majority_ratio=0.0, stop_agreement=0.0)
-    base.update(kw)
-    return Config(**base)
-
-
-def lines(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-
-
-def kill_after_two_lines(flags: list[str], out: Path) -> Path:
-    """Run main.py with these flags into out and SIGKILL it once two results lines are written;
-    returns the results file."""
-    proc = subprocess.Popen([sys.executable, "main.py", *flags, "--output_dir", str(out)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results = out / "results.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not results.exists() or results.read_text().count("\n") < 2):
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return results
-
-
-def without_timings(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+from sttrl.run import run
 
 
 def test_run_writes_results_and_summary(tiny_model, tmp_path):
@@ -125,7 +81,7 @@ def test_adaptation_never_receives_the_reference():
 
 
 def test_continuous_keeps_weights_and_reset_restores_them(tiny_model, tmp_path):
-    from conftest import local_engine
+    from helpers import local_engine
 
     data = write_questions(tmp_path / "q.json")
     initial = local_engine(tiny_model).model.state_dict()

@@ -4,7 +4,7 @@ import torch
 
 from sttrl.algorithms.grpo import group_advantages, grpo_loss, kl_k3
 from sttrl.types import TrainBatch
-from conftest import local_engine
+from helpers import local_engine
 
 PROMPT = "<|user|>What is 2 + 3?<|end|><|assistant|>"
 
@@ -114,7 +114,8 @@ def assert_same_update(a, b):
     float noise in both engines can move a weight differently)."""
     scale = max(p.grad.abs().max().item() for p in b.params)
     for p, q in zip(a.params, b.params):
-        assert (p.grad - q.grad).abs().max() < 1e-5 * scale
+        # 1e-4: the chunked LM head sums in another order per micro-batch (measured 1e-5 on CI)
+        assert (p.grad - q.grad).abs().max() < 1e-4 * scale
         assert (p - q).abs().max() < 0.01 * b.optimizer.param_groups[0]["lr"]
 
 

@@ -2,13 +2,12 @@
 import os
 import shlex
 import subprocess
-from pathlib import Path
 
 import pytest
 
+from helpers import REPO
 from sttrl.cli import parse_config
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS = {"qwen2.5-math-1.5b": "Qwen/Qwen2.5-Math-1.5B", "qwen2.5-math-7b": "Qwen/Qwen2.5-Math-7B",
           "qwen2.5-7b": "Qwen/Qwen2.5-7B", "llama-3.1-8b-instruct": "meta-llama/Llama-3.1-8B-Instruct"}
 DATASETS = ["AIME-TTT", "AMC-TTT", "MATH-TTT", "GSM8K-TTT", "GPQA-TTT"]

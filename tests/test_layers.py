@@ -10,8 +10,8 @@ LAYERS = [
     ("sttrl", "sttrl.types", "sttrl.errors", "sttrl.files"),  # records, errors, file writing
     ("sttrl.data", "sttrl.rewards"),  # questions and prompts; answers, grading, votes, rewards
     ("sttrl.algorithms",),  # the methods: rewards -> update, and the registry
-    ("sttrl.engines",),  # local and scale engines: generate, train, reset (given a config)
-    ("sttrl.config",),  # the run's options (reads the registry and the model names)
+    ("sttrl.engines",),  # local and scale engines: generate, train, reset (given their settings)
+    ("sttrl.config", "sttrl.parts"),  # the run's options, and their split into the parts
     ("sttrl.reporting",),  # results files, summaries, the report
     ("sttrl.modes",),  # the per-question and dataset loops
     ("sttrl.run", "sttrl.cli"),  # one run top to bottom; the command line

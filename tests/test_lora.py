@@ -6,15 +6,14 @@ import sys
 import pytest
 import torch
 
+from helpers import (REPO, kill_after_two_lines, lines, local_engine, tiny_config,
+                     without_timings, write_questions)
 from sttrl.algorithms import slot, ttft
 from sttrl.algorithms.grpo import group_advantages, grpo_loss
 from sttrl.config import LORA_LR_FACTOR, Config, resolve, validate
 from sttrl.errors import UserError
 from sttrl.run import run
 from sttrl.types import TrainBatch
-from conftest import local_engine
-from test_driver import (REPO, kill_after_two_lines, lines, tiny_config, without_timings,
-                         write_questions)
 
 PROMPT = "<|user|>What is 2 + 3?<|end|><|assistant|>"
 

@@ -10,7 +10,7 @@ from sttrl.algorithms.grpo import group_advantages, grpo_loss
 from sttrl.config import Config
 from sttrl.run import run
 from sttrl.types import TrainBatch
-from conftest import local_engine
+from helpers import local_engine
 
 PROMPT = "<|user|>What is 2 + 3? Give the answer.<|end|><|assistant|>"
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from sttrl.rewards import label_accuracy, maj_at_n, pass_at_1, pass_at_k, reward_accuracy
+from sttrl.modes.evaluate import label_accuracy, maj_at_n, pass_at_1, pass_at_k, reward_accuracy
 
 
 def test_pass_at_1():

@@ -6,45 +6,16 @@ with a critic (gae) trains both and resets both, that the driver writes the loca
 results format, and that a killed vLLM engine is a clear error that leaves results.jsonl ready
 to resume.
 """
-import importlib.util
 import json
-import shutil
-import tempfile
 
 import pytest
 
-MISSING = [m for m in ("ray", "vllm", "deepspeed") if importlib.util.find_spec(m) is None]
-pytestmark = pytest.mark.skipif(
+from helpers import (KL, LOGPROB_TOL, MISSING, PROMPT, WEIGHT_TOL, check_live_engine, max_gap,
+                     ray_config, ray_engine)
+
+pytestmark = [pytest.mark.scale, pytest.mark.skipif(
     bool(MISSING), reason=f"scale stack not installed ({', '.join(MISSING)}): "
-                          "bash scripts/setup.sh --scale")
-
-PROMPT = "<|user|>What is 2 + 3?<|end|><|assistant|>"
-LOGPROB_TOL = 1e-4  # fp32 on CPU: vLLM vs the HF forward measured <= 5e-7
-WEIGHT_TOL = 1e-4  # ZeRO-3 (2 ranks) vs torch AdamW after 5 steps: measured <= 1e-5
-KL = {"clip_eps": 0.2, "kl_coef": 0.001}
-
-
-@pytest.fixture(scope="module")
-def ray_cpu():
-    """One local Ray for the module (the engine uses it and leaves it running)."""
-    import ray
-
-    tmp = tempfile.mkdtemp(prefix="ray_", dir="/tmp")
-    ray.init(num_cpus=2, _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def ray_config(model: str, **kw):
-    from sttrl.config import Config, resolve
-
-    base = dict(engine="ray", model=model, n_votes=8, n_train=6, n_eval=4, max_new_tokens=10,
-                lr=3e-3, sync_timeout=300, progress=False)
-    base.update(kw)
-    return resolve(Config(**base), on_gpu=False)
+                          "bash scripts/setup.sh --scale")]
 
 
 @pytest.fixture(scope="class")
@@ -53,22 +24,17 @@ def engines(ray_cpu, tiny_vllm_model):
     model on its own bundle, and the local engine on the same model; energy voting, so the engine
     also fills logsumexp; weights reach vLLM through the object store (the broadcast path has
     its own test below). (The driver runs below use the default in-actor reference.)"""
-    from conftest import local_engine
-    from sttrl.engines.ray.engine import RayEngine
+    from helpers import local_engine
 
     cfg = ray_config(tiny_vllm_model, actor_num_gpus=2, micro_batch_size=2,
                      voting_function="energy", separate_ref_gpu=True, weight_sync="object_store",
                      gradient_checkpointing=True)
-    ray_engine = RayEngine(cfg, tiny_vllm_model)
+    eng = ray_engine(cfg, tiny_vllm_model)
     local = local_engine(tiny_vllm_model, lr=cfg.lr, micro_batch_size=2)
     try:
-        yield ray_engine, local
+        yield eng, local
     finally:
-        ray_engine.close()
-
-
-def max_gap(a, b) -> float:
-    return max(abs(x - y) for x, y in zip(a, b))
+        eng.close()
 
 
 class TestAgainstTheLocalEngine:
@@ -220,23 +186,44 @@ class TestAgainstTheLocalEngine:
         assert eng.check_weights(pid, fixed) < LOGPROB_TOL
 
     def test_the_whole_engine_protocol(self, engines):
-        """Every member of sttrl/engines/base.py's Engine; SLOT's hidden-state hooks refuse."""
+        """Every member of sttrl/engines/base.py's Engine, live (the engine contract's check,
+        tests/test_engine_contract.py, on this class's engine); SLOT's hidden-state hooks
+        refuse."""
         import inspect
 
-        from sttrl.engines.base import Engine
         from sttrl.engines.ray.engine import RayEngine
         from sttrl.errors import UserError
 
         eng, _ = engines
-        members = [n for n in vars(Engine) if not n.startswith("_")] + list(Engine.__annotations__)
-        assert [n for n in members if not hasattr(eng, n)] == []
-        assert list(inspect.signature(RayEngine).parameters) == ["cfg", "model_path"]
+        check_live_engine(eng)
+        assert list(inspect.signature(RayEngine).parameters) == ["settings", "model_path"]
+        assert eng.max_context == 512  # the tiny model's positions: less than 10 + 4096
+        assert eng.sampling_memory(8, 100, 10) is None  # vLLM sizes its own cache
         assert eng.head_hook is None
         eng.set_head_hook(None)  # nothing to remove
         for call in (lambda: eng.prompt_hidden([1, 2]), lambda: eng.head_logits(None),
                      lambda: eng.set_head_hook(lambda h: h)):
             with pytest.raises(UserError, match="slot needs --engine local"):
                 call()
+
+    def test_an_over_long_prompt_is_refused_with_its_question_id(self, engines, tiny_vllm_model,
+                                                                 tmp_path, monkeypatch):
+        """run.py checks every prompt against the scale engine's max_context (vLLM's model
+        length; here the tiny model's 512 positions) before anything is sampled or saved."""
+        import sttrl.run as driver
+        from sttrl.errors import UserError
+
+        eng, _ = engines
+        rows = [{"prompt": "What is 1 + 1?", "answer": "2", "source": "toy", "id": "short"},
+                {"prompt": "1 + " * 150 + "1", "answer": "151", "source": "toy", "id": "long"}]
+        (tmp_path / "q.json").write_text(json.dumps(rows))
+        monkeypatch.setattr(driver, "build_engine", lambda *args: eng)
+        monkeypatch.setattr(eng, "close", lambda: None)
+        out = tmp_path / "out"
+        with pytest.raises(UserError, match="question 'long'.*--max_new_tokens 10.*context of 512"):
+            driver.run(ray_config(tiny_vllm_model, data_path=str(tmp_path / "q.json"),
+                                  output_dir=str(out)))
+        assert not (out / "results.jsonl").exists() and not (out / "config.json").exists()
 
     def test_every_wait_has_a_timeout(self, engines, ray_cpu):
         from sttrl.errors import EngineError
@@ -266,11 +253,10 @@ def test_broadcast_sync_follows_the_actor_and_a_killed_engine_is_a_clear_error(r
 
     from sttrl.algorithms.grpo import group_advantages, grpo_loss
     from sttrl.types import TrainBatch
-    from sttrl.engines.ray.engine import RayEngine
     from sttrl.errors import EngineError
 
     cfg = ray_config(tiny_vllm_model, actor_num_gpus=2, weight_sync="broadcast")
-    eng = RayEngine(cfg, tiny_vllm_model)
+    eng = ray_engine(cfg, tiny_vllm_model)
     try:
         pid = eng.encode(PROMPT)
         samples = eng.generate(PROMPT, 4, 1.0, 1.0, 10, seed=3)
@@ -298,13 +284,13 @@ def test_broadcast_sync_follows_the_actor_and_a_killed_engine_is_a_clear_error(r
 
 def test_reference_actor_on_its_own(tiny_vllm_model):
     """The actor --separate_ref_gpu adds, called directly (no Ray needed)."""
-    from conftest import local_engine
+    from helpers import local_engine, run_parts
     from sttrl.engines.ray.common import ActorSettings
     from sttrl.engines.ray.trainer import ReferenceActor
 
     local = local_engine(tiny_vllm_model)
-    settings = ActorSettings(model_path=tiny_vllm_model, pad_id=local.tokenizer.pad_token_id,
-                             micro_batch_size=2)
+    settings = ActorSettings.derive(run_parts(engine="ray", micro_batch_size=2).engine,
+                                    tiny_vllm_model, local.tokenizer.pad_token_id)
     pid = local.encode(PROMPT)
     responses = [s.token_ids for s in local.generate(PROMPT, 3, 1.0, 1.0, 8, seed=1)]
     ref = ReferenceActor(0, settings).score([pid] * 3, responses)  # [3, T]
@@ -320,9 +306,7 @@ GAE_FLAGS = dict(advantage_estimator="gae", actor_num_gpus=2, micro_batch_size=2
 def gae_engine(ray_cpu, tiny_vllm_model):
     """2 actor ranks and 2 critic ranks (micro-batches of 2: both groups run dummy rows), and
     the critic's initial full weights."""
-    from sttrl.engines.ray.engine import RayEngine
-
-    eng = RayEngine(ray_config(tiny_vllm_model, **GAE_FLAGS), tiny_vllm_model)
+    eng = ray_engine(ray_config(tiny_vllm_model, **GAE_FLAGS), tiny_vllm_model)
     try:
         yield eng, critic_weights(eng)
     finally:
@@ -422,12 +406,12 @@ class TestPPOWithACritic:
                                   monkeypatch, kw):
         """The driver on this class's engine (a second engine would cost a minute of start-up):
         continuous mode checkpoints the critic, the dataset-level mode trains it too."""
-        from test_driver import lines, write_questions
+        from helpers import lines, write_questions
 
         import sttrl.run as driver
 
         eng, _ = gae_engine
-        monkeypatch.setattr(driver, "build_engine", lambda cfg: eng)
+        monkeypatch.setattr(driver, "build_engine", lambda *args: eng)
         monkeypatch.setattr(eng, "close", lambda: None)
         data = write_questions(tmp_path / "q.json", n=4)
         cfg = ray_config(tiny_vllm_model, data_path=data, output_dir=str(tmp_path / "out"),
@@ -465,7 +449,7 @@ def shape(value):
 def ray_run(ray_cpu, tiny_vllm_model, tmp_path_factory):
     """An uninterrupted 4-question driver run on the scale engine (continuous: from the second
     question on, the KL needs the reference, here the ZeRO-3 copy inside the actor ranks)."""
-    from test_driver import write_questions
+    from helpers import write_questions
 
     from sttrl.run import run
 
@@ -477,7 +461,7 @@ def ray_run(ray_cpu, tiny_vllm_model, tmp_path_factory):
 
 
 def test_driver_writes_the_local_engines_format(ray_run, tiny_vllm_model):
-    from test_driver import lines
+    from helpers import lines
 
     from sttrl.run import run
 
@@ -503,7 +487,7 @@ def test_driver_writes_the_local_engines_format(ray_run, tiny_vllm_model):
 
 def test_a_killed_vllm_engine_is_a_clear_error_and_the_run_resumes(ray_run, tiny_vllm_model,
                                                                     ray_cpu, monkeypatch):
-    from test_driver import lines, without_timings
+    from helpers import lines, without_timings
 
     import sttrl.run as driver
     from sttrl.errors import EngineError
@@ -513,8 +497,8 @@ def test_a_killed_vllm_engine_is_a_clear_error_and_the_run_resumes(ray_run, tiny
                      steps_per_question=2, continuous=True)
     build, calls = driver.build_engine, []
 
-    def build_and_arm(cfg):
-        engine = build(cfg)
+    def build_and_arm(*args):
+        engine = build(*args)
         generate_groups = engine.generate_groups
 
         def generate_or_kill(prompt, groups, *args, **kwargs):
@@ -542,10 +526,11 @@ def test_a_killed_vllm_engine_is_a_clear_error_and_the_run_resumes(ray_run, tiny
     assert without_timings(got) == without_timings(lines(tmp / "ray"))
 
 
+@pytest.mark.slow
 def test_smollm2_end_to_end_on_both_engines(ray_cpu, tmp_path):
     """The embedded SmolLM2 on 2 ARITH-TTT questions: the scale engine writes what the local
     engine writes, line for line in structure, with the same pseudo-label machinery."""
-    from test_driver import lines
+    from helpers import lines
 
     from sttrl.run import run
 
@@ -571,7 +556,7 @@ def test_smollm2_end_to_end_on_both_engines(ray_cpu, tmp_path):
 @pytest.mark.parametrize("kw", [dict(adaptation_method="ttft"), dict(adaptation_method="memo"),
                                 dict(mode="dataset", prompts_per_step=2, eval_every=1)])
 def test_weight_updating_methods_run_on_the_scale_engine(ray_cpu, tiny_vllm_model, tmp_path, kw):
-    from test_driver import write_questions
+    from helpers import write_questions
 
     from sttrl.run import run
 

@@ -5,29 +5,26 @@ the actor's: the check against a stale or missing adapter on the rollout side.
 """
 import pytest
 
-# ray_cpu: the Ray fixture of the other scale-engine tests
-from test_ray_engine import (KL, LOGPROB_TOL, MISSING, PROMPT, WEIGHT_TOL, max_gap,  # noqa: F401
-                             ray_config, ray_cpu)
+from helpers import KL, LOGPROB_TOL, MISSING, PROMPT, WEIGHT_TOL, max_gap, ray_config, ray_engine
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.scale, pytest.mark.skipif(
     bool(MISSING), reason=f"scale stack not installed ({', '.join(MISSING)}): "
-                          "bash scripts/setup.sh --scale")
+                          "bash scripts/setup.sh --scale")]
 
 
 def test_the_adapter_trains_on_zero3_and_vllm_serves_it(ray_cpu, tiny_vllm_model):
     import torch
     from safetensors.torch import load_file
 
-    from conftest import local_engine
+    from helpers import local_engine
     from sttrl.algorithms.grpo import group_advantages, grpo_loss
-    from sttrl.engines.ray.engine import RayEngine
     from sttrl.types import TrainBatch
 
     # 2 ranks with micro-batches of 2 (dummy rows too) and checkpointing (the frozen embeddings'
     # output must carry grad); the local engine with the same seed has the same initial adapter
     cfg = ray_config(tiny_vllm_model, actor_num_gpus=2, micro_batch_size=2, lora_rank=4,
                      gradient_checkpointing=True, lr=3e-3)
-    eng = RayEngine(cfg, tiny_vllm_model)
+    eng = ray_engine(cfg, tiny_vllm_model)
     local = local_engine(tiny_vllm_model, lr=cfg.lr, micro_batch_size=2, lora_rank=4)
     try:
         pid = eng.encode(PROMPT)
@@ -90,7 +87,7 @@ def test_a_continuous_lora_run_on_the_scale_engine_checkpoints_the_adapter(ray_c
     import torch
 
     from sttrl.run import run
-    from test_driver import write_questions
+    from helpers import write_questions
 
     data = write_questions(tmp_path / "q.json", n=2)
     out = tmp_path / "out"

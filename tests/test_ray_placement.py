@@ -9,8 +9,9 @@ import pytest
 from sttrl.config import Config, resolve
 from sttrl.engines.ray.placement import Layout, bundle_specs, plan_layout
 from sttrl.errors import EngineError
+from sttrl.parts import parts
 
-# name -> (flags, expected layout); the README's table of layouts is this list
+# name -> (flags, expected layout); the table of layouts in docs/ENGINES.md is this list
 LAYOUTS = {
     "4 GPUs, default": ({}, Layout(bundles=4, actor=[0, 1], vllm=[[2], [3]])),
     "4 GPUs, --separate_ref_gpu": (
@@ -30,31 +31,35 @@ LAYOUTS = {
 }
 
 
-def gpu_config(**flags) -> Config:
-    return resolve(Config(engine="ray", **flags), on_gpu=True)
+def gpu_settings(**flags):
+    """The engine settings of a resolved GPU config with these flags."""
+    return parts(resolve(Config(engine="ray", **flags), on_gpu=True)).engine
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_layouts(name):
     flags, expected = LAYOUTS[name]
-    assert plan_layout(gpu_config(**flags)) == expected
+    assert plan_layout(gpu_settings(**flags)) == expected
 
 
 def test_cpu_defaults_and_bundle_shapes():
-    cpu = resolve(Config(engine="ray"), on_gpu=False)
+    cpu = parts(resolve(Config(engine="ray"), on_gpu=False)).engine
     layout = plan_layout(cpu)
     assert layout == Layout(bundles=2, actor=[0], vllm=[[1]])
     assert bundle_specs(layout, {"CPU": 2}) == [{"CPU": 1.0}] * 2
-    four = plan_layout(gpu_config())
+    four = plan_layout(gpu_settings())
     assert bundle_specs(four, {"CPU": 2, "GPU": 4}) == [{"GPU": 1, "CPU": 0.5}] * 4
     assert four.sharers(0) == 1
-    assert plan_layout(gpu_config(colocate=True, actor_num_gpus=4)).sharers(0) == 2
+    assert plan_layout(gpu_settings(colocate=True, actor_num_gpus=4)).sharers(0) == 2
 
 
 # ---- real placement on fake GPUs --------------------------------------------------------------
 
-needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                               reason="ray not installed (bash scripts/setup.sh --scale)")
+def needs_ray(test):
+    """A scale test that runs a real (local) Ray: skipped where ray is not installed."""
+    skip = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                              reason="ray not installed (bash scripts/setup.sh --scale)")
+    return pytest.mark.scale(skip(test))
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +99,14 @@ def test_actors_land_on_their_bundles(fake_gpu_ray, name):
 
     ray = fake_gpu_ray
     flags, layout = LAYOUTS[name]
-    cfg = gpu_config(**flags)
+    settings = ActorSettings.derive(gpu_settings(**flags), "unused", pad_id=0)
     pg = create_placement_group(layout, timeout=60)
     actors = None
     try:
         assert pg.bundle_specs == [{"GPU": 1.0, "CPU": 0.5}] * 4
         gpus = bundle_gpus(ray, pg, 4)
         assert sorted(g for ids in gpus.values() for g in ids) == [0, 1, 2, 3]  # one GPU each
-        actors = spawn_actors(cfg, pg, layout, ActorSettings(model_path="unused"))
+        actors = spawn_actors(pg, layout, settings)
         infos = {label: ray.get(a.info.remote(), timeout=120) for label, a in actors.labelled()}
         expected = {f"actor rank {i}": b for i, b in enumerate(layout.actor)}
         expected |= {f"vLLM engine {i}": bs[0] for i, bs in enumerate(layout.vllm)}

@@ -18,7 +18,7 @@ from sttrl.config import Config, resolve
 from sttrl.errors import UserError
 from sttrl.run import check_saved_config, lock_output_dir, run, unlock_output_dir
 
-from test_driver import REPO, lines, tiny_config, write_questions
+from helpers import REPO, lines, tiny_config, write_questions
 
 
 def one_line_error(capsys, argv) -> str:
@@ -75,11 +75,11 @@ def test_a_run_holds_the_lock_while_it_works(tiny_model, tmp_path, monkeypatch, 
     out = tmp_path / "out"
     seen, build = [], run_module.build_engine
 
-    def build_and_try_the_lock(cfg):
+    def build_and_try_the_lock(*args):
         with pytest.raises(UserError, match=f"in use by another run \\(pid {os.getpid()}\\)"):
             lock_output_dir(out)
         seen.append(True)
-        return build(cfg)
+        return build(*args)
 
     monkeypatch.setattr(run_module, "build_engine", build_and_try_the_lock)
     run(tiny_config(tiny_model, data, out, mode=mode, n_votes=4, n_train=4, n_eval=2,

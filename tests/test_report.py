@@ -3,6 +3,7 @@ import csv
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,7 +87,7 @@ def test_table_base_row_gain_and_csv(tmp_path, capsys):
     by_row = {r["row"]: r for r in read_csv(tmp_path / "out" / "table.csv")}
     assert by_row["base model"] == {"row": "base model", "dataset": "ARITH-TTT", "pass@1": "0.478",
                                     "gain": "", "gain_ci95_lo": "", "gain_ci95_hi": "",
-                                    "questions": "4", "run_dir": runs[0]}
+                                    "questions": "4", "run_dir": runs[0], "maj@N": "", "N": ""}
     assert by_row["STTRL (reset)"]["gain_ci95_lo"] == by_row["STTRL (reset)"]["gain_ci95_hi"]
     assert by_row["STTRL (reset)"]["pass@1"] == "0.512"
     assert by_row["STTRL (reset)"]["gain"] == "0.034"
@@ -114,7 +115,8 @@ def test_missing_runs_are_empty_cells(tmp_path):
     memo_b = [r for r in read_csv(tmp_path / "out" / "table.csv")
               if r["row"] == "memo" and r["dataset"] == "B-TTT"]
     assert memo_b == [{"row": "memo", "dataset": "B-TTT", "pass@1": "", "gain": "",
-                       "gain_ci95_lo": "", "gain_ci95_hi": "", "questions": "", "run_dir": ""}]
+                       "gain_ci95_lo": "", "gain_ci95_hi": "", "questions": "", "run_dir": "",
+                       "maj@N": "", "N": ""}]
 
 
 def test_dataset_level_run_lands_in_ttrl_row(tmp_path):
@@ -226,6 +228,21 @@ def test_plots_written_per_dataset(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "out" / "B-TTT_per_question.png").exists()
     assert f"wrote {png}" in capsys.readouterr().out
+
+
+def test_the_default_install_draws_the_plots(tmp_path, capsys):
+    """matplotlib is in requirements.txt, so after scripts/setup.sh a report over two run folders
+    writes the per-question PNG and never says the plots were skipped."""
+    requirements = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text()
+    assert "matplotlib" in [line.split("#")[0].strip() for line in requirements.splitlines()]
+    pytest.importorskip("matplotlib")
+    runs = [make_run(tmp_path, "reset", before=0.25, after=0.5),
+            make_run(tmp_path, "ttft", method="ttft", before=0.25, after=0.75)]
+    assert main(runs + ["--out", str(tmp_path / "out")]) == 0
+    png = tmp_path / "out" / "ARITH-TTT_per_question.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert f"wrote {png}" in out and "plots skipped" not in out
 
 
 def test_without_matplotlib_tables_are_written_and_plots_skipped(tmp_path, capsys, monkeypatch):
@@ -511,3 +528,55 @@ def test_steps_per_question_0_never_updates(tiny_model, tmp_path, monkeypatch):
     assert [r["answers_before"] for r in cont] == [r["answers_before"] for r in reset]
     assert len({a for r in reset for a in r["answers_before"]}) > 1  # real, varied samples
     assert load_run(str(tmp_path / "none")).row == "base model (no update)"
+
+
+# ---- the base model's maj@N beside its pass@1 ------------------------------------------------
+
+def with_summary(run, **fields):
+    path = Path(run) / "summary.json"
+    summary = json.loads(path.read_text())
+    for key, value in fields.items():
+        if key == "config":
+            summary["config"].update(value)
+        else:
+            summary[key] = value
+    path.write_text(json.dumps(summary))
+    return run
+
+
+def test_the_base_model_maj_at_n_shows_beside_its_pass_at_1(tmp_path):
+    reset = with_summary(make_run(tmp_path, "reset", before=0.453, after=0.547),
+                         **{"maj@N_before": 0.625, "config": {"n_votes": 16}})
+    ttft = with_summary(make_run(tmp_path, "ttft", method="ttft", before=0.453, after=0.5),
+                        **{"maj@N_before": 0.5, "config": {"n_votes": 16}})
+    assert main([ttft, reset, "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    md = (tmp_path / "out" / "table.md").read_text()
+    rows = table_rows(md)
+    # right under the base pass@1, from the same run (the reset run's, not ttft's 0.5)
+    assert list(rows)[:3] == ["method", "base model", "base model maj@N"]
+    assert rows["base model"] == ["0.453"]
+    assert rows["base model maj@N"] == ["0.625 (maj@16)"]
+    assert "base model maj@N: the untouched model's majority vote over its N rollout" in md
+    by_row = {r["row"]: r for r in read_csv(tmp_path / "out" / "table.csv")}
+    assert (by_row["base model"]["pass@1"], by_row["base model"]["maj@N"],
+            by_row["base model"]["N"]) == ("0.453", "0.625", "16")
+    assert by_row["STTRL (reset)"]["maj@N"] == "" and by_row["ttft"]["maj@N"] == ""
+
+
+def test_a_base_maj_at_n_that_was_not_recorded_is_said_so_not_invented(tmp_path):
+    ttrl = make_run(tmp_path, "ttrl", mode="dataset", dataset="A-TTT", results=False)
+    reset = with_summary(make_run(tmp_path, "reset", dataset="B-TTT"),
+                         **{"maj@N_before": 0.75, "config": {"n_votes": 8}})
+    main([ttrl, reset, "--out", str(tmp_path / "out"), "--no-plots"])
+    rows = table_rows((tmp_path / "out" / "table.md").read_text())
+    assert rows["base model maj@N"] == ["not recorded (TTRL's summary has no maj@N)",
+                                        "0.750 (maj@8)"]
+    base = [r for r in read_csv(tmp_path / "out" / "table.csv") if r["row"] == "base model"]
+    assert [(r["dataset"], r["maj@N"], r["N"]) for r in base] == [("A-TTT", "", ""),
+                                                                   ("B-TTT", "0.75", "8")]
+
+
+def test_a_base_maj_at_n_that_is_not_a_number_is_an_error(tmp_path):
+    run = with_summary(make_run(tmp_path, "r"), **{"maj@N_before": "high"})
+    with pytest.raises(UserError, match="maj@N_before must be a number, got 'high'"):
+        load_run(run)

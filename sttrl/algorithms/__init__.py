@@ -1,8 +1,9 @@
 """The adaptation methods, registered in one place: config, the modes and the report read
 `METHODS`, so a new method is one module and one entry here.
 
-Every method's `adapt(engine, question, prompt, cfg, seed, timer, oracle, votes) ->
-sttrl.types.Adaptation` sees the question and the prompt, never the reference answer.
+Every method's `adapt(engine, question, prompt, sampling, vote, update, seed, timer, oracle,
+votes) -> sttrl.types.Adaptation` sees the question and the prompt, never the reference answer,
+and of the run's settings only its parts (sttrl/settings.py).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ class Method:
     """One adaptation method and the defaults that belong to it."""
 
     adapt: Callable
-    """adapt(engine, question, prompt, cfg, seed, timer, oracle=None, votes=None) -> Adaptation."""
+    """adapt(engine, question, prompt, sampling, vote, update, seed, timer, oracle=None,
+    votes=None) -> Adaptation."""
     lr: float
     """Default learning rate in reset mode."""
     continuous_lr: float
@@ -31,7 +33,7 @@ class Method:
     continuous_row: str
     """The report's row for a --continuous run."""
     votes: Callable | None = None
-    """votes(cfg, seed) -> SampleGroup: what `adapt` first samples from the question's own
+    """votes(sampling, seed) -> SampleGroup: what `adapt` first samples from the question's own
     prompt, before it changes anything. The per-question mode draws that group in one batch
     with its before-evaluation and hands the samples to adapt as `votes` (None: adapt samples
     them itself)."""
@@ -59,5 +61,5 @@ METHODS: dict[str, Method] = {
                    trains_weights=False),
     "memo": Method(memo.adapt, lr=1e-5, continuous_lr=1e-5, steps=3, name="memo",
                    row="memo", continuous_row="memo (continuous)",
-                   votes=lambda cfg, seed: memo.variant_group(cfg, seed, 0)),
+                   votes=lambda sampling, seed: memo.variant_group(sampling, seed, 0)),
 }

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 
 from sttrl.algorithms.grpo import group_advantages, grpo_loss
-from sttrl.algorithms.ttrl import skip_reason
 from sttrl.data.prompts import format_prompt
-from sttrl.rewards import extract_answer, ttrl_rewards, vote, voting_weights
+from sttrl.rewards import extract_answer, ttrl_rewards, voting_weights
+from sttrl.rewards import vote as elect
+from sttrl.rewards.label import skip_reason
+from sttrl.settings import SamplingSettings, UpdateSettings, VoteSettings
 from sttrl.types import Adaptation, SampleGroup, TrainBatch
 
 
@@ -22,7 +24,7 @@ def marginal_rewards(answers: list[str | None], task: str,
 
     An unanswered sample counts as a cluster of its own (probability 1/N): it is never the mode.
     """
-    _, stats = vote(answers, None, task, form=form)
+    _, stats = elect(answers, None, task, form=form)
     n = len(answers)
     shares = [stats.cluster_counts[rep] / n for rep in stats.representatives]
     rewards = [math.log(shares[c]) if c is not None else math.log(1 / n)
@@ -34,47 +36,47 @@ def marginal_rewards(answers: list[str | None], task: str,
     return rewards, entropy
 
 
-def variant_group(cfg, seed: int, v: int) -> SampleGroup:
+def variant_group(sampling: SamplingSettings, seed: int, v: int) -> SampleGroup:
     """The samples of phrasing v; phrasing 0 is the question's own prompt (Method.votes)."""
-    return SampleGroup(max(1, cfg.n_votes // cfg.memo_variants), cfg.temperature, cfg.top_p,
-                       seed + 1000 * v)
+    return SampleGroup(max(1, sampling.n_votes // sampling.memo_variants), sampling.temperature,
+                       sampling.top_p, seed + 1000 * v)
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None,
-          votes=None) -> Adaptation:
-    """`votes`: phrasing 0's samples (variant_group(cfg, seed, 0)) if the mode drew them."""
-    B = cfg.memo_variants
-    per = max(1, cfg.n_votes // B)
+def adapt(engine, question, prompt: str, sampling: SamplingSettings, vote: VoteSettings,
+          update: UpdateSettings, seed: int, timer, oracle=None, votes=None) -> Adaptation:
+    """`votes`: phrasing 0's samples (variant_group(sampling, seed, 0)) if the mode drew them."""
+    B = sampling.memo_variants
+    per = max(1, sampling.n_votes // B)
+    form = vote.answer_form
     prompts, samples = [], []
     with timer("generate"):
         for v in range(B):
             text = prompt if v == 0 else format_prompt(question, engine.tokenizer,
-                                                       cfg.prompt_family, variant=v)
-            g = variant_group(cfg, seed, v)
+                                                       sampling.prompt_family, variant=v)
+            g = variant_group(sampling, seed, v)
             got = votes if v == 0 and votes is not None else engine.generate(
-                text, g.n, g.temperature, g.top_p, cfg.max_new_tokens, g.seed)
+                text, g.n, g.temperature, g.top_p, sampling.max_new_tokens, g.seed)
             prompts += [engine.encode(text)] * len(got)
             samples += got
     with timer("vote"):
         answers = [extract_answer(s.text, question.task) for s in samples]
-        weights = voting_weights(cfg.voting_function, samples, tau=cfg.energy_tau,
-                                 keep_frac=cfg.confidence_keep, answers=answers)
-        label, stats = vote(answers, weights, question.task, form=cfg.answer_form)
-        memo_rewards, entropy = marginal_rewards(answers, question.task, cfg.answer_form)
+        weights = voting_weights(vote.voting_function, samples, tau=vote.energy_tau,
+                                 keep_frac=vote.confidence_keep, answers=answers)
+        label, stats = elect(answers, weights, question.task, form=form)
+        memo_rewards, entropy = marginal_rewards(answers, question.task, form)
         # train on an equal share of each phrasing's samples
-        take = [v * per + i for v in range(B) for i in range(max(1, cfg.n_train // B))]
-        rewards = ttrl_rewards([answers[i] for i in take], label, question.task,
-                               form=cfg.answer_form)
+        take = [v * per + i for v in range(B) for i in range(max(1, sampling.n_train // B))]
+        rewards = ttrl_rewards([answers[i] for i in take], label, question.task, form=form)
     reason = skip_reason(label, [memo_rewards[i] for i in take])
     history = []
-    if reason is None and cfg.steps_per_question > 0:
+    if reason is None and update.steps > 0:
         batch = TrainBatch([prompts[i] for i in take], [samples[i].token_ids for i in take],
                            group_advantages([memo_rewards[i] for i in take]),
-                           temperature=cfg.temperature)
+                           temperature=sampling.temperature)
         with timer("train"):
             history = engine.train(batch, grpo_loss,
-                                   {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef},
-                                   cfg.steps_per_question)
+                                   {"clip_eps": update.clip_eps, "kl_coef": update.kl_coef},
+                                   update.steps)
     # trained samples first, so answers[:len(rewards)] lines up with rewards for the metrics
     rest = sorted(set(range(len(answers))) - set(take))
     return Adaptation([answers[i] for i in take + rest], label, stats, rewards, reason, history,

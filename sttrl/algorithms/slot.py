@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from sttrl.algorithms.ttrl import sample_and_vote
+from sttrl.settings import SamplingSettings, UpdateSettings, VoteSettings
 from sttrl.types import Adaptation
 
 WEIGHT_DECAY = 1e-8
@@ -48,17 +49,17 @@ def fit_delta(engine, prompt_ids: list[int], lr: float, steps: int,
     return delta.detach(), history
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None,
-          votes=None) -> Adaptation:
+def adapt(engine, question, prompt: str, sampling: SamplingSettings, vote: VoteSettings,
+          update: UpdateSettings, seed: int, timer, oracle=None, votes=None) -> Adaptation:
     # SLOT does not use the vote; it is taken so every method reports the same metrics.
-    _, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg, seed, timer,
-                                                        votes=votes)
+    _, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, sampling, vote,
+                                                        seed, timer, votes=votes)
     history = []
-    if cfg.steps_per_question > 0:
+    if update.steps > 0:
         with timer("train"):
             # continuous mode starts from the delta the previous questions left behind
             previous = engine.head_hook.delta if isinstance(engine.head_hook, HiddenDelta) else None
-            delta, history = fit_delta(engine, engine.encode(prompt), cfg.lr,
-                                       cfg.steps_per_question, previous)
+            delta, history = fit_delta(engine, engine.encode(prompt), update.lr, update.steps,
+                                       previous)
             engine.set_head_hook(HiddenDelta(delta))
     return Adaptation(answers, label, stats, rewards, None, history)

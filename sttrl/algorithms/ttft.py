@@ -6,7 +6,9 @@ so a unanimous vote still trains (it sharpens what the model already says).
 """
 from __future__ import annotations
 
-from sttrl.algorithms.ttrl import sample_and_vote, weak_vote
+from sttrl.algorithms.ttrl import sample_and_vote
+from sttrl.rewards.label import weak_vote
+from sttrl.settings import SamplingSettings, UpdateSettings, VoteSettings
 from sttrl.types import Adaptation, TrainBatch
 
 
@@ -16,23 +18,23 @@ def sft_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask):
     return nll, {"loss": float(nll.detach())}
 
 
-def adapt(engine, question, prompt: str, cfg, seed: int, timer, oracle=None,
-          votes=None) -> Adaptation:
+def adapt(engine, question, prompt: str, sampling: SamplingSettings, vote: VoteSettings,
+          update: UpdateSettings, seed: int, timer, oracle=None, votes=None) -> Adaptation:
     # --reward random: a random subset of the same size as the agreeing samples
-    samples, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, cfg,
-                                                              seed, timer, oracle, exact=True,
-                                                              votes=votes)
+    samples, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, sampling,
+                                                              vote, seed, timer, oracle,
+                                                              exact=True, votes=votes)
     keep = [s.token_ids for s, r in zip(samples, rewards) if r > 0]
     reason = None if keep else ("no answer could be extracted from any sample" if label is None
                                 else "no trained sample agrees with the vote")
-    weak = weak_vote(stats, cfg)
+    weak = weak_vote(stats, update.min_majority_ratio, vote.reward)
     if keep and weak is not None:
         keep, reason = [], weak
     history = []
-    if keep and cfg.steps_per_question > 0:
+    if keep and update.steps > 0:
         # SFT on the samples: untempered log-likelihood (temperature 1.0), as TRL's SFT
         # trainer computes it, whatever temperature the samples were drawn at.
         batch = TrainBatch.shared(engine.encode(prompt), keep, [1.0] * len(keep))
         with timer("train"):
-            history = engine.train(batch, sft_loss, {}, cfg.steps_per_question)
+            history = engine.train(batch, sft_loss, {}, update.steps)
     return Adaptation(answers, label, stats, rewards, reason, history)

@@ -2,17 +2,17 @@
 
 A TTT file is a JSON list of objects with the fields `prompt`, `answer`, `source` and `id`
 (all required). The reference answer lives only in `Example.answer`; `Question`, the part
-that training code sees, has no answer field, so a label cannot leak into a reward by accident.
+that training code sees, has no answer field (both records are in sttrl/types.py).
 """
 from __future__ import annotations
 
 import json
 import os
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 from sttrl.errors import UserError
+from sttrl.types import Example, Question
 
 DATASETS = ("AIME-TTT", "AMC-TTT", "MATH-TTT", "GSM8K-TTT", "GPQA-TTT")
 ARITH_DATASETS = {"ARITH-TTT": 1, "ARITH-TTT-L2": 2, "ARITH-TTT-L3": 3}  # name -> level
@@ -22,24 +22,6 @@ MAX_FILE_BYTES = 512 * 1024 * 1024  # the largest real set is well under 1 MB
 # and 1M characters is past any model's context. run.py checks tokens against the model's.
 MAX_PROMPT_CHARS = 1_000_000
 DEFAULT_DATA_DIR = Path(__file__).parents[2] / "data"
-
-
-@dataclass(frozen=True)
-class Question:
-    """What the model and the training loop see for one test item."""
-
-    id: str
-    prompt: str  # the bare question; prompt templates add the instruction
-    source: str
-    task: str  # "gpqa" (multiple choice, answer is a letter) or "math"
-
-
-@dataclass(frozen=True)
-class Example:
-    """A question with its reference answer, which only evaluation may read."""
-
-    question: Question
-    answer: str
 
 
 # --- TTT files ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ Chat templates may write special tokens into the text (Llama's <|begin_of_text|>
 """
 from __future__ import annotations
 
-from sttrl.data.datasets import Question
+from sttrl.types import Question
 from sttrl.errors import UserError
 
 # Variant 0 is the paper's wording; the others say the same thing in other words, for methods

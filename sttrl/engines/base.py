@@ -1,14 +1,16 @@
-"""The interface both engines implement in full, as the modes and methods use it.
+"""The contract both engines implement in full: everything the modes, the methods and `run.py`
+use of an engine, and nothing else (tests/test_engine_contract.py checks both engines against it).
 
 `LocalEngine` (sttrl/engines/local.py) and `RayEngine` (sttrl/engines/ray/engine.py) are built
-the same way, `Engine(cfg, model_path)`, from a resolved `sttrl.config.Config`, and the modes
-cannot tell them apart. Records come from `sttrl.types`.
+the same way, `Engine(settings, model_path)`, from their own `sttrl.settings.EngineSettings`, and
+the modes cannot tell them apart. Records come from `sttrl.types`.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-from sttrl.types import Sample, SampleGroup, TrainBatch
+from sttrl.settings import EngineSettings
+from sttrl.types import Sample, SampleGroup, TrainBatch, TrustRegion
 
 HeadHook = Callable[[Any], Any]
 """Maps the final hidden states [..., d] entering the LM head to the ones the head should see."""
@@ -19,9 +21,18 @@ class Engine(Protocol):
 
     tokenizer: Any
     """A Hugging Face tokenizer, for prompt templates and token counts."""
+    max_context: int | None
+    """The most tokens a prompt and its response may hold together (None: no known limit);
+    `run.py` refuses a question whose prompt and --max_new_tokens do not fit."""
 
-    def __init__(self, cfg, model_path: str) -> None:
-        """Load the model at `model_path` as the resolved config `cfg` says (device, lr, ...)."""
+    def __init__(self, settings: EngineSettings, model_path: str) -> None:
+        """Load the model at `model_path` as `settings` say (device, optimiser, layout, ...)."""
+
+    def sampling_memory(self, rows: int, prompt_tokens: int,
+                        max_new_tokens: int) -> tuple[int, str] | None:
+        """A lower estimate of the bytes one sampling call of `rows` samples holds at once, and
+        the device whose free memory must hold them; None where the engine cannot tell
+        (`run.py` refuses a run whose largest call would not fit, before any sampling)."""
 
     def encode(self, prompt: str) -> list[int]:
         """The token ids of a formatted prompt, as generate and train see it."""
@@ -45,7 +56,8 @@ class Engine(Protocol):
     def train(self, batch: TrainBatch, loss_fn: Callable, loss_kwargs: dict, steps: int,
               mini_batches: list[list[int]] | None = None,
               lrs: list[float] | None = None,
-              stop: Callable[[dict], bool] | None = None) -> list[dict]:
+              stop: Callable[[dict], bool] | None = None,
+              trust: TrustRegion | None = None) -> list[dict]:
         """Run `steps` optimiser steps on one batch, or with `mini_batches` (row indices) `steps`
         epochs of one optimiser step per mini-batch; `lrs`: each optimiser step's learning
         rate; `stop(stats)`: end the update after the first step whose stats it accepts (the
@@ -60,16 +72,16 @@ class Engine(Protocol):
         of the policy that sampled (the weights when train is called): every step's ratio is
         against it, and the first step is exactly on-policy.
         ref_logprobs are the initial weights' (None unless loss_kwargs['kl_coef'] > 0).
+
+        `trust`: measure every step (a scoring pass after it: `kl_step` to the policy before
+        it, `kl_ref` to the initial model, `param_change`), undo a step that passes the
+        region's budget exactly and retry it at a smaller lr (`measured.py` on each engine);
+        with `batch.probe`, also the held-out responses' log-ratios after each step.
         """
 
     def set_lr(self, lr: float) -> None:
-        """The optimiser's learning rate from now on (dataset mode's schedule)."""
-
-    def snapshot(self) -> Any:
-        """Capture the trainable state (weights, optimiser, head hook) for a later exact restore."""
-
-    def restore(self, state: Any) -> None:
-        """Return weights and optimiser to a snapshot, bit-exactly."""
+        """The optimiser's learning rate from now on (benchmarks/accuracy.py runs grid points
+        of different lrs on one engine)."""
 
     def reset(self) -> None:
         """Back to the initial weights, an empty optimiser state and no head hook."""

@@ -12,12 +12,13 @@ import torch
 from sttrl.data.prompts import encode_prompt
 from sttrl.engines import lora
 from sttrl.engines.decoding import decode
-from sttrl.engines.models import enable_gradient_checkpointing, load_model
+from sttrl.engines.models import enable_gradient_checkpointing, load_model, sampling_bytes
 from sttrl.engines.sequences import (PASS_COST_TOKENS, SHARE_MIN_TOKENS,
                                      length_buckets, pad_batch, response_logprobs,
                                      response_mask, shared_prompt_logprobs, stop_token_ids)
 from sttrl.errors import UserError
 from sttrl.engines.measured import clip_gradient, train_measured
+from sttrl.settings import EngineSettings
 from sttrl.types import Sample, SampleGroup, TrainBatch, TrustRegion
 
 
@@ -53,11 +54,12 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float):
 class LocalEngine:
     """Generate, train and reset one Hugging Face causal LM in this process."""
 
-    def __init__(self, cfg, model_path: str):
-        self.device = pick_device(cfg.device)
-        self.ref_device = reference_device(self.device, cfg.separate_ref_gpu)
+    def __init__(self, settings: EngineSettings, model_path: str):
+        s = settings
+        self.device = pick_device(s.device)
+        self.ref_device = reference_device(self.device, s.separate_ref_gpu)
         # None: torch's default, all cores; 1 thread only pays while another job holds a core.
-        self.generation_threads = cfg.generation_threads or None
+        self.generation_threads = s.generation_threads or None
         # Weights and AdamW state stay fp32 on every device; on a GPU the forward passes
         # (generation, scoring, training) run under bf16 autocast. bf16 weights updated in place
         # lose every step smaller than half a bf16 ulp (lr 5e-7 against a 0.02 weight: all of
@@ -67,22 +69,22 @@ class LocalEngine:
         # A test may set autocast_dtype to bf16 on the CPU to run the GPU's numerics there.
         # With LoRA the base never changes, so on a GPU it is stored in bf16 (half the memory);
         # only the adapter and its AdamW state need fp32 (lora.wrap).
-        self.lora_rank, self.lora, self.lora_dropout = (cfg.lora_rank, cfg.lora_rank > 0,
-                                                        cfg.lora_dropout > 0)
+        self.lora_rank, self.lora, self.lora_dropout = (s.lora_rank, s.lora_rank > 0,
+                                                        s.lora_dropout > 0)
         on_cuda = self.device.startswith("cuda")
         self.dtype = torch.bfloat16 if self.lora and on_cuda else torch.float32
         self.autocast_dtype = torch.bfloat16 if on_cuda else None
-        self.model_path, self.trust_remote_code = model_path, cfg.trust_remote_code
+        self.model_path, self.trust_remote_code = model_path, s.trust_remote_code
         self.model, self.tokenizer = load_model(model_path, self.dtype, self.device,
-                                                cfg.trust_remote_code)
+                                                s.trust_remote_code)
         self.model.eval()  # no dropout in training either: rollouts and updates see one policy
         # the longest prompt + response the model was built for (run.py checks prompts against it)
         self.max_context = getattr(self.model.config, "max_position_embeddings", None)
-        self.gradient_checkpointing = cfg.gradient_checkpointing
+        self.gradient_checkpointing = s.gradient_checkpointing
         if self.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)  # before wrapping: it zeroes every dropout
         if self.lora:
-            self.model = lora.wrap(self.model, cfg)
+            self.model = lora.wrap(self.model, s)
             if self.gradient_checkpointing:
                 # The frozen embeddings' output has no grad, and a checkpointed layer whose
                 # inputs need none returns none to the adapters inside it.
@@ -91,9 +93,9 @@ class LocalEngine:
         self._head_hook_on = True
         self.model.get_output_embeddings().register_forward_pre_hook(self._apply_head_hook)
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # the adapter's
-        self.optimizer = make_optimizer(cfg.optimizer, self.params, cfg.lr, cfg.weight_decay)
-        self.grad_clip = cfg.grad_clip
-        self.micro_batch_size = cfg.micro_batch_size
+        self.optimizer = make_optimizer(s.optimizer, self.params, s.lr, s.weight_decay)
+        self.grad_clip = s.grad_clip
+        self.micro_batch_size = s.micro_batch_size
         # Training runs each prompt once per micro-batch and shares its KV cache across the rows;
         # gradient checkpointing needs cache-free forwards, so it pads every row instead.
         self.share_prompt = not self.gradient_checkpointing
@@ -105,6 +107,12 @@ class LocalEngine:
 
     def close(self) -> None:
         """Nothing to release: the model goes with the process."""
+
+    def sampling_memory(self, rows: int, prompt_tokens: int,
+                        max_new_tokens: int) -> tuple[int, str] | None:
+        """What the largest sampling call holds at once (models.sampling_bytes), on this device."""
+        need = sampling_bytes(self.model.config, self.dtype, rows, prompt_tokens + max_new_tokens)
+        return None if need is None else (need, self.device)
 
     def _autocast(self):
         """The precision of every forward pass: bf16 autocast over fp32 weights, or plain.
@@ -343,6 +351,8 @@ class LocalEngine:
             group["lr"] = lr
 
     # ---- reset ------------------------------------------------------------------------------
+    # snapshot/restore are this engine's own (no mode uses them, so they are not in the
+    # contract): the initial snapshot is what reset restores.
     def snapshot(self) -> dict:
         return {"params": [p.detach().clone() for p in self.params],
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),

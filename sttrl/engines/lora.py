@@ -12,6 +12,7 @@ import re
 import torch
 
 from sttrl.errors import UserError
+from sttrl.settings import EngineSettings
 
 # The adapter ranks vLLM can be started for (its LoRAConfig.max_lora_rank); an adapter of a
 # smaller rank is served by the next one up.
@@ -23,11 +24,12 @@ def target_modules(spec: str) -> list[str]:
     return [name.strip() for name in spec.split(",") if name.strip()]
 
 
-def lora_config(cfg):
+def lora_config(settings: EngineSettings):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=target_modules(cfg.lora_target_modules), bias="none",
+    s = settings
+    return LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+                      target_modules=target_modules(s.lora_target_modules), bias="none",
                       task_type="CAUSAL_LM")
 
 
@@ -43,19 +45,19 @@ def check_targets(model, names: list[str]) -> None:
                         f"(its linear layers: {', '.join(linear)})")
 
 
-def wrap(model, cfg):
+def wrap(model, settings: EngineSettings):
     """`model` with a fresh fp32 adapter (B = 0) and every base weight frozen."""
     from peft import get_peft_model
 
-    check_targets(model, target_modules(cfg.lora_target_modules))
+    check_targets(model, target_modules(settings.lora_target_modules))
     model.requires_grad_(False)
     # peft keeps adapters of a bf16 base in fp32 (autocast_adapter_dtype); the cast below only
     # makes that explicit: Adam's small steps need fp32 whatever the base is stored in.
     # A's random init from the run's seed: every engine of a run, and every run with that seed,
     # starts from the same adapter, whatever else drew from torch's generator before.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        wrapped = get_peft_model(model, lora_config(cfg))
+        torch.manual_seed(settings.seed)
+        wrapped = get_peft_model(model, lora_config(settings))
     for p in wrapped.parameters():
         if p.requires_grad:
             p.data = p.data.float()
@@ -113,9 +115,9 @@ def peft_key(name: str) -> str:
     return re.sub(r"\.(lora_[AB])\.default\.", r".\1.", name)
 
 
-def adapter_config_dict(cfg, base_model_path: str) -> dict:
+def adapter_config_dict(settings: EngineSettings, base_model_path: str) -> dict:
     """The adapter_config.json that peft and vLLM read next to adapter_model.safetensors."""
-    out = lora_config(cfg).to_dict()
+    out = lora_config(settings).to_dict()
     out["base_model_name_or_path"] = base_model_path
     out["target_modules"] = sorted(out["target_modules"])
     for k, v in out.items():  # sets and enums are not JSON

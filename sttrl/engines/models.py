@@ -175,6 +175,23 @@ def load_model(path: str, dtype, device: str, trust_remote_code: bool = False):
     return model.to(device), tokenizer
 
 
+def sampling_bytes(config, dtype, rows: int, tokens: int) -> int | None:
+    """A lower estimate of what one sampling call of `rows` samples of up to `tokens` tokens
+    (prompt and response) holds at once: their KV cache at full length, and a few [rows, vocab]
+    float32 tensors per step. None when the model's config does not say its shape."""
+    import torch
+
+    try:
+        layers = config.num_hidden_layers
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        width = torch.finfo(dtype).bits // 8
+        kv = rows * tokens * layers * 2 * heads * head_dim * width
+        return kv + 4 * rows * config.vocab_size * 4
+    except (AttributeError, TypeError):
+        return None
+
+
 def enable_gradient_checkpointing(model) -> None:
     """Recompute each layer's activations in the backward pass, for training in eval semantics.
 

@@ -2,13 +2,18 @@
 buckets and the log-probs of a response given its prompt.
 
 The local engine and the scale engine's trainer ranks import these, so both score and train
-on exactly the same tensors.
+on exactly the same tensors. Log-probs never hold the logits of a whole response: the LM head
+runs over chunks of its tokens (`logprob_head`), [B, T, d] hidden states in, [B, T] out.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
+from torch.utils.checkpoint import checkpoint
+
+from sttrl.errors import UserError
 
 TOP_K_CONFIDENCE = 20  # DeepConf's k for token confidence
 # What one more forward and backward pass costs, in tokens of work (length_buckets). Measured
@@ -18,6 +23,17 @@ PASS_COST_TOKENS = 96
 # Sharing a prompt's KV cache takes a second forward call: worth it once the copies of the
 # prompt it saves add up to this many tokens.
 SHARE_MIN_TOKENS = 64
+# The LM head runs over chunks of the response of this many logits (chunked_head_logprobs).
+# 2^24 fp32 logits are 64 MiB: a chunk and the few copies its backward makes stay a few hundred
+# MB whatever the batch, and on a CPU a buffer over glibc's 32 MiB mmap threshold goes back to
+# the system when freed (smaller ones fragment the heap: chunks of 128 tokens held as much
+# memory as no chunks, benchmarks/profile_logprob_chunks.py). It is 341 tokens of a 49K
+# vocabulary and 130 of a 128K one: rows enough for the chunk's matrix product.
+LOGIT_CHUNK_ELEMENTS = 2**24
+# Chunks up to this many logits keep their log-softmax for the backward instead of running the
+# head again in it (at most 256 MiB held): the CPU default's micro-batches (8 x 128 tokens) then
+# cost no recomputation, which would add a third of the head's work (a fifth of SmolLM2's).
+LOGIT_KEEP_ELEMENTS = 2**26
 
 
 def stop_token_ids(generation_config, tokenizer) -> list[int]:
@@ -81,24 +97,116 @@ def logit_temperature(temperature: float) -> float:
 
 def tempered_logprobs(logits: torch.Tensor, targets: torch.Tensor,
                       temperature: float = 1.0) -> torch.Tensor:
-    """log softmax(logits / temperature) at the targets: [B, T, V], [B, T] -> [B, T]."""
+    """log softmax(logits / temperature) at the targets: [..., V], [...] -> [...]."""
     t = logit_temperature(temperature)
     scaled = logits if t == 1.0 else logits / t
     return torch.log_softmax(scaled, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
 
 
+def logit_chunk_tokens(vocab: int) -> int:
+    """How many tokens one chunk of the LM head covers: LOGIT_CHUNK_ELEMENTS logits."""
+    return max(1, LOGIT_CHUNK_ELEMENTS // vocab)
+
+
+def _head_chunk(head_forward, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                with_logsumexp: bool) -> torch.Tensor:
+    """The LM head, temperature, log-softmax and gather on one chunk: hidden [c, d], targets [c]
+    -> [c, 1] log-probs, or [c, 2] with the raw logits' logsumexp. The only place logits exist."""
+    # fp32 before the softmax whatever the head computed in (bf16 under autocast on a GPU)
+    logits = head_forward(hidden).float()  # [c, V]
+    logp = tempered_logprobs(logits, targets, temperature)  # [c]
+    if with_logsumexp:
+        return torch.stack([logp, torch.logsumexp(logits, dim=-1)], dim=-1)  # [c, 2]
+    return logp[:, None]
+
+
+def chunked_head_logprobs(head_forward, hidden: torch.Tensor, targets: torch.Tensor,
+                          temperature: float, with_logsumexp: bool, chunk: int,
+                          keep: int = 0) -> torch.Tensor:
+    """Token log-probs [B, n, k] (k = 2: and the raw logsumexp) from the hidden states that
+    enter the head, [B or 1, >= n, d] (position i predicts targets[:, i], [B, n]).
+
+    The head runs on `chunk` tokens at a time, so no [B, n, V] tensor ever exists, in the
+    forward or in the backward. With gradients on, the first `keep` chunks keep their
+    log-softmax [chunk, V] for the backward; every later one is checkpointed: its forward keeps
+    only its hidden states, and the backward runs its head again.
+    """
+    B, n = targets.shape
+    h = hidden[:, :n].expand(B, n, hidden.shape[-1]).reshape(B * n, -1)  # [B*n, d]
+    y = targets.reshape(-1)  # [B*n]
+    grad = torch.is_grad_enabled()
+    pieces = []
+    for i, s in enumerate(range(0, B * n, chunk)):
+        args = (head_forward, h[s:s + chunk], y[s:s + chunk], temperature, with_logsumexp)
+        pieces.append(checkpoint(_head_chunk, *args, use_reentrant=False) if grad and i >= keep
+                      else _head_chunk(*args))
+    return torch.cat(pieces).view(B, n, -1)  # [B, n, k]
+
+
+@contextlib.contextmanager
+def logprob_head(model, targets: torch.Tensor, temperature: float, with_logsumexp: bool,
+                 chunk: int | None = None):
+    """While inside, the model's LM head returns `chunked_head_logprobs` of its input, [B, n,
+    k], in place of logits. Yields `run(**model_kwargs)`: the model's output, whose `.logits`
+    are those log-probs.
+
+    The head module itself is called, once per forward: its pre-hooks (the local engine's head
+    hook) see the whole hidden states as before, and under ZeRO-3 its weight is gathered once
+    for the forward and once for the backward (chunks recompute inside the backward of the
+    head's output) rather than once per chunk. A model that changes the head's output before
+    returning it (soft-capping, scaling) would have that change applied to log-probs: refused.
+    """
+    head = model.get_output_embeddings()
+    vocab = getattr(head, "out_features", None) or model.config.get_text_config().vocab_size
+    chunk = chunk or logit_chunk_tokens(vocab)
+    keep = LOGIT_KEEP_ELEMENTS // (chunk * vocab)
+    own = head.__dict__.get("forward")  # an instance-level forward (accelerate's hooks) stays
+    original = head.forward
+
+    def forward(hidden, *args, **kwargs):  # [B or 1, L, d] -> [B, n, k]
+        return chunked_head_logprobs(original, hidden, targets, temperature, with_logsumexp,
+                                     chunk, keep)
+
+    seen = []
+    head.forward = forward
+    handle = head.register_forward_hook(lambda module, inputs, output: seen.append(output))
+
+    def run(**kwargs):
+        seen.clear()
+        out = model(**kwargs)
+        # wrappers (ZeRO-3's backward hooks) may hand on a copy; a change shows in the values
+        if not seen or not torch.equal(out.logits, seen[-1]):
+            name = getattr(getattr(model, "config", None), "model_type", None)
+            raise UserError(f"{name or type(model).__name__} changes the LM head's output before "
+                            "returning its logits (soft-capping or scaling), which the chunked "
+                            "log-probs do not apply: this model is not supported")
+        return out
+
+    try:
+        yield run
+    finally:
+        handle.remove()
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
+
+
+def _split(got: torch.Tensor, with_logsumexp: bool):
+    """[B, T, k] -> log-probs [B, T] (and logsumexp [B, T])."""
+    return (got[..., 0], got[..., 1]) if with_logsumexp else got[..., 0]
+
+
 def response_logprobs(model, ids, attn, pos, T: int, with_logsumexp: bool = False,
                       temperature: float = 1.0):
     """log p(response token) [B, T] under softmax(logits / temperature) (and, if asked, the
-    logsumexp of the raw, untempered logits [B, T])."""
-    # Only the last T+1 positions predict response tokens: skip the LM head on the prompt.
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos,
-                   logits_to_keep=T + 1, use_cache=False).logits[:, :-1, :].float()  # [B, T, V]
+    logsumexp of the raw, untempered logits [B, T]), without materialising the logits."""
     targets = ids[:, -T:]  # [B, T]
-    logp = tempered_logprobs(logits, targets, temperature)
-    if with_logsumexp:
-        return logp, torch.logsumexp(logits, dim=-1)
-    return logp
+    # Only the last T+1 positions predict response tokens: skip the LM head on the prompt.
+    with logprob_head(model, targets, temperature, with_logsumexp) as run:
+        got = run(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1,
+                  use_cache=False).logits  # [B, T, k]
+    return _split(got, with_logsumexp)
 
 
 def shared_prompt_logprobs(model, prompt: list[int], responses: list[list[int]], pad_id: int,
@@ -116,21 +224,21 @@ def shared_prompt_logprobs(model, prompt: list[int], responses: list[list[int]],
     for i, r in enumerate(responses):
         resp[i, :len(r)] = torch.tensor(r, dtype=torch.long)
     resp = resp.to(device)
-    out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
-    logits = out.logits[:, -1:, :].expand(b, 1, -1)  # [b, 1, V]: predicts the first token
+    # the prompt's last position predicts every row's first token
+    with logprob_head(model, resp[:, :1], temperature, with_logsumexp) as run:
+        out = run(input_ids=torch.tensor([prompt], device=device), use_cache=True,
+                  logits_to_keep=1)
+    got = out.logits  # [b, 1, k]
     if T > 1:
         cache = out.past_key_values
         cache.batch_repeat_interleave(b)
         pos = torch.arange(P, P + T - 1, device=device).expand(b, -1)  # [b, T-1]
         # Right padding needs no attention mask: causal attention never looks ahead to it.
-        rest = model(input_ids=resp[:, :-1], past_key_values=cache, position_ids=pos,
-                     use_cache=True).logits  # [b, T-1, V]
-        logits = torch.cat([logits, rest], dim=1)
-    logits = logits.float()  # [b, T, V]
-    logp = tempered_logprobs(logits, resp, temperature)
-    if with_logsumexp:
-        return logp, torch.logsumexp(logits, dim=-1)
-    return logp
+        with logprob_head(model, resp[:, 1:], temperature, with_logsumexp) as run:
+            rest = run(input_ids=resp[:, :-1], past_key_values=cache, position_ids=pos,
+                       use_cache=True).logits  # [b, T-1, k]
+        got = torch.cat([got, rest], dim=1)
+    return _split(got, with_logsumexp)
 
 
 def response_mask(responses: list[list[int]], device) -> torch.Tensor:

@@ -6,6 +6,7 @@ import zlib
 from collections import defaultdict
 from contextlib import contextmanager
 
+from sttrl.engines.base import Engine
 from sttrl.rewards import extract_answer
 
 
@@ -32,13 +33,13 @@ def question_seed(seed: int, question_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(question_id.encode())) % (2**31 - 1)
 
 
-def sample_answers(engine, prompt: str, task: str, n: int, temperature: float, top_p: float,
+def sample_answers(engine: Engine, prompt: str, task: str, n: int, temperature: float, top_p: float,
                    max_new_tokens: int, seed: int) -> list[str | None]:
     samples = engine.generate(prompt, n, temperature, top_p, max_new_tokens, seed)
     return [extract_answer(s.text, task) for s in samples]
 
 
-def generate_shared(engine, prompt: str, groups: list, phases: list[str],
+def generate_shared(engine: Engine, prompt: str, groups: list, phases: list[str],
                     max_new_tokens: int, timer: Timer) -> list[list]:
     """One `generate_groups` call for several phases' groups of samples. Its seconds are
     split between the phases in proportion to the tokens each group generated: the batch's

@@ -16,10 +16,12 @@ one entry per optimiser step taken under "updates".
 
 Resume: the model, optimiser and batch counter are checkpointed at every evaluation, before the
 evaluation's line is written; a killed run restarts from the last checkpoint.
+
+The logger (--progress, --tensorboard, --wandb; logger.py) records each rollout batch: the
+groups it trained, its update statistics' means, and pass@1 where it was evaluated.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import zlib
@@ -28,13 +30,15 @@ from pathlib import Path
 import torch
 
 from sttrl.algorithms.grpo import group_advantages, grpo_loss
-from sttrl.algorithms.ttrl import pseudo_label, train_rewards
 from sttrl.data import format_prompt
+from sttrl.engines.base import Engine
 from sttrl.files import append_jsonl, read_jsonl, rewrite_jsonl, write_atomic, write_json_atomic
-from sttrl.modes.common import question_seed, sample_answers
-from sttrl.rewards.metrics import pass_at_1
+from sttrl.modes.evaluate import evaluate_set
+from sttrl.modes.logger import RunLogger
+from sttrl.rewards.label import pseudo_label, train_rewards
 from sttrl.rewards.oracle import OracleReward
-from sttrl.types import TrainBatch
+from sttrl.settings import RunParts
+from sttrl.types import Example, Question, TrainBatch
 
 
 def lr_at(step: int, total: int, peak: float, warmup_ratio: float) -> float:
@@ -47,46 +51,38 @@ def lr_at(step: int, total: int, peak: float, warmup_ratio: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def evaluate_set(engine, examples, prompts, cfg) -> float:
-    """Mean pass@1 over the set: n_eval samples per question at val_temp / val_top_p."""
-    scores = []
-    for ex, prompt in zip(examples, prompts):
-        answers = sample_answers(engine, prompt, ex.question.task, cfg.n_eval, cfg.val_temp,
-                                 cfg.val_top_p, cfg.max_new_tokens,
-                                 question_seed(cfg.seed, ex.question.id) + 1)
-        scores.append(pass_at_1(answers, ex.answer, ex.question.task, form=cfg.answer_form))
-    return sum(scores) / len(scores)
-
-
 def batch_slots(n_questions: int, prompts_per_step: int, mini_batch_prompts: int) -> list[int]:
     """Optimiser-step slots of each rollout batch of one episode (the last batch may be short)."""
     sizes = [min(prompts_per_step, n_questions - k) for k in range(0, n_questions, prompts_per_step)]
     return [math.ceil(size / mini_batch_prompts) for size in sizes]
 
 
-def train_step(engine, questions, prompts, cfg, step_seed: int, first_slot: int,
-               total_slots: int, oracles: list | None = None) -> dict:
+def train_step(engine: Engine, questions: list[Question], prompts: list[str], parts: RunParts,
+               step_seed: int, first_slot: int, total_slots: int,
+               oracles: list | None = None) -> dict:
     """One rollout batch and its mini-batch GRPO (gae: PPO) steps; the reference answers are
-    not passed in (--reward oracle: `oracles`, one OracleReward per question, are). Mini-batch k holds questions k*m .. k*m+m-1 and trains at slot first_slot+k."""
+    not passed in (--reward oracle: `oracles`, one OracleReward per question, are). Mini-batch k
+    holds questions k*m .. k*m+m-1 and trains at slot first_slot+k."""
+    sampling, update = parts.sampling, parts.update
     batch_prompts, responses, advantages, all_rewards = [], [], [], []
     group_rows: list[list[int]] = []  # per question: its rows in the batch (empty: skipped)
     for j, (q, prompt) in enumerate(zip(questions, prompts)):
-        samples = engine.generate(prompt, cfg.n_votes, cfg.temperature, cfg.top_p,
-                                  cfg.max_new_tokens, step_seed + j)
-        answers, label, _ = pseudo_label(samples, q.task, cfg)
-        rewards = train_rewards(answers[:cfg.n_train], label, q.task, cfg, step_seed + j,
-                                oracles[j] if oracles else None)
+        samples = engine.generate(prompt, sampling.n_votes, sampling.temperature, sampling.top_p,
+                                  sampling.max_new_tokens, step_seed + j)
+        answers, label, _ = pseudo_label(samples, q.task, parts.vote)
+        rewards = train_rewards(answers[:sampling.n_train], label, q.task, parts.vote,
+                                step_seed + j, oracles[j] if oracles else None)
         if label is None or len(set(rewards)) <= 1:
             group_rows.append([])  # this group has nothing to teach
             continue
         ids = engine.encode(prompt)
         group_rows.append(list(range(len(responses), len(responses) + len(rewards))))
         batch_prompts += [ids] * len(rewards)
-        responses += [s.token_ids for s in samples[:cfg.n_train]]
+        responses += [s.token_ids for s in samples[:sampling.n_train]]
         advantages += group_advantages(rewards)
         all_rewards += rewards
     kept = sum(1 for rows in group_rows if rows)
-    m = cfg.mini_batch_prompts
+    m = update.mini_batch_prompts
     mini_batches, slots, counts = [], [], []
     for k in range(0, len(questions), m):
         rows = [r for group in group_rows[k:k + m] for r in group]
@@ -96,24 +92,39 @@ def train_step(engine, questions, prompts, cfg, step_seed: int, first_slot: int,
             counts.append(sum(1 for group in group_rows[k:k + m] if group))
     if not mini_batches:
         return {"groups_trained": 0, "updates": []}
-    gae = cfg.advantage_estimator == "gae"  # the engine's critic makes per-token advantages
+    gae = update.advantage_estimator == "gae"  # the engine's critic makes per-token advantages
     batch = TrainBatch(batch_prompts, responses, advantages, all_rewards if gae else None,
-                       temperature=cfg.temperature)
-    lrs = [lr_at(slot, total_slots, cfg.lr, cfg.warmup_ratio) for slot in slots]
-    history = engine.train(batch, grpo_loss, {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef},
+                       temperature=sampling.temperature)
+    lrs = [lr_at(slot, total_slots, update.lr, update.warmup_ratio) for slot in slots]
+    history = engine.train(batch, grpo_loss, {"clip_eps": update.clip_eps,
+                                              "kl_coef": update.kl_coef},
                            steps=1, mini_batches=mini_batches, lrs=lrs)
     updates = [{"optimizer_step": slot, "lr": lr, "prompts": n, **stats}
                for slot, lr, n, stats in zip(slots, lrs, counts, history)]
     return {"groups_trained": kept, "updates": updates}
 
 
-def run_dataset(cfg, examples, engine) -> dict:
-    out = Path(cfg.output_dir)
-    prompts = [format_prompt(ex.question, engine.tokenizer, cfg.prompt_family) for ex in examples]
-    steps_per_episode = math.ceil(len(examples) / cfg.prompts_per_step)  # rollout batches
-    total = cfg.episodes * steps_per_episode
-    slots = batch_slots(len(examples), cfg.prompts_per_step, cfg.mini_batch_prompts)
-    total_slots = cfg.episodes * sum(slots)  # optimiser-step slots: what the lr schedule counts
+def batch_scalars(stats: dict) -> dict[str, float]:
+    """What the logger records of one rollout batch: the groups trained and each update
+    statistic's mean over the batch's optimiser steps."""
+    scalars = {"groups_trained": float(stats["groups_trained"])}
+    for key in sorted({k for u in stats["updates"] for k in u} - {"optimizer_step", "prompts"}):
+        values = [u[key] for u in stats["updates"] if isinstance(u.get(key), (int, float))]
+        if values:
+            scalars[f"train/{key}"] = sum(values) / len(values)
+    return scalars
+
+
+def run_dataset(parts: RunParts, examples: list[Example], engine: Engine) -> dict:
+    sampling, loop = parts.sampling, parts.loop
+    out = Path(loop.output_dir)
+    prompts = [format_prompt(ex.question, engine.tokenizer, sampling.prompt_family)
+               for ex in examples]
+    form = parts.vote.answer_form
+    steps_per_episode = math.ceil(len(examples) / loop.prompts_per_step)  # rollout batches
+    total = loop.episodes * steps_per_episode
+    slots = batch_slots(len(examples), loop.prompts_per_step, parts.update.mini_batch_prompts)
+    total_slots = loop.episodes * sum(slots)  # optimiser-step slots: what the lr schedule counts
     evals_path, steps_path, ckpt = out / "evals.jsonl", out / "steps.jsonl", out / "checkpoint.pt"
     start, evals = 0, []
     if ckpt.exists():
@@ -124,37 +135,41 @@ def run_dataset(cfg, examples, engine) -> dict:
     if steps_path.exists():  # drop steps taken after the checkpoint: they are redone
         kept = read_jsonl(steps_path)
         rewrite_jsonl(steps_path, [r for r in kept if r["step"] <= start])
-    if not evals:
-        evals.append({"step": 0, "pass@1": evaluate_set(engine, examples, prompts, cfg)})
-        rewrite_jsonl(evals_path, evals)
-    order = list(range(len(examples)))
-    began = time.perf_counter()
-    for step in range(start, total):
-        episode, k = divmod(step, steps_per_episode)
-        if k == 0 or step == start:  # a fixed shuffle per episode, so a resume sees the same
-            order = sorted(range(len(examples)), key=lambda i: zlib.crc32(
-                f"{cfg.seed}/{episode}/{examples[i].question.id}".encode()))
-        chosen = order[k * cfg.prompts_per_step:(k + 1) * cfg.prompts_per_step]
-        first_slot = episode * sum(slots) + sum(slots[:k])
-        stats = train_step(engine, [examples[i].question for i in chosen],
-                           [prompts[i] for i in chosen], cfg, cfg.seed * 7919 + step * 1000,
-                           first_slot, total_slots,
-                           [OracleReward(examples[i].answer, examples[i].question.task,
-                                         cfg.answer_form) for i in chosen]
-                           if cfg.reward == "oracle" else None)
-        append_jsonl(steps_path, {"step": step + 1, "episode": episode,
-                                  "first_optimizer_step": first_slot, **stats})
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == total:
-            evals.append({"step": step + 1,
-                          "pass@1": evaluate_set(engine, examples, prompts, cfg)})
-            state = {"engine": engine.state_dict(), "step": step + 1, "evals": evals}
-            write_atomic(ckpt, lambda tmp: torch.save(state, tmp))
+    with RunLogger(loop, parts.record, total, start, "batches", "batch") as log:
+        if not evals:
+            evals.append({"step": 0,
+                          "pass@1": evaluate_set(engine, examples, prompts, sampling, form)})
             rewrite_jsonl(evals_path, evals)
-    summary = {"mode": "dataset", "reward": cfg.reward, "questions": len(examples), "steps": total,
-               "optimizer_steps": total_slots,
+        order = list(range(len(examples)))
+        began = time.perf_counter()
+        for step in range(start, total):
+            episode, k = divmod(step, steps_per_episode)
+            if k == 0 or step == start:  # a fixed shuffle per episode, so a resume sees the same
+                order = sorted(range(len(examples)), key=lambda i: zlib.crc32(
+                    f"{sampling.seed}/{episode}/{examples[i].question.id}".encode()))
+            chosen = order[k * loop.prompts_per_step:(k + 1) * loop.prompts_per_step]
+            first_slot = episode * sum(slots) + sum(slots[:k])
+            stats = train_step(engine, [examples[i].question for i in chosen],
+                               [prompts[i] for i in chosen], parts,
+                               sampling.seed * 7919 + step * 1000, first_slot, total_slots,
+                               [OracleReward.of(examples[i], form) for i in chosen]
+                               if parts.vote.reward == "oracle" else None)
+            append_jsonl(steps_path, {"step": step + 1, "episode": episode,
+                                      "first_optimizer_step": first_slot, **stats})
+            scalars = batch_scalars(stats)
+            if (step + 1) % loop.eval_every == 0 or step + 1 == total:
+                evals.append({"step": step + 1,
+                              "pass@1": evaluate_set(engine, examples, prompts, sampling, form)})
+                state = {"engine": engine.state_dict(), "step": step + 1, "evals": evals}
+                write_atomic(ckpt, lambda tmp: torch.save(state, tmp))
+                rewrite_jsonl(evals_path, evals)
+                scalars["pass@1"] = evals[-1]["pass@1"]
+            log.log(scalars, step + 1,
+                    f"pass@1 {evals[0]['pass@1']:.3f} -> {evals[-1]['pass@1']:.3f}")
+    summary = {"mode": "dataset", "reward": parts.vote.reward, "questions": len(examples),
+               "steps": total, "optimizer_steps": total_slots,
                "pass@1_before": evals[0]["pass@1"], "pass@1_after": evals[-1]["pass@1"],
                "evals": evals, "wall_seconds": time.perf_counter() - began,
-               "config": dataclasses.asdict(cfg)}
+               "config": parts.record}
     write_json_atomic(out / "summary.json", summary)
     return summary
-

@@ -4,7 +4,8 @@ Each run directory (a run's --output_dir) becomes one cell: its row is the metho
 the data set. Writes DIR/table.md, DIR/table.csv and, with matplotlib installed, one
 DIR/<dataset>_per_question.png per data set (pass@1 before vs after, one point per question).
 
-Every number in the table is read from a summary.json; a cell with no run stays empty. Each
+Every number in the table is read from a summary.json; a cell with no run stays empty. Under
+the base model's pass@1 stands its maj@N (row BASE_MAJ, and table.csv's maj@N column). Each
 --continuous run is also set against the untouched base model (vsbase.py): a section of
 table.md and DIR/vs_base.csv.
 """
@@ -23,6 +24,10 @@ from sttrl.reporting.stats import ci_text, excludes_zero, fmt, fmt_gain, paired_
 
 __all__ = ["build_table", "load_run", "main"]
 
+# The untouched model's vote over its N rollout samples, graded: the pseudo-labels reset mode
+# trains on, so the level its after-number moves towards; shown beside the base pass@1.
+BASE_MAJ = "base model maj@N"
+
 
 # ---- the table -------------------------------------------------------------------------------
 
@@ -35,6 +40,12 @@ class Table:
     models: list[str]
     notes: list[str]
     versus: list[vsbase.Versus]  # each continuous run against the base model
+
+    def has_maj(self) -> bool:
+        return any(run.maj is not None for run in self.base.values())
+
+    def row_names(self) -> list[str]:
+        return [BASE] + ([BASE_MAJ] if self.has_maj() else []) + self.rows
 
     def counts(self, dataset: str) -> set:
         shown = [run for (_, d), run in self.cells.items() if d == dataset]
@@ -92,9 +103,15 @@ def count(questions: int | None) -> str:
 
 
 def cell_text(table: Table, row: str, dataset: str) -> str:
-    run = table.base.get(dataset) if row == BASE else table.cells.get((row, dataset))
+    base_row = row in (BASE, BASE_MAJ)
+    run = table.base.get(dataset) if base_row else table.cells.get((row, dataset))
     if run is None:
         return ""  # no run: never a number we did not measure
+    if row == BASE_MAJ:
+        # from the run that gives the base pass@1, so the two numbers are of the same questions
+        if run.maj is None:
+            return f"not recorded ({run.row}'s summary has no maj@N)"
+        return f"{fmt(run.maj)} ({vsbase.maj_name(run)})"
     value = run.before if row == BASE else run.after
     text = fmt(value) if value is not None else "no results"
     if row != BASE and run.gain is not None:
@@ -124,10 +141,13 @@ def to_markdown(table: Table, title: str) -> str:
     out = [f"# {title}", "", header_line(table),
            "Cells: pass@1 after adaptation (gain over the same run's pass@1 before adaptation "
            "[its 95% paired-bootstrap interval over questions]); ° marks an interval that "
-           "includes zero, i.e. no measured gain; an empty cell means no run.", "",
+           "includes zero, i.e. no measured gain; an empty cell means no run."
+           + (f" {BASE_MAJ}: the untouched model's majority vote over its N rollout samples, "
+              "graded against the reference (the labels reset mode trains on, so the level its "
+              "pass@1 moves towards)." if table.has_maj() else ""), "",
            line(["method"] + table.datasets),
            line(["---"] * (len(table.datasets) + 1))]
-    for row in [BASE] + table.rows:
+    for row in table.row_names():
         out.append(line([row] + [cell_text(table, row, d) for d in table.datasets]))
     controls = control_lines(table)
     if controls:
@@ -180,20 +200,24 @@ def csv_number(value: float | None) -> str:
 def write_csv(table: Table, path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
+        # maj@N and N last, so readers of the older eight columns by position still work
         writer.writerow(["row", "dataset", "pass@1", "gain", "gain_ci95_lo", "gain_ci95_hi",
-                         "questions", "run_dir"])
+                         "questions", "run_dir", "maj@N", "N"])
         for row in [BASE] + table.rows:
             for dataset in table.datasets:
                 run = table.base.get(dataset) if row == BASE else table.cells.get((row, dataset))
                 if run is None:
-                    writer.writerow([row, dataset, "", "", "", "", "", ""])
+                    writer.writerow([row, dataset, "", "", "", "", "", "", "", ""])
                     continue
                 value = run.before if row == BASE else run.after
                 gain = None if row == BASE else run.gain
                 ci = (None, None) if row == BASE or run.gain_ci is None else run.gain_ci
+                votes = run.config.get("n_votes")
+                maj = (csv_number(run.maj), votes if type(votes) is int else "") \
+                    if row == BASE and run.maj is not None else ("", "")
                 writer.writerow([row, dataset, csv_number(value), csv_number(gain),
                                  csv_number(ci[0]), csv_number(ci[1]),
-                                 "" if run.questions is None else run.questions, run.dir])
+                                 "" if run.questions is None else run.questions, run.dir, *maj])
 
 
 # ---- plots -----------------------------------------------------------------------------------

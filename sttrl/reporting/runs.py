@@ -51,6 +51,7 @@ class Run:
     questions: int | None  # None: the summary does not say
     per_question: bool  # False for a dataset-level TTRL run, which has no per-question records
     gain_ci: tuple[float, float] | None = None  # paired bootstrap 95% interval of the gain
+    maj: float | None = None  # maj@N before adaptation; None: not recorded (a dataset-level run)
     config: dict = field(default_factory=dict)  # the resolved config (+ data_sha256 if saved)
 
     @property
@@ -172,7 +173,7 @@ def load_run(run_dir: str) -> Run:
     config = summary.get("config") if isinstance(summary, dict) else None
     if not isinstance(config, dict):
         raise UserError(f"{summary_path}: expected an object with a \"config\" object")
-    for key in ("pass@1_before", "pass@1_after"):
+    for key in ("pass@1_before", "pass@1_after", "maj@N_before"):
         # None is what an unfinished run with no questions yet writes
         if summary.get(key) is not None and not is_number(summary[key]):
             raise UserError(f"{summary_path}: {key} must be a number, got {summary[key]!r}")
@@ -184,5 +185,6 @@ def load_run(run_dir: str) -> Run:
     return Run(dir=run_dir, row=row, dataset=dataset, model=str(config.get("model", "?")),
                gain_ci=gain_interval(path, summary), config=with_data_digest(path, config),
                before=summary.get("pass@1_before"), after=summary.get("pass@1_after"),
+               maj=summary.get("maj@N_before"),
                questions=questions if type(questions) is int else None,
                per_question=not row.startswith("TTRL"))

@@ -1,7 +1,8 @@
-"""Rewards layer: extract answers, grade them, vote a pseudo-label, turn agreement into rewards."""
+"""Rewards layer: extract answers, grade them, vote a pseudo-label, turn agreement into rewards
+(`label.py`: what every method and mode takes from samples). Evaluation's metrics, which read
+the reference answer, are in sttrl/modes/evaluate.py."""
 from sttrl.rewards.extract import extract_answer
 from sttrl.rewards.grade import ANSWER_FORMS, clear_grade_cache, grade, set_grade_timeout
-from sttrl.rewards.metrics import label_accuracy, maj_at_n, pass_at_1, pass_at_k, reward_accuracy
 from sttrl.rewards.reward import random_rewards, ttrl_rewards
 from sttrl.rewards.vote import VoteStats, vote, voting_weights
 
@@ -11,6 +12,5 @@ REWARDS = ("vote", "oracle", "random")
 
 __all__ = [
     "ANSWER_FORMS", "extract_answer", "grade", "clear_grade_cache", "set_grade_timeout", "vote", "VoteStats",
-    "voting_weights", "ttrl_rewards", "random_rewards", "REWARDS", "pass_at_1", "maj_at_n", "pass_at_k", "label_accuracy",
-    "reward_accuracy",
+    "voting_weights", "ttrl_rewards", "random_rewards", "REWARDS",
 ]

@@ -16,6 +16,11 @@ class OracleReward:
     def __init__(self, reference: str, task: str = "math", form: str = "strict"):
         self.reference, self.task, self.form = reference, task, form
 
+    @classmethod
+    def of(cls, example, form: str = "strict") -> "OracleReward":
+        """The oracle of one question (an `Example`): its reference answer under `form`."""
+        return cls(example.answer, example.question.task, form)
+
     def __call__(self, answers: list[str | None]) -> list[float]:
         return [1.0 if grade(a, self.reference, self.task, form=self.form) else 0.0
                 for a in answers]

@@ -1,7 +1,7 @@
 """The test-time reward: agreement with the voted pseudo-label.
 
 This is the training path, so it never sees a reference answer; ground truth belongs to
-metrics.py (evaluation only).
+evaluation (sttrl/modes/evaluate.py).
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""What every part of the scale engine shares: the actors' settings, where an actor runs, one-line
-errors, and the one way the driver waits on Ray (`wait`).
+"""What every part of the scale engine shares: the actors' settings (the engine's own plus what
+the driver derives), where an actor runs, one-line errors, and the one way the driver waits on
+Ray (`wait`).
 
 The actors (`rollout.RolloutActor`, `trainer.TrainerActor` and `ReferenceActor`,
 `critic.CriticActor`) are plain classes: `placement.spawn_actors` wraps them with
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from sttrl.errors import EngineError
+from sttrl.settings import EngineSettings
 
 PROMPT_ROOM = 4096  # tokens of prompt vLLM must have room for beyond max_new_tokens
 
@@ -30,49 +32,31 @@ class RaySnapshot:
 
 
 @dataclass(frozen=True)
-class ActorSettings:
+class ActorSettings(EngineSettings):
     """What every actor needs to know, fixed for the engine's lifetime (frozen and plain: it
-    pickles to the actors). The engine builds it with `from_config`; a field named like a
-    `Config` field holds that field's value. Tests and benchmarks build one by hand."""
+    pickles to the actors): the engine's own settings, and what the driver derives from the
+    model and the environment (`derive`)."""
 
     model_path: str
-    trust_remote_code: bool = False
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    micro_batch_size: int = 8
-    gradient_checkpointing: bool = False
-    pad_id: int = 0
-    max_model_len: int = 4096
-    max_num_seqs: int = 64
-    vllm_tensor_parallel_size: int = 1
-    colocate: bool = False
-    sync_timeout: float = 600.0
-    seed: int = 0
-    train_threads: int | None = None
+    """The model's directory, which every actor loads."""
+    pad_id: int
+    """The tokenizer's padding token id."""
+    max_model_len: int
+    """The longest prompt + response vLLM is started for (the engine's max_context)."""
+    train_threads: int | None
     """CPU threads per actor rank and per vLLM engine (None: the machine's cores shared among
     the ranks, or among the engines: training and sampling never run at the same time)."""
-    vllm_num_engines: int = 1
-    """How many vLLM engines share the machine's cores while sampling."""
-    lora_rank: int = 0
-    """> 0: the actor ranks train a LoRA adapter and vLLM serves it (engines/lora.py)."""
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
     @classmethod
-    def from_config(cls, cfg, model_path: str, pad_id: int,
-                    position_limit: int | None = None) -> "ActorSettings":
-        """From a resolved `Config`: every field named like one of its fields takes its value;
-        the rest are derived here (`position_limit`: the model's max_position_embeddings)."""
-        derived = dict(model_path=model_path, pad_id=pad_id,
-                       max_model_len=min(position_limit or 10**9,
-                                         cfg.max_new_tokens + PROMPT_ROOM),
-                       max_num_seqs=max(cfg.n_votes, cfg.n_eval),
-                       train_threads=user_omp_threads())
-        same = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)
-                if f.name not in derived and hasattr(cfg, f.name)}
-        return cls(**same, **derived)
+    def derive(cls, settings: EngineSettings, model_path: str, pad_id: int,
+               position_limit: int | None = None) -> "ActorSettings":
+        """`settings` and the derived fields (`position_limit`: the model's
+        max_position_embeddings)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(EngineSettings)},
+                   model_path=model_path, pad_id=pad_id,
+                   max_model_len=min(position_limit or 10**9,
+                                     settings.max_new_tokens + PROMPT_ROOM),
+                   train_threads=user_omp_threads())
 
 
 def user_omp_threads() -> int | None:

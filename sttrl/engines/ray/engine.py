@@ -12,9 +12,11 @@ What runs where:
   each engine samples its share of all groups in one vLLM call, one request per group with its
   own SamplingParams (seed included), so a group's samples are those of `generate` alone.
   vLLM returns each token's untempered log-prob and the top-20 log-probs (for DeepConf
-  confidence), but not the logsumexp of the raw logits that energy voting needs: with
-  `--voting_function energy` (`need_logsumexp`) the actor ranks score the samples once more to
-  fill `Sample.logsumexp`; otherwise it stays empty.
+  confidence), but not the logsumexp of the raw logits that energy voting needs: when the
+  settings say `need_logsumexp` (`--voting_function energy`) the actor ranks score the samples
+  once more to fill `Sample.logsumexp`; otherwise it stays empty.
+- `max_context`: vLLM's model length, the model's positions or --max_new_tokens plus 4096
+  tokens of prompt, whichever is less; `run.py` refuses a longer prompt with its question id.
 - `train`: the actor ranks are data-parallel over responses (`zero.shard`); the loss is divided
   by the token count of the whole batch, so the update is the local engine's token mean. The
   first step's old log-probs come from its own forward pass; reference log-probs are computed
@@ -25,8 +27,9 @@ What runs where:
   state, while every engine that holds other weights reloads the initial checkpoint from disk.
 - LoRA (`--lora_rank`): the ranks train an adapter on the frozen base; vLLM keeps the base and
   serves the adapter, a new LoRA id per weight version; reset drops it (adapter_sync.py).
-- Snapshots: the ranks hold the initial one and at most one other (each is a full copy of the
-  optimiser state): a new `snapshot()` releases the previous one.
+- Snapshots (this engine's own, outside the contract: reset restores the initial one): the
+  ranks hold the initial one and at most one other (each is a full copy of the optimiser
+  state): a new `snapshot()` releases the previous one.
 - SLOT's hidden-state hooks are refused (`UserError`): vLLM samples, and its hidden states are
   not exposed.
 
@@ -51,6 +54,7 @@ from sttrl.engines.ray.rollout import engine_seed, split_counts
 from sttrl.engines.ray.weight_sync import WeightSync
 from sttrl.engines.ray.zero import merge_steps, micro_batches, shard
 from sttrl.errors import UserError
+from sttrl.settings import EngineSettings
 from sttrl.types import Sample, SampleGroup, TrainBatch, TrustRegion
 
 NO_HIDDEN_STATES = ("--adaptation_method slot needs --engine local: the scale engine samples with "
@@ -60,7 +64,7 @@ NO_HIDDEN_STATES = ("--adaptation_method slot needs --engine local: the scale en
 class RayEngine(ActorScoring):
     """Generate with vLLM, train with DeepSpeed ZeRO-3, all placed by Ray (see module docstring)."""
 
-    def __init__(self, cfg, model_path: str):
+    def __init__(self, settings: EngineSettings, model_path: str):
         import importlib.util
 
         missing = [m for m in ("ray", "vllm", "deepspeed") if importlib.util.find_spec(m) is None]
@@ -72,19 +76,19 @@ class RayEngine(ActorScoring):
         from sttrl.engines.models import load_tokenizer
         from sttrl.engines.sequences import stop_token_ids
 
-        self.cfg = cfg
-        self.timeout = cfg.sync_timeout
-        self.tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
-        hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+        self.timeout = settings.sync_timeout
+        self.tokenizer = load_tokenizer(model_path, settings.trust_remote_code)
+        hf_config = AutoConfig.from_pretrained(model_path,
+                                               trust_remote_code=settings.trust_remote_code)
         try:
             generation = GenerationConfig.from_pretrained(model_path)
         except OSError:
             generation = GenerationConfig.from_model_config(hf_config)
         self.stop_ids = stop_token_ids(generation, self.tokenizer)
-        self.need_logsumexp = cfg.voting_function == "energy"
-        self.settings = ActorSettings.from_config(
-            cfg, model_path, self.tokenizer.pad_token_id,
-            getattr(hf_config, "max_position_embeddings", None))
+        # the engine's settings with what every actor derives from the model
+        self.settings = ActorSettings.derive(settings, model_path, self.tokenizer.pad_token_id,
+                                             getattr(hf_config, "max_position_embeddings", None))
+        self.max_context = self.settings.max_model_len
         self.untouched = True  # weights and optimizer are the initial snapshot, bit for bit
         self.initial = RaySnapshot("initial", 0)
         self.held: RaySnapshot | None = None  # the one snapshot besides the initial one
@@ -94,13 +98,13 @@ class RayEngine(ActorScoring):
         self.closed = False
         try:
             self._start_ray()
-            self.layout = plan_layout(cfg)
+            self.layout = plan_layout(settings)
             self.pg = create_placement_group(self.layout, self.timeout)
-            self.actors = spawn_actors(cfg, self.pg, self.layout, self.settings)
+            self.actors = spawn_actors(self.pg, self.layout, self.settings)
             # actor id -> "vLLM engine 0" etc., to name the actor in a Ray error
             self._labels = {a._actor_id.hex(): name for name, a in self.actors.labelled()}
-            sync = AdapterSync if cfg.lora_rank else WeightSync  # LoRA: vLLM serves the adapter
-            self.weights = sync(cfg.weight_sync, self.trainers, self.rollouts, self._get)
+            sync = AdapterSync if settings.lora_rank else WeightSync  # LoRA: vLLM serves it
+            self.weights = sync(settings.weight_sync, self.trainers, self.rollouts, self._get)
             self._setup()
         except BaseException:
             self.close()
@@ -112,14 +116,14 @@ class RayEngine(ActorScoring):
 
         if ray.is_initialized():
             return  # someone else's Ray (a test, a notebook): use it, leave it running
-        address = self.cfg.ray_address or os.environ.get("RAY_ADDRESS")
+        address = self.settings.ray_address or os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
             # a short temp dir: Ray's unix socket paths must stay under 108 characters
             self._ray_tmp = tempfile.mkdtemp(prefix="ray_", dir="/tmp")
-            ray.init(num_cpus=self.cfg.ray_num_cpus or os.cpu_count(), _temp_dir=self._ray_tmp,
-                     include_dashboard=False)
+            ray.init(num_cpus=self.settings.ray_num_cpus or os.cpu_count(),
+                     _temp_dir=self._ray_tmp, include_dashboard=False)
         self._own_ray = True
 
     def _setup(self) -> None:
@@ -159,6 +163,10 @@ class RayEngine(ActorScoring):
     def pristine(self) -> bool:
         """The actor holds the initial weights (version 0): the policy is the reference."""
         return self.weights.actor == 0
+
+    def sampling_memory(self, rows: int, prompt_tokens: int, max_new_tokens: int) -> None:
+        """None: vLLM sizes its own KV cache and queues what does not fit."""
+        return None
 
     def close(self) -> None:
         """Stop the vLLM engines, kill the actors, free the bundles; stop Ray if we started it."""
@@ -220,7 +228,7 @@ class RayEngine(ActorScoring):
                               s["token_ids"], s["logprobs"], topk_logprob_mean=s["topk"],
                               finished=s["finished"]) for s in part]
         samples = [s for group in out for s in group]
-        if self.need_logsumexp and samples:  # energy voting: vLLM has no raw logsumexp
+        if self.settings.need_logsumexp and samples:  # energy voting: vLLM has no logsumexp
             scored = self.score_on_actor([prompt_ids] * len(samples),
                                          [s.token_ids for s in samples], with_logsumexp=True)
             for s, (_, lse) in zip(samples, scored):
@@ -253,7 +261,7 @@ class RayEngine(ActorScoring):
                 batch.prompts, batch.responses, batch.temperature), "scoring on the reference actor")
         if self.actors.critics:  # gae: per-token advantages from the critic replace the batch's
             per_token["advantages"], per_token["returns"], per_token["old_values"] = gae_targets(
-                batch, self.critic_values, self.cfg.gamma, self.cfg.lambd)
+                batch, self.critic_values, self.settings.gamma, self.settings.lambd)
         stepwise = len(groups) > 1 or (steps > 1 and (lrs is not None or stop is not None))
         if stepwise:  # each step is its own call: fix every row's old log-probs before the first
             per_token["old"] = self.logprobs_on_actor(batch.prompts, batch.responses,
@@ -283,16 +291,16 @@ class RayEngine(ActorScoring):
         n_tokens = float(max(1, sum(len(r) for r in responses)))
         advantages = None if "advantages" in sub else [batch.advantages[i] for i in rows]
         for_actor = {k: sub[k] for k in ("ref", "advantages", "old") if k in sub}
-        plan = shard(prompts, responses, len(self.trainers), self.cfg.micro_batch_size)
+        plan = shard(prompts, responses, len(self.trainers), self.settings.micro_batch_size)
         calls = [t.train.remote(micro_batches(p, prompts, responses, advantages, for_actor),
                                 loss_fn, loss_kwargs, steps, n_tokens, use_ref, batch.temperature)
                  for t, p in zip(self.trainers, plan)]
         critics = self.actors.critics
         if critics:
             targets = {"returns": sub["returns"], "old_values": sub["old_values"]}
-            cplan = shard(prompts, responses, len(critics), self.cfg.micro_batch_size)
+            cplan = shard(prompts, responses, len(critics), self.settings.micro_batch_size)
             calls += [c.train.remote(micro_batches(p, prompts, responses, per_token=targets),
-                                     steps, n_tokens, self.cfg.value_clip)
+                                     steps, n_tokens, self.settings.value_clip)
                       for c, p in zip(critics, cplan)]
         n_actor = len(self.trainers)
         per_rank = self._get(calls, "training on the actor ranks"
@@ -307,12 +315,12 @@ class RayEngine(ActorScoring):
         self.untouched = False
         calls = [t.set_lr.remote(lr) for t in self.trainers]
         # the critic follows the actor's schedule (dataset mode) from its own peak, critic_lr
-        calls += [c.set_lr.remote(lr * self.cfg.critic_lr / self.cfg.lr)
+        calls += [c.set_lr.remote(lr * self.settings.critic_lr / self.settings.lr)
                   for c in self.actors.critics]
         self._get(calls, "setting the learning rate")
 
     def _on_rollouts(self, method: str) -> None:
-        if self.cfg.colocate:  # vLLM sleep mode frees the shared GPUs (a no-op on CPU)
+        if self.settings.colocate:  # vLLM sleep mode frees the shared GPUs (a no-op on CPU)
             self._get([getattr(r, method).remote() for r in self.rollouts], f"vLLM {method}")
 
     # ---- reset, snapshots and checkpoints -------------------------------------------------------
@@ -349,8 +357,8 @@ class RayEngine(ActorScoring):
     def state_dict(self) -> dict:
         """Full weights, or with LoRA the adapter (gathered on rank 0), and each rank's
         optimizer state, for checkpoints."""
-        key, method = ("adapter", "adapter_weights") if self.cfg.lora_rank else ("model",
-                                                                                 "full_weights")
+        key, method = ("adapter", "adapter_weights") if self.settings.lora_rank else (
+            "model", "full_weights")
         weights = self._get([getattr(t, method).remote() for t in self.trainers],
                             "gathering weights")[0]
         optimizer = self._get([t.optimizer_state.remote() for t in self.trainers],
@@ -365,10 +373,10 @@ class RayEngine(ActorScoring):
         if state.get("world_size") != len(self.trainers):
             raise UserError(f"this checkpoint was written by {state.get('world_size')} actor ranks "
                             f"(--actor_num_gpus), not {len(self.trainers)}")
-        if bool(self.cfg.lora_rank) != ("adapter" in state):
+        if bool(self.settings.lora_rank) != ("adapter" in state):
             held = "a LoRA adapter" if "adapter" in state else "full weights"
             raise UserError(f"the checkpoint holds {held}, which this run (--lora_rank "
-                            f"{self.cfg.lora_rank}) cannot resume")
+                            f"{self.settings.lora_rank}) cannot resume")
         critics = self.actors.critics
         if critics and "critic_optimizer" not in state:
             raise UserError("this checkpoint has no critic (it was written without "

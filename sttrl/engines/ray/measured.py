@@ -38,7 +38,7 @@ def train_measured(engine, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps:
     # every step's ratio is against the policy that sampled; the ranks need no reference pass
     per_token = {"old": start["train"], "ref": ref}
     pre, kl_ref = start["train"], token_mean_kl(start["train"], ref, mask)
-    base_lr = engine.cfg.lr
+    base_lr = engine.settings.lr
     engine.untouched = False
     engine._on_rollouts("sleep")
     scale, history, moved = 1.0, [], False

@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from sttrl.errors import EngineError
+from sttrl.settings import EngineSettings
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,19 @@ class Layout:
         return roles.count(bundle)
 
 
-def plan_layout(cfg) -> Layout:
-    """Number the bundles for a resolved config (vllm_num_engines and actor_num_gpus are set)."""
-    n_actor, tp, n_vllm = cfg.actor_num_gpus, cfg.vllm_tensor_parallel_size, cfg.vllm_num_engines
+def plan_layout(settings: EngineSettings) -> Layout:
+    """Number the bundles for the engine's settings."""
+    s = settings
+    n_actor, tp, n_vllm = s.actor_num_gpus, s.vllm_tensor_parallel_size, s.vllm_num_engines
     actor = list(range(n_actor))
     nxt = n_actor
     ref = None
-    if cfg.separate_ref_gpu:
+    if s.separate_ref_gpu:
         ref, nxt = nxt, nxt + 1
     critic = []
-    if cfg.advantage_estimator == "gae":  # PPO's critic: as many ranks as the actor
+    if s.advantage_estimator == "gae":  # PPO's critic: as many ranks as the actor
         critic, nxt = list(range(nxt, nxt + n_actor)), nxt + n_actor
-    if cfg.colocate:  # vLLM engine i takes actor bundles i*tp .. i*tp+tp-1
+    if s.colocate:  # vLLM engine i takes actor bundles i*tp .. i*tp+tp-1
         vllm = [actor[i * tp:(i + 1) * tp] for i in range(n_vllm)]
     else:
         vllm = [list(range(nxt + i * tp, nxt + (i + 1) * tp)) for i in range(n_vllm)]
@@ -130,7 +132,7 @@ class Actors:
         return out
 
 
-def spawn_actors(cfg, pg, layout: Layout, settings) -> Actors:
+def spawn_actors(pg, layout: Layout, settings) -> Actors:
     """Create (not set up) every actor on its bundle; cheap: constructors only store arguments.
     `settings`: the `ActorSettings` every actor gets (the critic's with lr = --critic_lr)."""
     import ray
@@ -143,14 +145,14 @@ def spawn_actors(cfg, pg, layout: Layout, settings) -> Actors:
     world = len(layout.actor)
     trainers = [trainer.options(**on_bundle(pg, layout, b)).remote(rank, world, b, settings)
                 for rank, b in enumerate(layout.actor)]
-    tp = cfg.vllm_tensor_parallel_size
+    tp = settings.vllm_tensor_parallel_size
     rollouts = [rollout.options(**on_bundle(pg, layout, bundles[0], gpu_share=tp == 1))
                 .remote(i, bundles, settings) for i, bundles in enumerate(layout.vllm)]
     ref = None
     if layout.ref is not None:
         ref = ray.remote(ReferenceActor).options(**on_bundle(pg, layout, layout.ref)).remote(
             layout.ref, settings)
-    critic_settings = dataclasses.replace(settings, lr=cfg.critic_lr)
+    critic_settings = dataclasses.replace(settings, lr=settings.critic_lr)
     critics = [ray.remote(CriticActor).options(**on_bundle(pg, layout, b)).remote(
         rank, len(layout.critic), b, critic_settings) for rank, b in enumerate(layout.critic)]
     return Actors(trainers, rollouts, ref, critics)

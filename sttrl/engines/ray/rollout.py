@@ -52,7 +52,7 @@ class RolloutActor(WeightReceiver, AdapterReceiver):
             torch.set_num_threads(s.train_threads
                                   or max(1, (os.cpu_count() or 1) // s.vllm_num_engines))
         kwargs = dict(model=s.model_path, seed=s.seed, max_model_len=s.max_model_len,
-                      max_num_seqs=s.max_num_seqs, trust_remote_code=s.trust_remote_code,
+                      max_num_seqs=s.max_sample_rows, trust_remote_code=s.trust_remote_code,
                       tensor_parallel_size=s.vllm_tensor_parallel_size)
         if gpu:
             kwargs.update(dtype="bfloat16", gpu_memory_utilization=0.45 if s.colocate else 0.9,

@@ -1,5 +1,5 @@
 """The scale engine's read-only queries: log-probs on the actor ranks and on the vLLM engines,
-the critic's values. `RayEngine` inherits them; they need its actors, `_get` and `cfg`."""
+the critic's values. `RayEngine` inherits them; they need its actors, `_get` and `settings`."""
 from __future__ import annotations
 
 from sttrl.engines.ray.zero import micro_batches, shard
@@ -14,7 +14,7 @@ class ActorScoring:
         """Per response: (log-probs,) or (log-probs, logsumexp) under the actor's weights (with
         `reference`, the initial model's), the log-probs at `temperature` (the logsumexp
         always of the raw logits)."""
-        plan = shard(prompts, responses, len(self.trainers), self.cfg.micro_batch_size)
+        plan = shard(prompts, responses, len(self.trainers), self.settings.micro_batch_size)
         calls = [t.score.remote(micro_batches(p, prompts, responses), with_logsumexp,
                                 reference=reference, temperature=temperature)
                  for t, p in zip(self.trainers, plan)]
@@ -54,7 +54,7 @@ class ActorScoring:
         import torch
 
         critics = self.actors.critics
-        plan = shard(prompts, responses, len(critics), self.cfg.micro_batch_size)
+        plan = shard(prompts, responses, len(critics), self.settings.micro_batch_size)
         calls = [c.values.remote(micro_batches(p, prompts, responses))
                  for c, p in zip(critics, plan)]
         out = torch.zeros(len(responses), max(1, max(len(r) for r in responses)))  # [B, T]
