@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import local_engine
+from helpers import local_engine
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "<|user|>What is 2 + 3?<|end|><|assistant|>"
@@ -147,8 +147,11 @@ out = {}
 with socket.socket() as s:
     s.bind(("", 0))
     port = s.getsockname()[1]
-actor = TrainerActor(0, 1, 0, ActorSettings(model_path=sys.argv[1], gradient_checkpointing=True,
-                                            lora_rank=int(sys.argv[3]), lr=1e-3))
+from sttrl.config import Config, resolve
+from sttrl.parts import parts
+engine_settings = parts(resolve(Config(device="cpu", engine="ray", gradient_checkpointing=True,
+                                       lora_rank=int(sys.argv[3]), lr=1e-3), on_gpu=False)).engine
+actor = TrainerActor(0, 1, 0, ActorSettings.derive(engine_settings, sys.argv[1], pad_id=0))
 actor.setup("127.0.0.1", port)
 seq.LOGIT_CHUNK_ELEMENTS = 3 * actor.engine.module.config.vocab_size  # chunks of 3 tokens,
 seq.LOGIT_KEEP_ELEMENTS = 2 * seq.LOGIT_CHUNK_ELEMENTS  # two kept, the rest recomputed
