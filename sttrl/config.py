@@ -115,20 +115,22 @@ class Config:
     """vote (agreement with the pseudo-label), oracle (the reference answer: an upper bound, marked in every output) or random (the vote's positive rate, no signal: the null)."""
     min_majority_ratio: float | None = None
     """Weak-vote rule: skip the update when the winning cluster holds less than this share of the voting weight (0: never skip; default: the method's CPU study value in reset mode, else 0)."""
+    min_vote_margin: float | None = None
+    """Weak-vote rule: skip the update when the winner leads the runner-up by less than this share of the voting weight (0: never skip; default: the method's CPU study value in reset mode, else 0)."""
     stop_clip_frac: float | None = None
     """Adaptive budget: end a question's update after the step whose clipped-token share exceeds this (None: take every step)."""
     stop_kl: float | None = None
     """Adaptive budget: end a question's update after the step whose KL to the reference exceeds this (None: no KL budget)."""
     max_step_kl: float | None = None
-    """Trust region: a step whose per-token KL to the policy before it exceeds this is undone and retried smaller (0: no step budget; default: see README)."""
+    """Trust region: a step whose per-token KL to the policy before it exceeds this is undone and retried smaller (0: no step budget; default: 0.05 for ttrl in question mode with GRPO, else 0)."""
     max_kl: float | None = None
-    """Trust region: a step that takes the per-token KL to the initial model past this is undone and retried smaller (0: no budget; default: see README)."""
+    """Trust region: a step that takes the per-token KL to the initial model past this is undone and retried smaller (0: no budget; default: 0.2 for ttrl in question mode with GRPO, else 0)."""
     kl_backtracks: int = 4
     """Trust region: how often an overshooting step is undone and retried smaller before the question's update ends."""
     agreement_estimate: str = "heldout"
     """How --stop_agreement estimates the policy's agreement with the vote: heldout (importance weights of the votes after n_train, never trained on, measured after each step) or trained (the trained samples' own, from the step's forward pass)."""
     stop_agreement: float | None = None
-    """Adaptive budget: end a question's update once the policy's estimated share of answers agreeing with the vote (importance-weighted over the trained samples) reaches this (0: off; default: the method's CPU study value in reset mode, else off)."""
+    """Adaptive budget: end a question's update once the policy's estimated share of answers agreeing with the vote (estimated as --agreement_estimate says) reaches this (0: off; default: the method's CPU study value in reset mode, else off)."""
     memo_variants: int = 2
     """Prompt phrasings pooled into MEMO's marginal (adaptation_method=memo; 1 to 4)."""
     continuous: bool = False
@@ -234,7 +236,7 @@ RULES = {
     "optimizer": Choice(("adamw", "sgd"), "adamw or sgd"),
     "answer_form": Choice(ANSWER_FORMS),
     "reward": Choice(REWARDS),
-    "min_majority_ratio": Range(0, 1),
+    **dict.fromkeys(("min_majority_ratio", "min_vote_margin"), Range(0, 1)),
     "stop_agreement": Range(0, 1, lo_text="0 (off)"),
     "memo_variants": Range(1, 4),
     "energy_tau": Range(0, lo_open=True),
@@ -390,8 +392,12 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
     # the development study's values, where it measured them: a CPU, one question at a time
     study = (method.cpu_reset if not big and cfg.mode == "question" and not cfg.continuous
              and cfg.advantage_estimator == "grpo" else {})
+    trust = (method.trust if cfg.mode == "question" and cfg.advantage_estimator == "grpo"
+             else {})
     for name, general in (("steps_per_question", method.steps), ("min_majority_ratio", 0.0),
-                          ("stop_agreement", 0.0), ("max_step_kl", 0.0), ("max_kl", 0.0)):
+                          ("min_vote_margin", 0.0), ("stop_agreement", 0.0),
+                          ("max_step_kl", trust.get("max_step_kl", 0.0)),
+                          ("max_kl", trust.get("max_kl", 0.0))):
         if getattr(cfg, name) is None:
             setattr(cfg, name, study.get(name, general))
     if cfg.prompt_family is None:

@@ -145,6 +145,9 @@ class UpdateSettings:
     """grpo, or gae (the engine's critic turns the rewards into per-token advantages)."""
     min_majority_ratio: float
     """Weak-vote rule: no update below this share of the voting weight (0: off)."""
+    min_vote_margin: float
+    """Weak-vote rule: no update when the winner leads the runner-up by less than this share
+    of the voting weight (0: off)."""
     stop_clip_frac: float | None
     """Adaptive budget: end after the step whose clipped-token share exceeds this."""
     stop_kl: float | None

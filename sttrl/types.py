@@ -163,7 +163,8 @@ class QuestionResult:
     pseudo_label: str | None
     """The label the vote elected; None when no sample had an answer."""
     vote: dict
-    """majority_ratio, n_voting, n_none and clusters (answer -> count) of the vote."""
+    """majority_ratio (TTRL's, over all samples), answered_ratio, margin (the lead over the
+    runner-up), n_voting, n_none and clusters (answer -> count) of the vote."""
     rewards: dict
     """n, positive and mean of the trained samples' rewards."""
     skipped: bool

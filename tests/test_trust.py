@@ -9,7 +9,7 @@ import torch
 from sttrl.algorithms.grpo import group_advantages, grpo_loss, heldout_agreement
 from sttrl.algorithms.trust import over_budget, shrink, token_mean_kl
 from sttrl.types import TrainBatch, TrustRegion
-from conftest import local_engine
+from helpers import local_engine
 
 PROMPT = "<|user|>What is 2 + 3?<|end|><|assistant|>"
 LOSS = {"clip_eps": 0.2, "kl_coef": 0.001}

@@ -32,6 +32,27 @@ def test_the_majority_ratio_is_ttrls_over_all_samples():
     assert stats.majority_ratio == pytest.approx(0.5) and stats.answered_ratio == pytest.approx(0.5 / 0.7)
 
 
+def test_the_margin_is_the_winners_lead_over_the_runner_up_among_all_samples():
+    _, stats = vote(["7", "7", "7", "8", "8", "9"] + [None] * 2)
+    assert stats.margin == pytest.approx((3 - 2) / 8)
+    _, stats = vote(["4"] * 5)  # unanimous: the lead is everything
+    assert stats.margin == pytest.approx(1.0)
+    _, stats = vote(["1", "2", None], weights=[0.5, 0.2, 0.3])
+    assert stats.margin == pytest.approx((0.5 - 0.2) / 1.0)
+    _, stats = vote(["1", "2"])  # a tie has no lead
+    assert stats.margin == 0.0
+
+
+def test_the_weak_vote_rule_holds_back_a_narrow_lead_but_never_the_oracle():
+    from sttrl.rewards.label import weak_vote
+    _, narrow = vote(["7", "7", "7", "8", "8"] + [None] * 11)  # lead 1 of 16
+    _, clear = vote(["7"] * 5 + ["8"] * 2 + [None] * 9)  # lead 3 of 16
+    assert "margin" in weak_vote(narrow, 0.0, "vote", min_margin=0.125)
+    assert weak_vote(clear, 0.0, "vote", min_margin=0.125) is None
+    assert weak_vote(narrow, 0.0, "oracle", min_margin=0.125) is None
+    assert weak_vote(narrow, 0.0, "vote", min_margin=0.0) is None
+
+
 def test_none_answers_do_not_vote():
     label, stats = vote([None, None])
     assert label is None and stats.winner is None

@@ -106,7 +106,8 @@ def adapt(engine, question, prompt: str, sampling: SamplingSettings, vote: VoteS
                                                               vote, seed, timer, oracle,
                                                               votes=votes)
     train = samples[:sampling.n_train]
-    reason = skip_reason(label, rewards, weak_vote(stats, update.min_majority_ratio, vote.reward))
+    weak = weak_vote(stats, update.min_majority_ratio, vote.reward, update.min_vote_margin)
+    reason = skip_reason(label, rewards, weak)
     history = []
     if reason is None and update.steps > 0:
         gae = update.advantage_estimator == "gae"
