@@ -58,5 +58,5 @@ def weak_vote(stats, min_majority_ratio: float, reward: str,
     if stats.majority_ratio < (min_majority_ratio or 0.0):
         return f"weak vote (majority ratio {stats.majority_ratio:.2f} < {min_majority_ratio})"
     if stats.margin < (min_margin or 0.0) - 1e-9:
-        return f"weak vote (margin {stats.margin:.2f} < {min_margin})"
+        return f"weak vote (margin {stats.margin:.4f} < {min_margin})"
     return None
