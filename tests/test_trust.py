@@ -125,3 +125,18 @@ def test_the_budget_rules():
     assert shrink(trust, 1e9, 0.0, 0.0) == pytest.approx(1 / 16)
     # the reference budget counts what this step added to what was already there
     assert shrink(trust, 0.0, 0.3, 0.15) == pytest.approx(0.8 * math.sqrt(0.05 / 0.15))
+
+
+def test_the_update_ends_once_the_budget_to_the_initial_model_is_nearly_spent(tiny_model):
+    """No more backtracking for crumbs: an accepted step that brings the KL to the initial model
+    within 90% of --max_kl is the last one."""
+    from sttrl.algorithms.trust import spent
+
+    assert spent(TrustRegion(0.05, 0.2), 0.181) and not spent(TrustRegion(0.05, 0.2), 0.17)
+    assert not spent(TrustRegion(0.05, 0.0), 1e9)  # no budget to the initial model
+    engine = local_engine(tiny_model, lr=0.5)
+    batch, _, _ = batch_of(engine)
+    history = engine.train(batch, grpo_loss, LOSS, steps=20,
+                           trust=TrustRegion(max_step_kl=0.0, max_kl=0.05, backtracks=8))
+    assert history[-1]["accepted"] and history[-1]["kl_ref"] >= 0.9 * 0.05
+    assert all(s["kl_ref"] <= 0.05 for s in history) and len(history) < 20

@@ -64,6 +64,16 @@ def shrink(trust: TrustRegion, kl_step: float, kl_ref: float, ref_before: float)
     return min(0.5, max(1 / 16, AIM * math.sqrt(min(ratios))))
 
 
+# Once the KL to the initial model is within this share of --max_kl, the update ends: the
+# traces of the study spent 2-4 backtracks per step there for changes too small to matter.
+SPENT = 0.9
+
+
+def spent(trust: TrustRegion, kl_ref: float) -> bool:
+    """Whether the budget to the initial model is (nearly) used up: end the update."""
+    return trust.max_kl > 0 and kl_ref >= SPENT * trust.max_kl
+
+
 def next_scale(trust: TrustRegion, scale: float, kl_step: float) -> float:
     """The learning-rate scale of the next step after an accepted one: doubled when this step
     used under GROW_BELOW of the step budget, capped at max_lr_scale."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from sttrl.algorithms.trust import controlled_step, next_scale, token_mean_kl
+from sttrl.algorithms.trust import controlled_step, next_scale, spent, token_mean_kl
 from sttrl.engines.sequences import param_distance, response_mask, sequence_logratio
 from sttrl.types import TrainBatch, TrustRegion
 
@@ -76,7 +76,7 @@ def train_measured(engine, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps:
                 merged["probe_logratio"] = sequence_logratio(post["probe"], start["probe"], probe)
             scale = next_scale(trust, outcome["lr"] / step_lr, outcome["kl_step"])
         history.append(merged)
-        if not outcome["accepted"] or (stop is not None and stop(merged)):
+        if not outcome["accepted"] or spent(trust, kl_ref) or (stop is not None and stop(merged)):
             break
     engine.set_lr(base_lr)
     return history

@@ -8,7 +8,7 @@ and batch) with a smaller learning rate. vLLM is synced once, after the last kep
 """
 from __future__ import annotations
 
-from sttrl.algorithms.trust import controlled_step, next_scale, token_mean_kl
+from sttrl.algorithms.trust import controlled_step, next_scale, spent, token_mean_kl
 from sttrl.engines.sequences import response_mask, sequence_logratio
 from sttrl.types import TrainBatch, TrustRegion
 
@@ -77,7 +77,8 @@ def train_measured(engine, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps:
                                                                  probe)
                 scale = next_scale(trust, outcome["lr"] / step_lr, outcome["kl_step"])
             history.append(merged)
-            if not outcome["accepted"] or (stop is not None and stop(merged)):
+            if (not outcome["accepted"] or spent(trust, kl_ref)
+                    or (stop is not None and stop(merged))):
                 break
     finally:
         engine._get([r.release.remote(STEP_KEY) for r in engine.trainers], "releasing a snapshot")
