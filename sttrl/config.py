@@ -2,7 +2,7 @@
 
 Fields left as None take a device-dependent default in `resolve` (a GPU affords more samples).
 `validate` checks each field against its rule in `RULES` (the table below the fields) and the
-rules that tie fields together (`CROSS_FIELD`). Only the top of a run reads a `Config`:
+rules that tie fields together (`CROSS_FIELD`, in `sttrl/config_rules.py`). Only the top of a run reads a `Config`:
 `sttrl.parts.parts` splits the resolved one into the settings each layer reads.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sttrl.algorithms import METHODS
 from sttrl.checks import Choice, Range, integers, type_problem
+from sttrl.config_rules import CROSS_FIELD
 from sttrl.errors import UserError
 from sttrl.rewards import ANSWER_FORMS, REWARDS
 
@@ -209,7 +210,7 @@ def module_names(name: str, value: str) -> str | None:
 
 
 # Each field's allowed values: rule(name, value) -> why not, or None (a None value, "take the
-# default", is always allowed). Checks that involve two fields are CROSS_FIELD's, below.
+# default", is always allowed). Checks that involve two fields are CROSS_FIELD's (sttrl/config_rules.py).
 RULES = {
     "mode": Choice(("question", "dataset"), "question or dataset"),
     **dict.fromkeys(("episodes", "prompts_per_step", "mini_batch_prompts", "eval_every",
@@ -258,74 +259,6 @@ def field_kinds() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
     return {f.name: next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],)
                          if t is not type(None)) for f in fields(Config)}
-
-
-# ---- the rules that involve two or more fields ---------------------------------------------
-
-def lora_has_no_separate_reference(cfg: Config) -> str | None:
-    if cfg.lora_rank and cfg.separate_ref_gpu:
-        return ("--separate_ref_gpu has no use with --lora_rank: the reference is the base model "
-                "with the adapter switched off")
-    return None
-
-
-def controls_need_a_trained_label(cfg: Config) -> str | None:
-    if cfg.reward != "vote" and cfg.adaptation_method not in ("ttrl", "ttft"):
-        return (f"--reward {cfg.reward} applies to --adaptation_method ttrl or ttft (and --mode "
-                f"dataset), got {cfg.adaptation_method!r}")
-    return None
-
-
-def agreement_needs_grpo(cfg: Config) -> str | None:
-    if cfg.stop_agreement and cfg.advantage_estimator != "grpo":
-        return "--stop_agreement needs --advantage_estimator grpo (one advantage per response)"
-    return None
-
-
-def sgd_needs_the_local_engine(cfg: Config) -> str | None:
-    if cfg.optimizer != "adamw" and cfg.engine != "local":
-        return "--optimizer sgd needs --engine local (the scale engine trains with AdamW)"
-    return None
-
-
-def gae_needs_the_scale_engine_and_ttrl(cfg: Config) -> str | None:
-    if cfg.advantage_estimator != "gae":
-        return None
-    if cfg.engine != "ray":
-        return "--advantage_estimator gae needs --engine ray (the local engine has no critic)"
-    if cfg.adaptation_method != "ttrl":
-        return ("--advantage_estimator gae applies to --adaptation_method ttrl only, got "
-                f"{cfg.adaptation_method!r}")
-    return None
-
-
-def scale_engine_limits(cfg: Config) -> str | None:
-    if cfg.engine == "ray" and cfg.lora_rank > 512:
-        return ("--engine ray serves adapters of --lora_rank up to 512 (vLLM's largest "
-                f"max_lora_rank), got {cfg.lora_rank}")
-    if cfg.engine == "ray" and cfg.adaptation_method == "slot":
-        return "--adaptation_method slot needs --engine local (it edits the local model's hidden states)"
-    return None
-
-
-def colocated_engines_fill_the_actor(cfg: Config) -> str | None:
-    if cfg.colocate and cfg.vllm_num_engines is not None and cfg.actor_num_gpus is not None:
-        vllm_gpus = cfg.vllm_num_engines * cfg.vllm_tensor_parallel_size
-        if vllm_gpus != cfg.actor_num_gpus:
-            return (f"--colocate needs vllm_num_engines x vllm_tensor_parallel_size ({vllm_gpus}) "
-                    f"to equal --actor_num_gpus ({cfg.actor_num_gpus})")
-    return None
-
-
-def trained_samples_are_voted(cfg: Config) -> str | None:
-    if cfg.n_votes is not None and cfg.n_train is not None and cfg.n_train > cfg.n_votes:
-        return f"--n_train ({cfg.n_train}) must not exceed --n_votes ({cfg.n_votes})"
-    return None
-
-
-CROSS_FIELD = (lora_has_no_separate_reference, controls_need_a_trained_label,
-               agreement_needs_grpo, sgd_needs_the_local_engine, gae_needs_the_scale_engine_and_ttrl, scale_engine_limits,
-               colocated_engines_fill_the_actor, trained_samples_are_voted)
 
 
 def validate(cfg: Config) -> Config:

@@ -572,7 +572,8 @@ def test_smollm2_end_to_end_on_both_engines(ray_cpu, tmp_path):
     from sttrl.run import run
 
     flags = dict(num_questions=2, n_votes=8, n_train=4, n_eval=4, max_new_tokens=32, lr=1e-5,
-                 steps_per_question=3, min_majority_ratio=0.0, stop_agreement=0.0,
+                 steps_per_question=3, min_majority_ratio=0.0, min_vote_margin=0.0,
+                 stop_agreement=0.0, max_step_kl=0.0, max_kl=0.0,
                  sync_timeout=600, device="cpu")
     summaries = {}
     for engine in ("ray", "local"):

@@ -16,10 +16,12 @@ STEP_KEY = "step"  # the ranks' snapshot of the state before the current step
 
 
 def train_measured(engine, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int,
-                   lrs, stop, trust: TrustRegion) -> list[dict]:
+                   lrs, stop, trust: TrustRegion, mini_batches=None) -> list[dict]:
     """Up to `steps` optimiser steps on the whole batch, each measured after it (as
     LocalEngine's). Old log-probs and the reference come from the same scoring pass that
     measures every step."""
+    if mini_batches is not None or engine.actors.critics:
+        raise ValueError("a trust region applies to one GRPO batch, not mini-batches or a critic")
     rows = list(range(len(batch.responses)))
     mask = response_mask(batch.responses, "cpu")  # [B, T]
     probe = batch.probe or []
