@@ -2,7 +2,7 @@
 
 Fields left as None take a device-dependent default in `resolve` (a GPU affords more samples).
 `validate` checks each field against its rule in `RULES` (the table below the fields) and the
-rules that tie fields together (`CROSS_FIELD`). Only the top of a run reads a `Config`:
+rules that tie fields together (`CROSS_FIELD`, in `sttrl/config_rules.py`). Only the top of a run reads a `Config`:
 `sttrl.parts.parts` splits the resolved one into the settings each layer reads.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sttrl.algorithms import METHODS
 from sttrl.checks import Choice, Range, integers, type_problem
+from sttrl.config_rules import CROSS_FIELD
 from sttrl.errors import UserError
 from sttrl.rewards import ANSWER_FORMS, REWARDS
 
@@ -115,12 +116,22 @@ class Config:
     """vote (agreement with the pseudo-label), oracle (the reference answer: an upper bound, marked in every output) or random (the vote's positive rate, no signal: the null)."""
     min_majority_ratio: float | None = None
     """Weak-vote rule: skip the update when the winning cluster holds less than this share of the voting weight (0: never skip; default: the method's CPU study value in reset mode, else 0)."""
+    min_vote_margin: float | None = None
+    """Weak-vote rule: skip the update when the winner leads the runner-up by less than this share of the voting weight (0: never skip; default: the method's CPU study value in reset mode, else 0)."""
     stop_clip_frac: float | None = None
     """Adaptive budget: end a question's update after the step whose clipped-token share exceeds this (None: take every step)."""
     stop_kl: float | None = None
     """Adaptive budget: end a question's update after the step whose KL to the reference exceeds this (None: no KL budget)."""
+    max_step_kl: float | None = None
+    """Trust region: a step whose per-token KL to the policy before it exceeds this is undone and retried smaller (0: no step budget; default: 0.05 for ttrl in question mode with GRPO, else 0)."""
+    max_kl: float | None = None
+    """Trust region: a step that takes the per-token KL to the initial model past this is undone and retried smaller (0: no budget; default: 0.2 for ttrl in question mode with GRPO, else 0)."""
+    kl_backtracks: int = 4
+    """Trust region: how often an overshooting step is undone and retried smaller before the question's update ends."""
+    agreement_estimate: str = "heldout"
+    """How --stop_agreement estimates the policy's agreement with the vote: heldout (importance weights of the votes after n_train, never trained on, measured after each step) or trained (the trained samples' own, from the step's forward pass)."""
     stop_agreement: float | None = None
-    """Adaptive budget: end a question's update once the policy's estimated share of answers agreeing with the vote (importance-weighted over the trained samples) reaches this (0: off; default: the method's CPU study value in reset mode, else off)."""
+    """Adaptive budget: end a question's update once the policy's estimated share of answers agreeing with the vote (estimated as --agreement_estimate says) reaches this (0: off; default: the method's CPU study value in reset mode, else off)."""
     memo_variants: int = 2
     """Prompt phrasings pooled into MEMO's marginal (adaptation_method=memo; 1 to 4)."""
     continuous: bool = False
@@ -143,6 +154,8 @@ class Config:
     """Weight of the k3 KL penalty to the frozen initial model (0 turns it off)."""
     grad_clip: float = 1.0
     """Gradient-norm clip."""
+    optimizer: str = "adamw"
+    """adamw, or sgd (plain SGD on the gradient scaled to norm grad_clip: a step of length lr x grad_clip along the gradient)."""
     temperature: float = 0.8
     """Rollout temperature for the vote and training samples."""
     top_p: float = 1.0
@@ -197,7 +210,7 @@ def module_names(name: str, value: str) -> str | None:
 
 
 # Each field's allowed values: rule(name, value) -> why not, or None (a None value, "take the
-# default", is always allowed). Checks that involve two fields are CROSS_FIELD's, below.
+# default", is always allowed). Checks that involve two fields are CROSS_FIELD's (sttrl/config_rules.py).
 RULES = {
     "mode": Choice(("question", "dataset"), "question or dataset"),
     **dict.fromkeys(("episodes", "prompts_per_step", "mini_batch_prompts", "eval_every",
@@ -218,10 +231,13 @@ RULES = {
     **dict.fromkeys(("temperature", "val_temp"), Range(0, 10)),
     **dict.fromkeys(("top_p", "val_top_p", "confidence_keep"), Range(0, 1, lo_open=True)),
     **dict.fromkeys(("weight_decay", "kl_coef", "clip_eps", "grad_clip", "stop_clip_frac",
-                     "stop_kl", "seed"), Range(0)),
+                     "stop_kl", "max_step_kl", "max_kl", "seed"), Range(0)),
+    "kl_backtracks": integers(0, 100),
+    "agreement_estimate": Choice(("heldout", "trained"), "heldout or trained"),
+    "optimizer": Choice(("adamw", "sgd"), "adamw or sgd"),
     "answer_form": Choice(ANSWER_FORMS),
     "reward": Choice(REWARDS),
-    "min_majority_ratio": Range(0, 1),
+    **dict.fromkeys(("min_majority_ratio", "min_vote_margin"), Range(0, 1)),
     "stop_agreement": Range(0, 1, lo_text="0 (off)"),
     "memo_variants": Range(1, 4),
     "energy_tau": Range(0, lo_open=True),
@@ -243,68 +259,6 @@ def field_kinds() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
     return {f.name: next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],)
                          if t is not type(None)) for f in fields(Config)}
-
-
-# ---- the rules that involve two or more fields ---------------------------------------------
-
-def lora_has_no_separate_reference(cfg: Config) -> str | None:
-    if cfg.lora_rank and cfg.separate_ref_gpu:
-        return ("--separate_ref_gpu has no use with --lora_rank: the reference is the base model "
-                "with the adapter switched off")
-    return None
-
-
-def controls_need_a_trained_label(cfg: Config) -> str | None:
-    if cfg.reward != "vote" and cfg.adaptation_method not in ("ttrl", "ttft"):
-        return (f"--reward {cfg.reward} applies to --adaptation_method ttrl or ttft (and --mode "
-                f"dataset), got {cfg.adaptation_method!r}")
-    return None
-
-
-def agreement_needs_grpo(cfg: Config) -> str | None:
-    if cfg.stop_agreement and cfg.advantage_estimator != "grpo":
-        return "--stop_agreement needs --advantage_estimator grpo (one advantage per response)"
-    return None
-
-
-def gae_needs_the_scale_engine_and_ttrl(cfg: Config) -> str | None:
-    if cfg.advantage_estimator != "gae":
-        return None
-    if cfg.engine != "ray":
-        return "--advantage_estimator gae needs --engine ray (the local engine has no critic)"
-    if cfg.adaptation_method != "ttrl":
-        return ("--advantage_estimator gae applies to --adaptation_method ttrl only, got "
-                f"{cfg.adaptation_method!r}")
-    return None
-
-
-def scale_engine_limits(cfg: Config) -> str | None:
-    if cfg.engine == "ray" and cfg.lora_rank > 512:
-        return ("--engine ray serves adapters of --lora_rank up to 512 (vLLM's largest "
-                f"max_lora_rank), got {cfg.lora_rank}")
-    if cfg.engine == "ray" and cfg.adaptation_method == "slot":
-        return "--adaptation_method slot needs --engine local (it edits the local model's hidden states)"
-    return None
-
-
-def colocated_engines_fill_the_actor(cfg: Config) -> str | None:
-    if cfg.colocate and cfg.vllm_num_engines is not None and cfg.actor_num_gpus is not None:
-        vllm_gpus = cfg.vllm_num_engines * cfg.vllm_tensor_parallel_size
-        if vllm_gpus != cfg.actor_num_gpus:
-            return (f"--colocate needs vllm_num_engines x vllm_tensor_parallel_size ({vllm_gpus}) "
-                    f"to equal --actor_num_gpus ({cfg.actor_num_gpus})")
-    return None
-
-
-def trained_samples_are_voted(cfg: Config) -> str | None:
-    if cfg.n_votes is not None and cfg.n_train is not None and cfg.n_train > cfg.n_votes:
-        return f"--n_train ({cfg.n_train}) must not exceed --n_votes ({cfg.n_votes})"
-    return None
-
-
-CROSS_FIELD = (lora_has_no_separate_reference, controls_need_a_trained_label,
-               agreement_needs_grpo, gae_needs_the_scale_engine_and_ttrl, scale_engine_limits,
-               colocated_engines_fill_the_actor, trained_samples_are_voted)
 
 
 def validate(cfg: Config) -> Config:
@@ -371,8 +325,12 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
     # the development study's values, where it measured them: a CPU, one question at a time
     study = (method.cpu_reset if not big and cfg.mode == "question" and not cfg.continuous
              and cfg.advantage_estimator == "grpo" else {})
+    trust = (method.trust if cfg.mode == "question" and cfg.advantage_estimator == "grpo"
+             else {})
     for name, general in (("steps_per_question", method.steps), ("min_majority_ratio", 0.0),
-                          ("stop_agreement", 0.0)):
+                          ("min_vote_margin", 0.0), ("stop_agreement", 0.0),
+                          ("max_step_kl", trust.get("max_step_kl", 0.0)),
+                          ("max_kl", trust.get("max_kl", 0.0))):
         if getattr(cfg, name) is None:
             setattr(cfg, name, study.get(name, general))
     if cfg.prompt_family is None:

@@ -27,6 +27,9 @@ class EngineSettings:
     """The optimiser's learning rate until `set_lr` or a step's own lr changes it."""
     weight_decay: float
     """AdamW weight decay."""
+    optimizer: str
+    """adamw, or sgd (plain gradient steps: no moments, so the first step is not lr x sign(g));
+    the local engine only."""
     grad_clip: float
     """Gradient-norm clip."""
     micro_batch_size: int
@@ -142,12 +145,26 @@ class UpdateSettings:
     """grpo, or gae (the engine's critic turns the rewards into per-token advantages)."""
     min_majority_ratio: float
     """Weak-vote rule: no update below this share of the voting weight (0: off)."""
+    min_vote_margin: float
+    """Weak-vote rule: no update when the winner leads the runner-up by less than this share
+    of the voting weight (0: off)."""
     stop_clip_frac: float | None
     """Adaptive budget: end after the step whose clipped-token share exceeds this."""
     stop_kl: float | None
     """Adaptive budget: end after the step whose KL to the reference exceeds this."""
     stop_agreement: float
     """Adaptive budget: end once the policy agrees with the vote this often (0: off)."""
+    agreement_estimate: str
+    """How stop_agreement estimates the agreement: heldout (the votes never trained on) or
+    trained (the trained samples' in-sample estimate, biased upward after a step)."""
+    max_step_kl: float
+    """Trust region: undo a step whose per-token KL to the policy before it exceeds this, and
+    retry it smaller (0: off)."""
+    max_kl: float
+    """Trust region: undo a step that takes the per-token KL to the initial model past this
+    (0: off)."""
+    kl_backtracks: int
+    """Trust region: how many smaller retries a step gets before the update ends."""
     mini_batch_prompts: int
     """Dataset mode: questions per optimiser step within a rollout batch."""
     warmup_ratio: float

@@ -86,12 +86,36 @@ class TrainBatch:
     those of the policy that sampled (as TRL, verl and OpenRLHF do). 1.0 for SFT on the samples
     (ttft: TRL's SFT uses untempered logits); <= 0 (greedy rollouts) trains as 1.0."""
 
+    probe: list[list[int]] | None = None
+    """Responses to prompts[0] drawn with the trained ones but not trained on (the votes after
+    n_train). A measured update (`train(..., trust=...)`) reports after each step every probe
+    response's summed log-ratio, current policy over the one that sampled, at `temperature`
+    (`probe_logratio`; `train_logratio` likewise for the trained responses): importance
+    weights from samples the step never saw."""
+
     @classmethod
     def shared(cls, prompt_ids: list[int], responses: list[list[int]],
                advantages: list[float], rewards: list[float] | None = None,
-               temperature: float = 1.0) -> "TrainBatch":
+               temperature: float = 1.0, probe: list[list[int]] | None = None) -> "TrainBatch":
         """All responses continue the same prompt."""
-        return cls([prompt_ids] * len(responses), responses, advantages, rewards, temperature)
+        return cls([prompt_ids] * len(responses), responses, advantages, rewards, temperature,
+                   probe)
+
+
+@dataclass(frozen=True)
+class TrustRegion:
+    """How far each optimiser step of a per-question update may move the policy, measured as
+    the mean per-token k3 KL over the question's own trained responses, in a forward pass after
+    the step. A step past either budget is undone exactly and retried smaller."""
+
+    max_step_kl: float
+    """Budget of one step's KL to the policy before it (0: none)."""
+    max_kl: float
+    """Budget of the KL to the initial (reference) model after any step (0: none)."""
+    backtracks: int = 4
+    """How often an overshooting step is undone and retried smaller before the update ends."""
+    max_lr_scale: float = 16.0
+    """How far steps well inside the step budget may grow the learning rate (times the base)."""
 
 
 @dataclass
@@ -139,7 +163,8 @@ class QuestionResult:
     pseudo_label: str | None
     """The label the vote elected; None when no sample had an answer."""
     vote: dict
-    """majority_ratio, n_voting, n_none and clusters (answer -> count) of the vote."""
+    """majority_ratio (TTRL's, over all samples), answered_ratio, margin (the lead over the
+    runner-up), n_voting, n_none and clusters (answer -> count) of the vote."""
     rewards: dict
     """n, positive and mean of the trained samples' rewards."""
     skipped: bool

@@ -83,7 +83,7 @@ def tiny_config(model: str, data: str, out: Path, **kw):
                 n_train=6, n_eval=4, max_new_tokens=8, steps_per_question=2, lr=5e-3,
                 temperature=1.0, progress=False,
                 # the rules off, whatever the CPU study's defaults: each test turns on its own
-                min_majority_ratio=0.0, stop_agreement=0.0)
+                min_majority_ratio=0.0, min_vote_margin=0.0, stop_agreement=0.0)
     base.update(kw)
     return Config(**base)
 

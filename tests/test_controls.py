@@ -184,16 +184,21 @@ def test_the_cpu_study_defaults_apply_to_reset_mode_ttrl_on_a_cpu_only():
         return {k: getattr(cfg, k) for k in TTRL_CPU_RESET}
 
     assert picked(resolve(Config(), on_gpu=False)) == TTRL_CPU_RESET
-    general = {"lr": 1e-5, "steps_per_question": 3, "stop_agreement": 0.0, "min_majority_ratio": 0.0}
+    general = {"lr": 1e-5, "steps_per_question": 3, "stop_agreement": 0.0, "min_vote_margin": 0.0}
     assert picked(resolve(Config(), on_gpu=True)) == general
     assert picked(resolve(Config(continuous=True), on_gpu=False)) == general
     gae = resolve(Config(advantage_estimator="gae", engine="ray"), on_gpu=False)
     assert picked(gae) == general  # the study measured GRPO
     ttft = resolve(Config(adaptation_method="ttft"), on_gpu=False)
-    assert (ttft.min_majority_ratio, ttft.stop_agreement) == (0.0, 0.0)
+    assert (ttft.min_vote_margin, ttft.stop_agreement) == (0.0, 0.0)
+    # the trust region is stated in KL, so it applies on every device, in question mode with GRPO
+    for cfg in (resolve(Config(), on_gpu=True), resolve(Config(continuous=True), on_gpu=False)):
+        assert (cfg.max_step_kl, cfg.max_kl) == (0.05, 0.2)
+    for cfg in (gae, ttft, resolve(Config(mode="dataset"), on_gpu=False)):
+        assert (cfg.max_step_kl, cfg.max_kl) == (0.0, 0.0)
     # a flag wins over the study, and 0 turns a rule off
-    own = resolve(Config(lr=1e-6, stop_agreement=0.0, min_majority_ratio=0.0), on_gpu=False)
-    assert (own.lr, own.stop_agreement, own.min_majority_ratio, own.steps_per_question) == \
+    own = resolve(Config(lr=1e-6, stop_agreement=0.0, min_vote_margin=0.0), on_gpu=False)
+    assert (own.lr, own.stop_agreement, own.min_vote_margin, own.steps_per_question) == \
         (1e-6, 0.0, 0.0, TTRL_CPU_RESET["steps_per_question"])
     assert budget(parts(own).update) is None
     # resolving a resolved config changes nothing (a saved config.json compares equal on resume)

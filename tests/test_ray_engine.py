@@ -135,6 +135,43 @@ class TestAgainstTheLocalEngine:
         eng.reset()
 
 
+    def test_a_step_past_the_trust_region_is_undone_and_measured_steps_match_local(self, engines):
+        """The scale engine's measured update: a step past the budget is undone on every rank and
+        in vLLM (the initial weights come back exactly); steps inside it log the local engine's
+        KL numbers."""
+        from sttrl.algorithms.grpo import group_advantages, grpo_loss
+        from sttrl.types import TrainBatch, TrustRegion
+
+        eng, local = engines
+        eng.reset()
+        local.reset()
+        pid = eng.encode(PROMPT)
+        samples = eng.generate(PROMPT, 6, 1.0, 1.0, 10, seed=11)
+        batch = TrainBatch.shared(pid, [s.token_ids for s in samples[:5]],
+                                  group_advantages([1.0, 0, 1, 0, 1]),
+                                  probe=[samples[5].token_ids])
+        fixed = samples[0].token_ids
+        before, initial = eng.state_dict()["model"], eng.score_on_engines(pid, fixed)[0]
+        tight = TrustRegion(max_step_kl=1e-12, max_kl=0.0, backtracks=1)
+        history = eng.train(batch, grpo_loss, KL, steps=2, trust=tight)
+        assert len(history) == 1 and history[0]["accepted"] is False
+        assert history[0]["undone"] == 2  # the first try and its one retry
+        after = eng.state_dict()["model"]
+        assert all(after[k].equal(before[k]) for k in before)
+        assert max_gap(eng.score_on_engines(pid, fixed)[0], initial) < LOGPROB_TOL
+        assert eng.check_weights(pid, fixed) < LOGPROB_TOL
+
+        free = TrustRegion(max_step_kl=0.0, max_kl=0.0)
+        got = eng.train(batch, grpo_loss, KL, steps=2, trust=free)
+        want = local.train(batch, grpo_loss, KL, steps=2, trust=free)
+        for g, w in zip(got, want):
+            assert g["accepted"] and w["accepted"]
+            for k in ("kl_step", "kl_ref", "loss", "lr"):
+                assert g[k] == pytest.approx(w[k], rel=1e-3, abs=1e-6), k
+        assert got[1]["kl_ref"] > 0
+        eng.reset()
+        local.reset()
+
     def test_snapshots_and_checkpoints_round_trip(self, engines):
         from sttrl.algorithms.grpo import group_advantages, grpo_loss
         from sttrl.types import TrainBatch
@@ -535,7 +572,8 @@ def test_smollm2_end_to_end_on_both_engines(ray_cpu, tmp_path):
     from sttrl.run import run
 
     flags = dict(num_questions=2, n_votes=8, n_train=4, n_eval=4, max_new_tokens=32, lr=1e-5,
-                 steps_per_question=3, min_majority_ratio=0.0, stop_agreement=0.0,
+                 steps_per_question=3, min_majority_ratio=0.0, min_vote_margin=0.0,
+                 stop_agreement=0.0, max_step_kl=0.0, max_kl=0.0,
                  sync_timeout=600, device="cpu")
     summaries = {}
     for engine in ("ray", "local"):

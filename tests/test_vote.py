@@ -15,7 +15,42 @@ def test_equivalent_answers_vote_together():
     assert stats.sample_cluster == [0, 0, 1, 0, None, 1]
     assert stats.representatives == ["0.5", "3"] and stats.winner == 0
     assert (stats.n_voting, stats.n_none) == (5, 1)
-    assert stats.majority_ratio == pytest.approx(3 / 5)
+    # TTRL's ratio: the winner's count over every sample, the unanswered one included
+    assert stats.majority_ratio == pytest.approx(3 / 6)
+    assert stats.answered_ratio == pytest.approx(3 / 5)
+
+
+def test_the_majority_ratio_is_ttrls_over_all_samples():
+    """TTRL (ttt_metrics.py) divides the majority answer's count by the number of samples:
+    3 agreeing among 5 answered of 16 is 3 / 16, not 3 / 5."""
+    answers = ["7", "7", "7", "8", "9"] + [None] * 11
+    _, stats = vote(answers)
+    assert stats.majority_ratio == pytest.approx(3 / 16)
+    assert stats.answered_ratio == pytest.approx(3 / 5)
+    # weighted votes: the winner's weight over every sample's weight
+    _, stats = vote(["1", "2", None], weights=[0.5, 0.2, 0.3])
+    assert stats.majority_ratio == pytest.approx(0.5) and stats.answered_ratio == pytest.approx(0.5 / 0.7)
+
+
+def test_the_margin_is_the_winners_lead_over_the_runner_up_among_all_samples():
+    _, stats = vote(["7", "7", "7", "8", "8", "9"] + [None] * 2)
+    assert stats.margin == pytest.approx((3 - 2) / 8)
+    _, stats = vote(["4"] * 5)  # unanimous: the lead is everything
+    assert stats.margin == pytest.approx(1.0)
+    _, stats = vote(["1", "2", None], weights=[0.5, 0.2, 0.3])
+    assert stats.margin == pytest.approx((0.5 - 0.2) / 1.0)
+    _, stats = vote(["1", "2"])  # a tie has no lead
+    assert stats.margin == 0.0
+
+
+def test_the_weak_vote_rule_holds_back_a_narrow_lead_but_never_the_oracle():
+    from sttrl.rewards.label import weak_vote
+    _, narrow = vote(["7", "7", "7", "8", "8"] + [None] * 11)  # lead 1 of 16
+    _, clear = vote(["7"] * 5 + ["8"] * 2 + [None] * 9)  # lead 3 of 16
+    assert "margin" in weak_vote(narrow, 0.0, "vote", min_margin=0.125)
+    assert weak_vote(clear, 0.0, "vote", min_margin=0.125) is None
+    assert weak_vote(narrow, 0.0, "oracle", min_margin=0.125) is None
+    assert weak_vote(narrow, 0.0, "vote", min_margin=0.0) is None
 
 
 def test_none_answers_do_not_vote():

@@ -6,6 +6,8 @@ one token mean over the whole batch.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -68,3 +70,26 @@ def agreement_estimate(stats: dict) -> float | None:
     survives merging. None when the loss did not compute it."""
     total = stats.get("all_w")
     return stats["agree_w"] / total if total else None
+
+
+def heldout_agreement(logratios: list[float], agree: list[bool],
+                      min_ess: float = 0.0) -> tuple[float | None, float]:
+    """The current policy's chance of a response agreeing with the vote, from responses it was
+    not trained on: the self-normalised importance-weighted share of agreeing ones among the
+    held-out votes, each weighted by exp(its summed log-ratio, current over sampling policy).
+
+    The held-out votes are independent draws from the policy that sampled, outside the
+    gradient, so unlike the trained samples' share (`agreement_estimate`) the estimate is not
+    pulled up by the step having raised exactly those responses. Returns (estimate, effective
+    sample size); the estimate is None when there are no held-out votes or the effective sample
+    size (sum w)^2 / sum w^2 is below `min_ess` (a few responses carry all the weight).
+    """
+    if not logratios:
+        return None, 0.0
+    top = max(logratios)
+    w = [math.exp(x - top) for x in logratios]  # minus the max: no overflow
+    total, squares = sum(w), sum(x * x for x in w)
+    ess = total * total / squares if squares > 0 else 0.0
+    if ess < min_ess:
+        return None, ess
+    return sum(x for x, a in zip(w, agree) if a) / total, ess

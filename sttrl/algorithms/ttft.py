@@ -27,7 +27,7 @@ def adapt(engine, question, prompt: str, sampling: SamplingSettings, vote: VoteS
     keep = [s.token_ids for s, r in zip(samples, rewards) if r > 0]
     reason = None if keep else ("no answer could be extracted from any sample" if label is None
                                 else "no trained sample agrees with the vote")
-    weak = weak_vote(stats, update.min_majority_ratio, vote.reward)
+    weak = weak_vote(stats, update.min_majority_ratio, vote.reward, update.min_vote_margin)
     if keep and weak is not None:
         keep, reason = [], weak
     history = []

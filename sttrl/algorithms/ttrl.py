@@ -7,10 +7,11 @@ reference, and such a run is marked oracle everywhere it is reported.
 """
 from __future__ import annotations
 
-from sttrl.algorithms.grpo import agreement_estimate, group_advantages, grpo_loss
+from sttrl.algorithms.grpo import (agreement_estimate, group_advantages, grpo_loss,
+                                  heldout_agreement)
 from sttrl.rewards.label import pseudo_label, skip_reason, train_rewards, weak_vote
 from sttrl.settings import SamplingSettings, UpdateSettings, VoteSettings
-from sttrl.types import Adaptation, SampleGroup, TrainBatch
+from sttrl.types import Adaptation, SampleGroup, TrainBatch, TrustRegion
 
 
 def vote_group(sampling: SamplingSettings, seed: int) -> SampleGroup:
@@ -39,22 +40,63 @@ def sample_and_vote(engine, question, prompt: str, sampling: SamplingSettings,
     return samples, answers, label, stats, rewards
 
 
-def budget(update: UpdateSettings):
+# The held-out estimate is not trusted once fewer than this share of the held-out votes carry
+# the weight (effective sample size): the policy then samples responses the votes rarely show.
+MIN_ESS_SHARE = 0.25
+
+
+def trust_region(update: UpdateSettings) -> TrustRegion:
+    """The per-question update's trust region (0 turns a budget off; with both off every step
+    is still measured and logged, never undone)."""
+    return TrustRegion(update.max_step_kl or 0.0, update.max_kl or 0.0, update.kl_backtracks)
+
+
+def agreement(stats: dict, probe_agree: list[bool] | None) -> float | None:
+    """The policy's estimated share of vote-agreeing answers after this step: from the held-out
+    votes when there are some (`heldout_agreement`), else the trained samples' share."""
+    if probe_agree and "probe_logratio" in stats:
+        estimate, _ = heldout_agreement(stats["probe_logratio"], probe_agree,
+                                        MIN_ESS_SHARE * len(probe_agree))
+        return estimate
+    return agreement_estimate(stats)
+
+
+def budget(update: UpdateSettings, probe_agree: list[bool] | None = None):
     """The adaptive update budget, as the engines' `stop` rule: end the update after the step
     whose clipped share or KL passes its budget (the policy has moved far enough from the one
-    that sampled), or whose forward pass finds the policy agreeing with the vote often enough
-    (`agreement_estimate`: the step's stats describe the policy before that step's update, so
-    the update ends one step after the target is reached); None when no budget is set."""
-    clip_frac, kl, agreement = update.stop_clip_frac, update.stop_kl, update.stop_agreement
-    if clip_frac is None and kl is None and not agreement:
+    that sampled), or after which the policy agrees with the vote often enough (`agreement`:
+    with held-out votes, measured after the step; otherwise from the trained samples in the
+    step's own forward pass, which describes the policy before the step, so the update then
+    ends one step after the target is reached); None when no budget is set."""
+    clip_frac, kl, target = update.stop_clip_frac, update.stop_kl, update.stop_agreement
+    if clip_frac is None and kl is None and not target:
         return None
 
     def stop(stats: dict) -> bool:
-        agree = agreement_estimate(stats)
+        agree = agreement(stats, probe_agree)
         return ((clip_frac is not None and stats.get("clip_frac", 0.0) > clip_frac)
                 or (kl is not None and stats.get("kl", 0.0) > kl)
-                or (bool(agreement) and agree is not None and agree >= agreement))
+                or (bool(target) and agree is not None and agree >= target))
     return stop
+
+
+def with_agreement(history: list[dict], agree: list[bool]) -> list[dict]:
+    """The step records with the log-ratio lists replaced by what they say (`agree` flags every
+    voted sample, trained ones first): the policy's agreement with the vote after each step,
+    estimated from the held-out votes (`agree_heldout`, with its effective sample size) and,
+    in-sample, from the trained ones (`agree_trained`)."""
+    out = []
+    for stats in history:
+        stats = dict(stats)
+        trained = stats.pop("train_logratio", None)
+        held = stats.pop("probe_logratio", None)
+        if trained is not None:
+            stats["agree_trained"], _ = heldout_agreement(trained, agree[:len(trained)])
+        if held is not None:
+            stats["agree_heldout"], stats["agree_ess"] = heldout_agreement(
+                held, agree[len(agree) - len(held):])
+        out.append(stats)
+    return out
 
 
 def adapt(engine, question, prompt: str, sampling: SamplingSettings, vote: VoteSettings,
@@ -64,17 +106,29 @@ def adapt(engine, question, prompt: str, sampling: SamplingSettings, vote: VoteS
                                                               vote, seed, timer, oracle,
                                                               votes=votes)
     train = samples[:sampling.n_train]
-    reason = skip_reason(label, rewards, weak_vote(stats, update.min_majority_ratio, vote.reward))
+    weak = weak_vote(stats, update.min_majority_ratio, vote.reward, update.min_vote_margin)
+    reason = skip_reason(label, rewards, weak)
     history = []
     if reason is None and update.steps > 0:
+        gae = update.advantage_estimator == "gae"
+        n_train = sampling.n_train
+        # The votes after n_train were drawn with the trained ones and are never trained on:
+        # after each step their importance weights say how often the policy now agrees.
+        held_out = samples[n_train:] if not gae and update.agreement_estimate == "heldout" \
+            else []
+        probe_agree = [stats.sample_cluster[i] == stats.winner
+                       for i in range(n_train, n_train + len(held_out))]
         # with gae the engine's critic turns the rewards into per-token advantages itself
         batch = TrainBatch.shared(engine.encode(prompt), [s.token_ids for s in train],
-                                  group_advantages(rewards),
-                                  rewards if update.advantage_estimator == "gae" else None,
-                                  temperature=sampling.temperature)
+                                  group_advantages(rewards), rewards if gae else None,
+                                  temperature=sampling.temperature,
+                                  probe=[s.token_ids for s in held_out] or None)
         with timer("train"):
             history = engine.train(batch, grpo_loss,
                                    {"clip_eps": update.clip_eps, "kl_coef": update.kl_coef,
                                     **({"agreement": True} if update.stop_agreement else {})},
-                                   update.steps, stop=budget(update))
+                                   update.steps, stop=budget(update, probe_agree),
+                                   trust=None if gae else trust_region(update))
+        history = with_agreement(history, [c == stats.winner for c in
+                                           stats.sample_cluster[:n_train + len(held_out)]])
     return Adaptation(answers, label, stats, rewards, reason, history)

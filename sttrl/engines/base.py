@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol
 
 from sttrl.settings import EngineSettings
-from sttrl.types import Sample, SampleGroup, TrainBatch
+from sttrl.types import Sample, SampleGroup, TrainBatch, TrustRegion
 
 HeadHook = Callable[[Any], Any]
 """Maps the final hidden states [..., d] entering the LM head to the ones the head should see."""
@@ -56,7 +56,8 @@ class Engine(Protocol):
     def train(self, batch: TrainBatch, loss_fn: Callable, loss_kwargs: dict, steps: int,
               mini_batches: list[list[int]] | None = None,
               lrs: list[float] | None = None,
-              stop: Callable[[dict], bool] | None = None) -> list[dict]:
+              stop: Callable[[dict], bool] | None = None,
+              trust: TrustRegion | None = None) -> list[dict]:
         """Run `steps` optimiser steps on one batch, or with `mini_batches` (row indices) `steps`
         epochs of one optimiser step per mini-batch; `lrs`: each optimiser step's learning
         rate; `stop(stats)`: end the update after the first step whose stats it accepts (the
@@ -71,6 +72,11 @@ class Engine(Protocol):
         of the policy that sampled (the weights when train is called): every step's ratio is
         against it, and the first step is exactly on-policy.
         ref_logprobs are the initial weights' (None unless loss_kwargs['kl_coef'] > 0).
+
+        `trust`: measure every step (a scoring pass after it: `kl_step` to the policy before
+        it, `kl_ref` to the initial model, `param_change`), undo a step that passes the
+        region's budget exactly and retry it at a smaller lr (`measured.py` on each engine);
+        with `batch.probe`, also the held-out responses' log-ratios after each step.
         """
 
     def set_lr(self, lr: float) -> None:

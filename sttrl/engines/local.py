@@ -17,8 +17,9 @@ from sttrl.engines.sequences import (PASS_COST_TOKENS, SHARE_MIN_TOKENS,
                                      length_buckets, pad_batch, response_logprobs,
                                      response_mask, shared_prompt_logprobs, stop_token_ids)
 from sttrl.errors import UserError
+from sttrl.engines.measured import clip_gradient, train_measured
 from sttrl.settings import EngineSettings
-from sttrl.types import Sample, SampleGroup, TrainBatch
+from sttrl.types import Sample, SampleGroup, TrainBatch, TrustRegion
 
 
 def pick_device(device: str) -> str:
@@ -36,6 +37,18 @@ def reference_device(device: str, separate: bool) -> str:
         raise UserError("--separate_ref_gpu needs at least two visible GPUs")
     index = int(device.split(":")[1]) if ":" in device else 0
     return f"cuda:{(index + 1) % torch.cuda.device_count()}"
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float):
+    """AdamW, or plain SGD: with the gradient clipped to norm grad_clip, an SGD step is a step of
+    length lr along the gradient, where a fresh AdamW's first step is lr x sign(g) on every
+    weight. Fused AdamW: one kernel over all weights (docs/PERFORMANCE.md has the step times)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 class LocalEngine:
@@ -80,13 +93,7 @@ class LocalEngine:
         self._head_hook_on = True
         self.model.get_output_embeddings().register_forward_pre_hook(self._apply_head_hook)
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # the adapter's
-        # Fused: one kernel over all weights instead of a loop of small ones
-        # (docs/PERFORMANCE.md has the measured step times).
-        try:
-            self.optimizer = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay,
-                                               fused=True)
-        except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-            self.optimizer = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay)
+        self.optimizer = make_optimizer(s.optimizer, self.params, s.lr, s.weight_decay)
         self.grad_clip = s.grad_clip
         self.micro_batch_size = s.micro_batch_size
         # Training runs each prompt once per micro-batch and shares its KV cache across the rows;
@@ -247,7 +254,8 @@ class LocalEngine:
 
     def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int,
               mini_batches: list[list[int]] | None = None,
-              lrs: list[float] | None = None, stop=None) -> list[dict]:
+              lrs: list[float] | None = None, stop=None,
+              trust: TrustRegion | None = None) -> list[dict]:
         """`steps` optimiser steps on the whole batch; or, with `mini_batches` (row indices),
         `steps` epochs of one optimiser step per mini-batch (PPO's epochs over mini-batches).
 
@@ -256,13 +264,21 @@ class LocalEngine:
         is exactly on-policy); the other mini-batches' are computed before the first step.
         `lrs`, if given, is the learning rate of each optimiser step in order. The loss is a
         token mean over the rows of each step. `stop(stats)`, if given, ends the update after
-        the step whose stats it accepts (the adaptive budget).
+        the step whose stats it accepts (the adaptive budget). With `trust` (a per-question
+        update, no mini-batches) every step is measured by a forward pass after it and undone
+        and retried smaller while it overshoots (algorithms/trust.py); its stats then describe
+        the weights after the step (`kl_step`, `kl_ref`, `lr`, `undone`, `param_change`, and
+        `probe_logratio` for `batch.probe`).
         """
         # Training mode only switches on checkpointing (dropout is off: see models.py).
         self.model.train(self.gradient_checkpointing)
         if self.lora_dropout:
             lora.set_dropout(self.model, False)  # on only for the gradient forwards (_train)
         try:
+            if trust is not None:
+                if mini_batches is not None:
+                    raise ValueError("a trust region applies to one batch, not mini-batches")
+                return train_measured(self, batch, loss_fn, loss_kwargs, steps, lrs, stop, trust)
             return self._train(batch, loss_fn, loss_kwargs, steps, mini_batches, lrs, stop)
         finally:
             self.model.eval()
@@ -320,7 +336,7 @@ class LocalEngine:
                 (loss_sum / n_tokens).backward()
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            grad_norm = clip_gradient(self)
             self.optimizer.step()
             self.pristine, self.policy_version = False, self.policy_version + 1
             merged = {k: v / n_tokens for k, v in sums.items()}

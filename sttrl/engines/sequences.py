@@ -247,3 +247,19 @@ def response_mask(responses: list[list[int]], device) -> torch.Tensor:
     for i, r in enumerate(responses):
         mask[i, :len(r)] = 1
     return mask.to(device)
+
+
+def sequence_logratio(logprobs: torch.Tensor, base: torch.Tensor,
+                      responses: list[list[int]]) -> list[float]:
+    """Per response, the summed log-ratio sum_t (logprobs - base) over its own tokens: the log
+    importance weight of the whole response ([B, T] each; padding ignored)."""
+    mask = response_mask(responses, logprobs.device)  # [B, T_r]
+    width = mask.shape[1]
+    return (((logprobs[:, :width] - base[:, :width]) * mask).sum(-1)).double().tolist()
+
+
+@torch.no_grad()
+def param_distance(params, saved) -> float:
+    """||theta - saved||_2 over every trainable tensor: how far a step moved the weights."""
+    total = sum(float(((p.detach().float() - s.float()) ** 2).sum()) for p, s in zip(params, saved))
+    return total ** 0.5

@@ -73,7 +73,8 @@ def run_question(engine: Engine, example: Example, index: int, parts: RunParts) 
     stats, rewards = adapted.vote, adapted.rewards
     return QuestionResult(
         index=index, id=q.id, reward=vote.reward, pseudo_label=adapted.label,
-        vote={"majority_ratio": stats.majority_ratio, "n_voting": stats.n_voting,
+        vote={"majority_ratio": stats.majority_ratio, "answered_ratio": stats.answered_ratio,
+              "margin": stats.margin, "n_voting": stats.n_voting,
               "n_none": stats.n_none, "clusters": stats.cluster_counts},
         rewards={"n": len(rewards), "positive": sum(r > 0 for r in rewards),
                  "mean": sum(rewards) / len(rewards) if rewards else 0.0},

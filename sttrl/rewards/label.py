@@ -47,10 +47,16 @@ def skip_reason(label, rewards: list[float], weak: str | None = None) -> str | N
     return None
 
 
-def weak_vote(stats, min_majority_ratio: float, reward: str) -> str | None:
-    """The weak-vote rule's reason to skip: a vote weaker than --min_majority_ratio (its label
-    is then often wrong, and training on a wrong label is where the damage is); never for an
-    oracle run, which knows its rewards are right."""
-    if reward != "oracle" and stats.majority_ratio < (min_majority_ratio or 0.0):
+def weak_vote(stats, min_majority_ratio: float, reward: str,
+              min_margin: float = 0.0) -> str | None:
+    """The weak-vote rules' reason to skip: a vote weaker than --min_majority_ratio, or whose
+    lead over the runner-up is under --min_vote_margin (its label is then often wrong, and
+    training on a wrong label is where the damage is); never for an oracle run, which knows
+    its rewards are right."""
+    if reward == "oracle":
+        return None
+    if stats.majority_ratio < (min_majority_ratio or 0.0):
         return f"weak vote (majority ratio {stats.majority_ratio:.2f} < {min_majority_ratio})"
+    if stats.margin < (min_margin or 0.0) - 1e-9:
+        return f"weak vote (margin {stats.margin:.4f} < {min_margin})"
     return None

@@ -16,7 +16,9 @@ class VoteStats:
     label: str | None
     """Representative (first member) of the winning cluster; None when no answer voted."""
     majority_ratio: float
-    """Winning cluster weight / total weight of the voting answers (0 if none voted)."""
+    """Winning cluster weight / total weight of all samples, unanswered ones included (TTRL's
+    ratio: with majority voting, the winner's count over the number of samples; 0 if none
+    voted)."""
     cluster_counts: dict[str, int]
     """Representative -> number of members."""
     cluster_weights: dict[str, float]
@@ -29,6 +31,12 @@ class VoteStats:
     """Cluster index -> representative, in order of first appearance."""
     winner: int | None
     """Index of the winning cluster; rewards can read sample_cluster == winner without re-grading."""
+    answered_ratio: float = 0.0
+    """Winning cluster weight / total weight of the answered samples only (the ratio before
+    TTRL's: 3 agreeing among 5 answered of 16 is 0.6 here and 0.19 as majority_ratio)."""
+    margin: float = 0.0
+    """(Winning cluster weight - runner-up's) / total weight of all samples: the vote's lead.
+    It told right votes from wrong ones better than the ratio (docs/RESULTS.md)."""
 
 
 def vote(answers: list[str | None], weights: list[float] | None = None,
@@ -40,7 +48,7 @@ def vote(answers: list[str | None], weights: list[float] | None = None,
     a grade call. None answers do not vote. The winner has the highest total weight (sums within
     1e-9 relative count as equal), then the most members, then the earliest first member.
     If every voting weight is 0 the weights carry no information: the winner is then the plain
-    majority by that same rule and majority_ratio is the member share.
+    majority by that same rule and the ratios are member shares.
     The answer form decides what "equal" means (grade's form): under "strict" an unevaluated
     expression such as "9 - 4" never joins the cluster of the plain number "5".
     """
@@ -76,13 +84,21 @@ def vote(answers: list[str | None], weights: list[float] | None = None,
         sample_cluster.append(c)
 
     n_voting = sum(counts)
-    winner, ratio = None, 0.0
+    winner, ratio, answered, margin = None, 0.0, 0.0, 0.0
     if reps:
         best = max(sums)
         tied = [j for j in range(len(reps)) if sums[j] >= best - 1e-9 * max(1.0, best)]
         winner = max(tied, key=lambda j: (counts[j], -j))
         total = sum(sums)
-        ratio = sums[winner] / total if total > 0 else counts[winner] / n_voting
+        everyone = sum(weights)  # unanswered samples' weight too
+        runner_up = max((sums[j] for j in range(len(reps)) if j != winner), default=0.0)
+        if total > 0:
+            ratio, answered = sums[winner] / everyone, sums[winner] / total
+            margin = (sums[winner] - runner_up) / everyone
+        else:  # weights that carry no information: the member shares
+            ratio, answered = counts[winner] / len(answers), counts[winner] / n_voting
+            second = max((counts[j] for j in range(len(reps)) if j != winner), default=0)
+            margin = (counts[winner] - second) / len(answers)
     label = reps[winner] if winner is not None else None
     stats = VoteStats(
         label=label,
@@ -94,6 +110,8 @@ def vote(answers: list[str | None], weights: list[float] | None = None,
         sample_cluster=sample_cluster,
         representatives=reps,
         winner=winner,
+        answered_ratio=answered,
+        margin=margin,
     )
     return label, stats
 

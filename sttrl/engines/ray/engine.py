@@ -46,6 +46,7 @@ import tempfile
 from sttrl.data.prompts import encode_prompt
 from sttrl.engines.ray.adapter_sync import AdapterSync
 from sttrl.engines.ray.common import ActorSettings, RaySnapshot, wait
+from sttrl.engines.ray.measured import train_measured
 from sttrl.engines.ray.critic import gae_targets
 from sttrl.engines.ray.scoring import ActorScoring
 from sttrl.engines.ray.placement import create_placement_group, plan_layout, spawn_actors
@@ -54,7 +55,7 @@ from sttrl.engines.ray.weight_sync import WeightSync
 from sttrl.engines.ray.zero import merge_steps, micro_batches, shard
 from sttrl.errors import UserError
 from sttrl.settings import EngineSettings
-from sttrl.types import Sample, SampleGroup, TrainBatch
+from sttrl.types import Sample, SampleGroup, TrainBatch, TrustRegion
 
 NO_HIDDEN_STATES = ("--adaptation_method slot needs --engine local: the scale engine samples with "
                     "vLLM, which does not expose the hidden states entering the LM head")
@@ -77,8 +78,7 @@ class RayEngine(ActorScoring):
 
         self.timeout = settings.sync_timeout
         self.tokenizer = load_tokenizer(model_path, settings.trust_remote_code)
-        hf_config = AutoConfig.from_pretrained(model_path,
-                                               trust_remote_code=settings.trust_remote_code)
+        hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=settings.trust_remote_code)
         try:
             generation = GenerationConfig.from_pretrained(model_path)
         except OSError:
@@ -236,12 +236,15 @@ class RayEngine(ActorScoring):
 
     # ---- training -------------------------------------------------------------------------------
     def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int,
-              mini_batches: list[list[int]] | None = None,
-              lrs: list[float] | None = None, stop=None) -> list[dict]:
+              mini_batches: list[list[int]] | None = None, lrs: list[float] | None = None,
+              stop=None, trust: TrustRegion | None = None) -> list[dict]:
         """As LocalEngine.train: `steps` optimiser steps on the batch, or with `mini_batches`
-        one step per mini-batch per epoch, all against the log-probs of the policy that
-        sampled (at batch.temperature); `lrs` per optimiser step; `stop(stats)` ends the update
-        after the step it accepts. One weight sync at the end."""
+        one step per mini-batch per epoch, against the log-probs of the policy that sampled (at
+        batch.temperature); `lrs` per step; `stop(stats)` ends the update after the step it
+        accepts; `trust`: measured steps (ray/measured.py). One weight sync at the end."""
+        if trust is not None:
+            return train_measured(self, batch, loss_fn, loss_kwargs, steps, lrs, stop, trust,
+                                  mini_batches)
         groups = mini_batches if mini_batches is not None else [list(range(len(batch.responses)))]
         schedule = [rows for _ in range(steps) for rows in groups]
         if lrs is not None and len(lrs) != len(schedule):
@@ -294,11 +297,9 @@ class RayEngine(ActorScoring):
             calls += [c.train.remote(micro_batches(p, prompts, responses, per_token=targets),
                                      steps, n_tokens, self.settings.value_clip)
                       for c, p in zip(critics, cplan)]
-        n_actor = len(self.trainers)
-        per_rank = self._get(calls, "training on the actor ranks"
-                             + (" and the critic ranks" if critics else ""))
-        history = merge_steps(per_rank[:n_actor], n_tokens)
-        for merged, critic in zip(history, merge_steps(per_rank[n_actor:], n_tokens)):
+        per_rank = self._get(calls, f"training on the {'actor and critic' if critics else 'actor'} ranks")
+        history = merge_steps(per_rank[:len(self.trainers)], n_tokens)
+        for merged, critic in zip(history, merge_steps(per_rank[len(self.trainers):], n_tokens)):
             critic["critic_grad_norm"] = critic.pop("grad_norm")
             merged.update(critic)
         return history

@@ -9,12 +9,14 @@ class ActorScoring:
     """Scoring calls, gathered back into the batch's row order."""
 
     def score_on_actor(self, prompts: list[list[int]], responses: list[list[int]],
-                       with_logsumexp: bool = False, temperature: float = 1.0) -> list[tuple]:
-        """Per response: (log-probs,) or (log-probs, logsumexp) under the actor's weights, the
-        log-probs at `temperature` (the logsumexp always of the raw logits)."""
+                       with_logsumexp: bool = False, temperature: float = 1.0,
+                       reference: bool = False) -> list[tuple]:
+        """Per response: (log-probs,) or (log-probs, logsumexp) under the actor's weights (with
+        `reference`, the initial model's), the log-probs at `temperature` (the logsumexp
+        always of the raw logits)."""
         plan = shard(prompts, responses, len(self.trainers), self.settings.micro_batch_size)
         calls = [t.score.remote(micro_batches(p, prompts, responses), with_logsumexp,
-                                temperature=temperature)
+                                reference=reference, temperature=temperature)
                  for t, p in zip(self.trainers, plan)]
         rows: list = [None] * len(responses)
         for rank_plan, rank_out in zip(plan, self._get(calls, "scoring on the actor ranks")):
@@ -23,13 +25,15 @@ class ActorScoring:
                     rows[i] = tuple(g[j, :len(responses[i])].tolist() for g in got)
         return rows
 
-    def logprobs_on_actor(self, prompts, responses, temperature: float):
-        """Token log-probs [B, T] (zero on padding) under the actor's weights at `temperature`."""
+    def logprobs_on_actor(self, prompts, responses, temperature: float,
+                          reference: bool = False):
+        """Token log-probs [B, T] (zero on padding) under the actor's weights (with `reference`,
+        the initial model's) at `temperature`."""
         import torch
 
         out = torch.zeros(len(responses), max(1, max(len(r) for r in responses)))
-        for i, (lp,) in enumerate(self.score_on_actor(prompts, responses,
-                                                      temperature=temperature)):
+        for i, (lp,) in enumerate(self.score_on_actor(prompts, responses, temperature=temperature,
+                                                      reference=reference)):
             out[i, :len(lp)] = torch.tensor(lp)
         return out
 

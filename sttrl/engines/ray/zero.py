@@ -199,6 +199,18 @@ class ZeroRank:
     def restore(self, key: str) -> None:
         self._load_optimizer(self.snapshots[key])
 
+    def release(self, key: str) -> None:
+        """Drop the snapshot `key` (each holds a full copy of the optimiser state)."""
+        if key != "initial":
+            self.snapshots.pop(key, None)
+
+    def distance_sq(self, key: str) -> float:
+        """Squared L2 distance of this rank's fp32 partition from the snapshot `key`'s: the
+        ranks' sum is how far the weights moved since it."""
+        now = self.engine.optimizer.state_dict()["fp32_flat_groups"]
+        then = self.snapshots[key]["fp32_flat_groups"]
+        return float(sum(((a.float() - b.float()) ** 2).sum() for a, b in zip(now, then)))
+
     def snapshot_keys(self) -> list[str]:
         """The snapshots this rank holds (what the tests count)."""
         return list(self.snapshots)
