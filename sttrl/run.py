@@ -288,10 +288,26 @@ def build_engine(kind: str, settings: EngineSettings, model: str) -> Engine:
     return engine_class(settings, resolve_model(model))
 
 
+def tokenizer_family(cfg: Config, chosen: bool) -> str:
+    """The resolved --prompt_family, settled by the model's tokenizer where the name cannot tell
+    (a base model has no chat template). Before the output folder is touched, so a refused
+    family leaves nothing behind; the engine later loads the same files again (cached)."""
+    from sttrl.data.prompts import FAMILIES, settle_family
+    from sttrl.engines.models import load_tokenizer, resolve_model
+
+    if FAMILIES.get(cfg.prompt_family) not in ("system", "user"):
+        return cfg.prompt_family
+    tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
+    return settle_family(cfg.prompt_family, chosen, bool(getattr(tokenizer, "chat_template", None)),
+                         cfg.model)
+
+
 def run(cfg: Config) -> dict:
     """Run (or resume) a whole experiment; returns the summary that is also written to disk."""
+    chosen = cfg.prompt_family is not None  # else guessed from the name, checked by the tokenizer
     cfg = resolve(cfg, on_gpu(cfg))
     check_device(cfg)
+    cfg = dataclasses.replace(cfg, prompt_family=tokenizer_family(cfg, chosen))
     out = Path(cfg.output_dir)
     prepare_output_dir(out)
     lock = lock_output_dir(out)
