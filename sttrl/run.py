@@ -290,8 +290,8 @@ def build_engine(kind: str, settings: EngineSettings, model: str) -> Engine:
 
 def tokenizer_family(cfg: Config, chosen: bool) -> str:
     """The resolved --prompt_family, settled by the model's tokenizer where the name cannot tell
-    (a base model has no chat template). Before the output folder is touched, so a refused
-    family leaves nothing behind; the engine later loads the same files again (cached)."""
+    (a base model has no chat template). The engine later loads the same files again (cached:
+    a GGUF's conversion, a hub model's download)."""
     from sttrl.data.prompts import FAMILIES, settle_family
     from sttrl.engines.models import load_tokenizer, resolve_model
 
@@ -307,20 +307,20 @@ def run(cfg: Config) -> dict:
     chosen = cfg.prompt_family is not None  # else guessed from the name, checked by the tokenizer
     cfg = resolve(cfg, on_gpu(cfg))
     check_device(cfg)
-    cfg = dataclasses.replace(cfg, prompt_family=tokenizer_family(cfg, chosen))
     out = Path(cfg.output_dir)
     prepare_output_dir(out)
     lock = lock_output_dir(out)
     try:
         remove_stale_temps(out)
-        return run_locked(cfg, out)
+        return run_locked(cfg, out, family_chosen=chosen)
     finally:
         unlock_output_dir(lock)
 
 
-def run_locked(cfg: Config, out: Path) -> dict:
+def run_locked(cfg: Config, out: Path, family_chosen: bool) -> dict:
     """The run in its locked folder. Below here nothing sees `cfg`: each layer gets its part."""
     everything, n = load_all_examples(cfg)
+    cfg = dataclasses.replace(cfg, prompt_family=tokenizer_family(cfg, family_chosen))
     examples = everything[:n] if n else everything
     digest = data_digest(cfg, everything)
     run_parts = parts(cfg)

@@ -135,7 +135,7 @@ def test_a_chat_family_asked_for_on_a_base_model_is_one_line(tmp_path, cache, ca
     err = capsys.readouterr().err  # the conversion's progress bars, then one line
     assert "--prompt_family llama needs a chat template" in err.splitlines()[-1]
     assert "plain" in err.splitlines()[-1] and "Traceback" not in err
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run" / "config.json").exists()  # nothing refuses the corrected run
 
 
 def unsupported(path: Path) -> None:
@@ -177,4 +177,4 @@ def test_a_gguf_that_cannot_be_converted_is_one_line(make, expected, tmp_path, c
     if "architecture" in expected:
         assert "qwen2" in err and "llama" in err  # what it can read instead
     assert not cache.exists() or not any(cache.iterdir())
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run" / "config.json").exists()
