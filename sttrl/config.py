@@ -38,9 +38,9 @@ class Config:
     num_questions: int | None = None
     """How many questions from the start of the set (default: all; ARITH-TTT generates 5)."""
     model: str = "SmolLM2-135M-Instruct"
-    """Hugging Face id or local directory; the default is the embedded offline model."""
+    """Hugging Face id, local directory or local GGUF file (converted once, cached); the default is the embedded offline model."""
     prompt_family: str | None = None
-    """Prompt template family (qwen-math, qwen, llama, smollm, default); guessed from --model."""
+    """Prompt template family (qwen-math, qwen, llama, smollm, default, plain); guessed from --model, plain when its tokenizer has no chat template."""
     trust_remote_code: bool = False
     """Allow the model repository's own Python code to run."""
     # how to run it

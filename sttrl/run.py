@@ -288,8 +288,23 @@ def build_engine(kind: str, settings: EngineSettings, model: str) -> Engine:
     return engine_class(settings, resolve_model(model))
 
 
+def tokenizer_family(cfg: Config, chosen: bool) -> str:
+    """The resolved --prompt_family, settled by the model's tokenizer where the name cannot tell
+    (a base model has no chat template). The engine later loads the same files again (cached:
+    a GGUF's conversion, a hub model's download)."""
+    from sttrl.data.prompts import FAMILIES, settle_family
+    from sttrl.engines.models import load_tokenizer, resolve_model
+
+    if FAMILIES.get(cfg.prompt_family) not in ("system", "user"):
+        return cfg.prompt_family
+    tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
+    return settle_family(cfg.prompt_family, chosen, bool(getattr(tokenizer, "chat_template", None)),
+                         cfg.model)
+
+
 def run(cfg: Config) -> dict:
     """Run (or resume) a whole experiment; returns the summary that is also written to disk."""
+    chosen = cfg.prompt_family is not None  # else guessed from the name, checked by the tokenizer
     cfg = resolve(cfg, on_gpu(cfg))
     check_device(cfg)
     out = Path(cfg.output_dir)
@@ -297,14 +312,15 @@ def run(cfg: Config) -> dict:
     lock = lock_output_dir(out)
     try:
         remove_stale_temps(out)
-        return run_locked(cfg, out)
+        return run_locked(cfg, out, family_chosen=chosen)
     finally:
         unlock_output_dir(lock)
 
 
-def run_locked(cfg: Config, out: Path) -> dict:
+def run_locked(cfg: Config, out: Path, family_chosen: bool) -> dict:
     """The run in its locked folder. Below here nothing sees `cfg`: each layer gets its part."""
     everything, n = load_all_examples(cfg)
+    cfg = dataclasses.replace(cfg, prompt_family=tokenizer_family(cfg, family_chosen))
     examples = everything[:n] if n else everything
     digest = data_digest(cfg, everything)
     run_parts = parts(cfg)

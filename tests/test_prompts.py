@@ -5,6 +5,7 @@ from transformers import PreTrainedTokenizerFast
 from sttrl.data.datasets import Question
 from sttrl.data.prompts import (
     FAMILIES, GPQA_INSTRUCTIONS, MATH_INSTRUCTIONS, NUM_VARIANTS, encode_prompt, format_prompt, model_family,
+    settle_family,
 )
 from sttrl.errors import UserError
 
@@ -66,6 +67,29 @@ def test_user_turn_families(family):
 @pytest.mark.parametrize("family", ["qwen-math", "llama", "smollm", "default"])
 def test_no_chat_template_falls_back_to_plain_text(family):
     assert format_prompt(MATH_Q, tiny_tokenizer(), family) == f"What is 2 + 3?\n{PAPER}\n"
+
+
+def test_plain_family_is_plain_text_even_with_a_chat_template():
+    assert format_prompt(MATH_Q, tiny_tokenizer(CHATML), "plain") == f"What is 2 + 3?\n{PAPER}\n"
+
+
+@pytest.mark.parametrize("family", ["qwen-math", "llama", "smollm", "default"])
+def test_a_guessed_chat_family_without_chat_template_becomes_plain(family):
+    assert settle_family(family, False, False, "m") == "plain"
+    assert settle_family(family, False, True, "m") == family  # a template: the guess stands
+
+
+@pytest.mark.parametrize("family", ["qwen-math", "llama", "smollm"])
+def test_a_chat_family_asked_for_without_chat_template_is_refused(family):
+    with pytest.raises(UserError, match=f"--prompt_family {family} needs a chat template.*base-1b"):
+        settle_family(family, True, False, "base-1b")
+    assert settle_family(family, True, True, "m") == family
+
+
+@pytest.mark.parametrize("family, chosen", [("qwen", False), ("qwen", True), ("plain", True),
+                                            ("default", True)])
+def test_plain_families_and_an_asked_for_default_need_no_chat_template(family, chosen):
+    assert settle_family(family, chosen, False, "m") == family
 
 
 def test_gpqa_asks_for_the_letter():

