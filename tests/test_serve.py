@@ -1,8 +1,8 @@
 """`sttrl serve`: the real server in a subprocess on a free localhost port (the tiny model),
 talked to with the official `openai` client and with raw HTTP where the client cannot send the
-bad request. After every request, whatever its end, the base model is untouched: the
-log-probs of a fixed probe (GET /test/probe, only with the test flag) equal the initial ones
-bit for bit."""
+bad request. After every request, whatever its end, the base model is untouched: two samples
+of a fixed prompt with a fixed seed (GET /test/probe, only with the test flag) have the same
+tokens and log-probs as at the start, bit for bit."""
 from __future__ import annotations
 
 import json
@@ -68,8 +68,9 @@ def metric(url: str, name: str) -> float:
     return float(found.group(1))
 
 
-def probe(url: str) -> list[float]:
-    return httpx.get(f"{url}/test/probe", timeout=120).json()["logprobs"]
+def probe(url: str) -> dict:
+    """Two samples of a fixed prompt with a fixed seed: their tokens and log-probs."""
+    return httpx.get(f"{url}/test/probe", timeout=300).json()
 
 
 def wait_for(check, timeout: float = 120.0) -> None:
@@ -80,9 +81,18 @@ def wait_for(check, timeout: float = 120.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model):
+def tiny(tiny_model, tmp_path_factory) -> str:
+    """The tiny model under the name the tests ask for: the server serves a model by its
+    folder's name."""
+    link = tmp_path_factory.mktemp("serve") / "tiny"
+    link.symlink_to(tiny_model)
+    return str(link)
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
     """The everyday server: small sample counts, a key, two sessions."""
-    proc, url = start(tiny_model, "--n_votes", "8", "--n_train", "6", "--n_eval", "4",
+    proc, url = start(tiny, "--n_votes", "8", "--n_train", "6", "--n_eval", "4",
                       "--max_new_tokens", "8", "--steps_per_question", "2", "--lr", "5e-3",
                       "--temperature", "1.0", "--min_majority_ratio", "0", "--stop_agreement",
                       "0", "--api_key", KEY, "--max_queue", "8", "--max_sessions", "2")
@@ -93,9 +103,9 @@ def server(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def busy_server(tiny_model):
+def busy_server(tiny):
     """A server whose default request is long (many votes and steps) and whose queue holds one."""
-    proc, url = start(tiny_model, "--n_votes", "64", "--n_train", "32", "--n_eval", "4",
+    proc, url = start(tiny, "--n_votes", "64", "--n_train", "32", "--n_eval", "4",
                       "--max_new_tokens", "300", "--steps_per_question", "50", "--lr", "5e-3",
                       "--temperature", "1.0", "--min_majority_ratio", "0", "--stop_agreement",
                       "0", "--max_queue", "1")

@@ -222,6 +222,6 @@ def make_app(worker: Worker, served: Served, tokenizer, metrics: Metrics,
             result = await ticket.future
             if isinstance(result, BaseException):
                 raise result
-            return {"logprobs": result}
+            return result
 
     return app

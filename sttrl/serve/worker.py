@@ -25,9 +25,8 @@ from sttrl.serve.metrics import Metrics
 from sttrl.serve.schema import BadRequest, Job
 from sttrl.settings import RunParts
 
-# The probe whose log-probs the tests compare (--test_probe): a fixed prompt and response.
+# The prompt whose samples the tests compare (--test_probe)
 PROBE_PROMPT = "What is 2 + 3?"
-PROBE_RESPONSE = "2 + 3 = 5, so the answer is 5."
 
 
 @dataclass
@@ -131,10 +130,10 @@ class Worker:
                               outcome.facts["skipped"])
         return outcome
 
-    def probe(self) -> list[float]:
-        """The log-probs of a fixed response under the engine as the next request finds it
-        (--test_probe only: the tests' check that no request leaves the model changed)."""
-        tok = self.engine.tokenizer
-        prompt = self.engine.encode(PROBE_PROMPT)
-        response = tok(PROBE_RESPONSE, add_special_tokens=False)["input_ids"]
-        return [float(x) for x in self.engine.score([prompt], [response])[0]]
+    def probe(self) -> dict:
+        """Samples of a fixed prompt with a fixed seed, and their log-probs, from the engine as
+        the next request finds it (--test_probe only: the tests' check that no request leaves
+        the model changed; only the engine contract's `generate`, so both engines have it)."""
+        samples = self.engine.generate(PROBE_PROMPT, 2, 1.0, 1.0, 8, 0)
+        return {"tokens": [s.token_ids for s in samples],
+                "logprobs": [s.logprobs for s in samples]}
