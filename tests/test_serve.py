@@ -104,8 +104,9 @@ def server(tiny):
 
 @pytest.fixture(scope="module")
 def busy_server(tiny):
-    """A server whose default request is long (many votes and steps) and whose queue holds one."""
-    proc, url = start(tiny, "--n_votes", "64", "--n_train", "32", "--n_eval", "4",
+    """A server whose default request is long (many votes and steps), whose queue holds one,
+    and which trains every weight (--lora_rank 0: the reset restores them all)."""
+    proc, url = start(tiny, "--lora_rank", "0", "--n_votes", "64", "--n_train", "32", "--n_eval", "4",
                       "--max_new_tokens", "300", "--steps_per_question", "50", "--lr", "5e-3",
                       "--temperature", "1.0", "--min_majority_ratio", "0", "--stop_agreement",
                       "0", "--max_queue", "1")
@@ -275,6 +276,7 @@ def test_full_queue_gives_429_with_retry_after(busy_server):
     long.join()
     queued.join()
     assert results["long"].status_code == 200 and results["queued"].status_code == 200
+    assert results["long"].json()["sttrl"]["adapter"] == "full"
     assert probe(url) == initial
 
 
