@@ -107,7 +107,11 @@ def serve_main(argv: list[str]) -> int:
     parser = add_flags(build_parser())
     parser.prog = "sttrl serve"
     values, opts = split_args(vars(parser.parse_args(argv)))
-    return serve(option_values(values), opts)
+    try:
+        return serve(option_values(values), opts)
+    except EngineError as err:  # a server has no questions to resume: say only what failed
+        print(f"sttrl serve: engine error: {err}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.scale, pytest.mark.skipif(
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-START_S = 900  # Ray, the vLLM engine and the ZeRO-3 rank start in the subprocess
+START_S = 1800  # Ray, the vLLM engine and the ZeRO-3 rank start in the subprocess
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def scale_server(tiny_vllm_model, tmp_path_factory):
          "--ray_num_cpus", "2", "--n_votes", "8", "--n_train", "6", "--n_eval", "4",
          "--max_new_tokens", "8", "--steps_per_question", "2", "--lr", "5e-3",
          "--temperature", "1.0", "--min_majority_ratio", "0", "--stop_agreement", "0",
-         "--sync_timeout", "300", "--port", "0", "--test_probe"],
+         "--sync_timeout", "1200", "--port", "0", "--test_probe"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines, url, deadline = [], None, time.time() + START_S
     while time.time() < deadline:
