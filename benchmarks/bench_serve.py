@@ -5,6 +5,9 @@ response's `sttrl.seconds`); writes results/serve.json.
 
     .venv/bin/python benchmarks/bench_serve.py [--requests 3] [--model DIR] [-- serve flags]
 
+The server inherits the environment: on a busy machine `OMP_NUM_THREADS=1` (recorded in the
+results' settings) keeps torch's threads from contending (docs/SERVE.md, "A busy machine").
+
 Each request is a different ARITH-TTT-style sum (so no two share a seed), in the chat form a
 client would send. Flags after `--` go to `sttrl serve` (e.g. `-- --lora_rank 0` for full
 weights).
@@ -12,6 +15,7 @@ weights).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -78,8 +82,9 @@ def main() -> None:
     mean = {p: rnd(statistics.mean(r["seconds"].get(p, 0.0) for r in rows)) for p in phases}
     results = {"startup_s": rnd(startup), "requests": rows, "mean_seconds_per_phase": mean,
                "mean_wall_s": rnd(statistics.mean(r["wall_s"] for r in rows))}
-    path = write_result(args.name, machine, {"serve_flags": flags, "requests": args.requests},
-                        results)
+    settings = {"serve_flags": flags, "requests": args.requests,
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    path = write_result(args.name, machine, settings, results)
     print(f"mean seconds per phase: {mean}; written to {path}")
 
 

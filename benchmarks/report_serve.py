@@ -18,6 +18,10 @@ def serve_section(d: dict | None) -> tuple[list[str], list]:
               "sum; the server's own seconds per phase (the response's `sttrl.seconds`) and the "
               "client's wall time. `generate` is the votes, `answer` the adapted model's answer "
               "samples (none when the update was skipped: the votes answer).", ""]
+    threads = d["settings"].get("OMP_NUM_THREADS")
+    if threads:
+        lines += [f"Run with `OMP_NUM_THREADS={threads}` in the environment (server and client).",
+                  ""]
     lines += command(d)
     rows = [[i + 1, q["question"], q["steps"], q["skip_reason"] or "—",
              *[fmt(q["seconds"].get(p)) for p in PHASES], fmt(q["wall_s"])]
