@@ -29,6 +29,9 @@ def serve_section(d: dict | None) -> tuple[list[str], list]:
     rows.append(["mean", "", "", "", *[fmt(r["mean_seconds_per_phase"].get(p)) for p in PHASES],
                  fmt(r["mean_wall_s"])])
     lines += table(["request", "question", "steps", "skipped", *PHASES, "wall"], rows)
-    lines += ["", f"Server start (imports, model load, bind) to ready: {fmt(r['startup_s'])} s.",
-              ""]
+    lines += ["", f"Server start (imports, model load, bind) to ready: {fmt(r['startup_s'])} s. "
+              "A request's first `vote` includes starting the grading worker (math-verify in a "
+              "child process, sttrl/rewards/grade.py), once per server. The load line above "
+              "says how busy the machine was: seconds from a loaded machine are not comparable "
+              "with the quiet machine's sections.", ""]
     return lines, []
