@@ -410,10 +410,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from report_memory import default_run_section, memory_section  # it imports this module
+    from report_serve import serve_section  # likewise
 
     names = ["question", "question_ray", "trl", "generation", "reset", "grading", "train_profile",
              "sampling_profile", "weight_sync", "vllm_reload", "lora", "logprob_chunks",
-             "memory_default", "memory_default_old"]
+             "memory_default", "memory_default_old", "serve"]
     data = {n: load(args.results, n) for n in names}
     sections, summary = [], []
     parts = [question_section(data["question"]), question_section(data["question_ray"], "ray"),
@@ -424,7 +425,8 @@ def main() -> None:
              memory_section({f.stem: load(args.results, f.stem)
                              for f in sorted(args.results.glob("memory*.json"))
                              if not f.stem.startswith("memory_default")}, data["logprob_chunks"]),
-             default_run_section(data["memory_default"], data["memory_default_old"])]
+             default_run_section(data["memory_default"], data["memory_default_old"]),
+             serve_section(data["serve"])]
     for lines, rows in parts:
         sections += lines
         summary += rows

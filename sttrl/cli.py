@@ -1,4 +1,5 @@
-"""The command line: `sttrl [run flags]`, `sttrl prepare ...`, `sttrl report ...`.
+"""The command line: `sttrl [run flags]`, `sttrl prepare ...`, `sttrl report ...`,
+`sttrl serve [run flags] [serve flags]`.
 
 `python main.py` at the repo root is the same parser. Flags override a --config YAML file,
 which overrides the defaults in `sttrl.config.Config`.
@@ -71,7 +72,7 @@ def str2bool(text: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="sttrl", description="Single-sample test-time RL: adapt a model "
-                           "to each question with label-free rewards. Subcommands: prepare, report.")
+                           "to each question with label-free rewards. Subcommands: prepare, report, serve.")
     parser.add_argument("--config", help="YAML file of option: value (flags override it)")
     helps, kinds = field_help(), field_kinds()
     for f in dataclasses.fields(Config):
@@ -87,12 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(argv: list[str]) -> Config:
-    args = vars(build_parser().parse_args(argv))
+def option_values(args: dict) -> dict:
+    """The options a --config file and the flags set (flags win), unvalidated."""
     values = load_yaml(args.pop("config")) if args.get("config") else {}
     args.pop("config", None)
     values.update(args)
-    return validate(Config(**values))
+    return values
+
+
+def parse_config(argv: list[str]) -> Config:
+    return validate(Config(**option_values(vars(build_parser().parse_args(argv)))))
+
+
+def serve_main(argv: list[str]) -> int:
+    """`sttrl serve [run flags] [serve flags]`: the run's flags are the server's defaults."""
+    from sttrl.serve.main import add_flags, serve, split_args
+
+    parser = add_flags(build_parser())
+    parser.prog = "sttrl serve"
+    values, opts = split_args(vars(parser.parse_args(argv)))
+    try:
+        return serve(option_values(values), opts)
+    except EngineError as err:  # a server has no questions to resume: say only what failed
+        print(f"sttrl serve: engine error: {err}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "report":
             from sttrl.reporting.report import main as report_main
             return report_main(argv[1:])
+        if argv and argv[0] == "serve":
+            return serve_main(argv[1:])
         cfg = parse_config(argv)
         from sttrl.run import run
         summary = run(cfg)
