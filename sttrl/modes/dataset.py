@@ -104,6 +104,13 @@ def train_step(engine: Engine, questions: list[Question], prompts: list[str], pa
     return {"groups_trained": kept, "updates": updates}
 
 
+def step_problem(record) -> str | None:
+    """Why a steps.jsonl line is not one this mode wrote, or None."""
+    if not isinstance(record, dict) or type(record.get("step")) is not int:
+        return "not an object with an integer 'step'"
+    return None
+
+
 def batch_scalars(stats: dict) -> dict[str, float]:
     """What the logger records of one rollout batch: the groups trained and each update
     statistic's mean over the batch's optimiser steps."""
@@ -133,7 +140,7 @@ def run_dataset(parts: RunParts, examples: list[Example], engine: Engine) -> dic
         start, evals = state["step"], state["evals"]
     rewrite_jsonl(evals_path, evals)
     if steps_path.exists():  # drop steps taken after the checkpoint: they are redone
-        kept = read_jsonl(steps_path)
+        kept = read_jsonl(steps_path, repair=True, problem=step_problem, kind="step record")
         rewrite_jsonl(steps_path, [r for r in kept if r["step"] <= start])
     with RunLogger(loop, parts.record, total, start, "batches", "batch") as log:
         if not evals:

@@ -22,12 +22,9 @@ class ResultsFile:
         self.records: list[QuestionResult] = []
         if self.path.exists() or self.path.is_symlink():
             # a line torn by a kill is cut off: that question is redone
-            for number, line in read_jsonl(self.path, truncate_torn=True, numbered=True):
-                try:
-                    self.records.append(QuestionResult.from_json(line))
-                except ValueError as problem:
-                    raise UserError(f"{self.path}: line {number} is not a results record "
-                                    f"({problem}); fix or remove it") from None
+            for line in read_jsonl(self.path, repair=True, problem=QuestionResult.problem,
+                                   kind="results record"):
+                self.records.append(QuestionResult.from_json(line))
 
     def done_ids(self) -> set[str]:
         return {str(r.id) for r in self.records}
