@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from sttrl.algorithms import METHODS
-from sttrl.checks import Choice, Range, integers, type_problem
+from sttrl.checks import Choice, Range, cuda_index, integers, module_names, type_problem
 from sttrl.errors import UserError
 from sttrl.rewards import ANSWER_FORMS, REWARDS
 
@@ -35,7 +35,7 @@ class Config:
     data_dir: str | None = None
     """Where registry names resolve (default: $STTRL_DATA_DIR, else the repo's data/)."""
     num_questions: int | None = None
-    """How many questions from the start of the set (default: all; ARITH-TTT generates 5)."""
+    """How many questions from the start of the set (default: all; ARITH-TTT generates 5, at most 100,000)."""
     model: str = "SmolLM2-135M-Instruct"
     """Hugging Face id or local directory; the default is the embedded offline model."""
     prompt_family: str | None = None
@@ -154,7 +154,7 @@ class Config:
     max_new_tokens: int | None = None
     """Response length limit (default 3072 on GPU, 128 on CPU)."""
     seed: int = 0
-    """Seeds sampling; each question's seed derives from it and the question id."""
+    """Seeds sampling (0 to 2**32 - 1); each question's seed derives from it and the question id."""
     # where results go
     output_dir: str | None = None
     """Results folder (default runs/<dataset>_<model>_<method>[_continuous])."""
@@ -186,16 +186,6 @@ MAX_SAMPLES = 4096
 BIG = 1_000_000  # the bound of counts that have no natural one
 
 
-def cuda_index(device: str) -> bool:
-    return device.startswith("cuda:") and device[5:].isdigit()
-
-
-def module_names(name: str, value: str) -> str | None:
-    if all(n.strip().isidentifier() for n in value.split(",")):
-        return None
-    return f"--{name} must be comma-separated module names (q_proj,v_proj), got {value!r}"
-
-
 # Each field's allowed values: rule(name, value) -> why not, or None (a None value, "take the
 # default", is always allowed). Checks that involve two fields are CROSS_FIELD's, below.
 RULES = {
@@ -218,7 +208,9 @@ RULES = {
     **dict.fromkeys(("temperature", "val_temp"), Range(0, 10)),
     **dict.fromkeys(("top_p", "val_top_p", "confidence_keep"), Range(0, 1, lo_open=True)),
     **dict.fromkeys(("weight_decay", "kl_coef", "clip_eps", "grad_clip", "stop_clip_frac",
-                     "stop_kl", "seed"), Range(0)),
+                     "stop_kl"), Range(0)),
+    # what the engines' generators accept, with room for dataset mode's per-step offsets
+    "seed": integers(0, 2**32 - 1),
     "answer_form": Choice(ANSWER_FORMS),
     "reward": Choice(REWARDS),
     "min_majority_ratio": Range(0, 1),
@@ -302,26 +294,38 @@ def trained_samples_are_voted(cfg: Config) -> str | None:
     return None
 
 
-CROSS_FIELD = (lora_has_no_separate_reference, controls_need_a_trained_label,
+def continuous_is_per_question(cfg: Config) -> str | None:
+    if cfg.continuous and cfg.mode == "dataset":
+        return ("--continuous applies to --mode question; --mode dataset already trains one "
+                "model over the whole set (drop --continuous)")
+    return None
+
+
+CROSS_FIELD = (continuous_is_per_question, lora_has_no_separate_reference, controls_need_a_trained_label,
                agreement_needs_grpo, gae_needs_the_scale_engine_and_ttrl, scale_engine_limits,
                colocated_engines_fill_the_actor, trained_samples_are_voted)
+
+
+def option_problem(name: str, value) -> str | None:
+    """Why `value` is not allowed for the field `name` on its own (its type, then its rule)."""
+    if value is None:
+        return None
+    kind = field_kinds()[name]
+    problem = type_problem(name, kind, value)
+    if problem is None and name in RULES:
+        problem = RULES[name](name, float(value) if kind is float else value)
+    return problem
 
 
 def validate(cfg: Config) -> Config:
     """Check every field's type and RULES, then the CROSS_FIELD rules; the first problem is a
     one-line UserError. Numbers of float fields become floats."""
     for name, kind in field_kinds().items():
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        problem = type_problem(name, kind, value)
+        problem = option_problem(name, getattr(cfg, name))
         if problem:
             raise UserError(problem)
-        if kind is float:
-            setattr(cfg, name, value := float(value))
-        problem = RULES[name](name, value) if name in RULES else None
-        if problem:
-            raise UserError(problem)
+        if kind is float and getattr(cfg, name) is not None:
+            setattr(cfg, name, float(getattr(cfg, name)))
     for rule in CROSS_FIELD:
         problem = rule(cfg)
         if problem:

@@ -20,8 +20,11 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)` on a temporary file beside `path`, fsync it, then rename it over
     `path`: readers see the old file or the new one, never half of one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UserError(write_failed(path, err)) from None
     os.close(fd)
     try:
         # mkstemp makes 0600; give the file the mode open() would (0666 less the umask), so
@@ -31,10 +34,40 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        cause = os_error(err)
+        if cause is not None:  # the old file is untouched: say so, and what to do
+            raise UserError(write_failed(path, cause)) from None
         raise
+
+
+def os_error(err: BaseException | None) -> OSError | None:
+    """The OSError behind `err`, if any: torch.save turns a failed write into a RuntimeError
+    whose context is the file object's OSError."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
+def write_failed(path: Path, err: OSError) -> str:
+    return (f"cannot write {path}: {err.strerror or err}; free space on that disk (or fix its "
+            "permissions) and re-run the same command to resume: what was written is kept")
+
+
+def write_torch_atomic(path: Path, state) -> None:
+    """torch.save through write_atomic, into a Python file object so that a full disk is an
+    OSError (torch's own writer reports it as an internal RuntimeError)."""
+    import torch
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+    write_atomic(path, write)
 
 
 def current_umask() -> int:
@@ -81,11 +114,14 @@ def write_json_atomic(path: Path, data) -> None:
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line, flushed and fsynced before returning."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:  # a partial line is a torn last fragment: the next read removes it
+        raise UserError(write_failed(path, err)) from None
 
 
 def rewrite_jsonl(path: Path, records: list[dict]) -> None:

@@ -14,7 +14,7 @@ LAYERS = [
     ("sttrl.config", "sttrl.parts"),  # the run's options, and their split into the parts
     ("sttrl.reporting",),  # results files, summaries, the report
     ("sttrl.modes",),  # the per-question and dataset loops
-    ("sttrl.run", "sttrl.cli"),  # one run top to bottom; the command line
+    ("sttrl.run", "sttrl.cli", "sttrl.outdir"),  # one run top to bottom, its folder; the command line
 ]
 
 
