@@ -421,3 +421,29 @@ def test_a_failed_start_leaves_no_folder(capsys, tmp_path):
     one_line_error(capsys, ["--model", str(tmp_path / "nope"), "--output_dir", str(out),
                             "--device", "cpu"])
     assert not (tmp_path / "a").exists()
+
+
+def test_the_scale_engines_known_future_warnings_are_silenced_and_no_others(monkeypatch):
+    import warnings
+
+    import torch.distributed as dist
+
+    from sttrl.engines.ray import rollout, trainer, zero
+    from sttrl.engines.ray.common import quiet_known_warnings
+
+    # every actor silences them first thing, in its own process (constructors only store)
+    calls = []
+    for module in (rollout, trainer, zero):
+        monkeypatch.setattr(module, "quiet_known_warnings", lambda: calls.append(1))
+    rollout.RolloutActor(0, [0], None)
+    trainer.TrainerActor(0, 1, 0, None)
+    trainer.ReferenceActor(0, None)
+    assert len(calls) == 3
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        quiet_known_warnings()
+        vars(dist.reduce_op)  # torch's own deprecation, as vLLM's dispatcher trips it
+        warnings.warn("`torch.distributed.all_gather_into_tensor` is deprecated. Please use "
+                      "`torch.distributed.all_gather_single` instead.", FutureWarning)
+        warnings.warn("some other deprecation", FutureWarning)
+    assert [str(w.message) for w in shown] == ["some other deprecation"]
