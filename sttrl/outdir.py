@@ -27,14 +27,14 @@ ATOMIC_FILES = ("checkpoint.pt", "config.json", "summary.json", "results.jsonl",
 
 def prepare_output_dir(out: Path) -> None:
     """Create the folder, or say in one line why it cannot be used."""
-    for folder in (out, *out.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                where = "is" if folder == out else f"is under {folder}, which is"
-                raise UserError(f"--output_dir {out} {where} a file, not a folder; "
-                                "pick another --output_dir")
-            break
     try:
+        for folder in (out, *out.parents):
+            if folder.exists() or folder.is_symlink():
+                if not folder.is_dir():
+                    where = "is" if folder == out else f"is under {folder}, which is"
+                    raise UserError(f"--output_dir {out} {where} a file, not a folder; "
+                                    "pick another --output_dir")
+                break
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create --output_dir {out}: {err.strerror or err}") from None
@@ -173,6 +173,14 @@ def save_config(out: Path, config: dict, digest: str | None) -> None:
                                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     write_json_atomic(out / "config.json", {**config, "config_sha": sha,
                                             **({"data_sha256": digest} if digest else {})})
+
+
+def missing_folders(out: Path) -> list[Path]:
+    """`out` and its parents that do not exist yet, deepest first (what a run creates)."""
+    try:
+        return [f for f in (out, *out.parents) if not f.exists() and not f.is_symlink()]
+    except OSError:  # a parent this user cannot search: prepare_output_dir says so
+        return []
 
 
 def leave_no_trace(out: Path, made: list[Path]) -> None:

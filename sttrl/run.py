@@ -13,8 +13,8 @@ from sttrl.engines.base import Engine
 from sttrl.errors import UserError, brief
 # the folder's guards, also imported from here by callers of run.py
 from sttrl.outdir import (check_saved_config, config_sha, leave_no_trace,  # noqa: F401
-                          lock_output_dir, prepare_output_dir, remove_stale_temps, save_config,
-                          unlock_output_dir)
+                          lock_output_dir, missing_folders, prepare_output_dir,
+                          remove_stale_temps, save_config, unlock_output_dir)
 from sttrl.parts import parts
 from sttrl.settings import EngineSettings
 from sttrl.types import Example
@@ -179,7 +179,7 @@ def run(cfg: Config) -> dict:
     cfg = resolve(cfg, on_gpu(cfg))
     check_device(cfg)
     out = Path(cfg.output_dir)
-    made = [f for f in (out, *out.parents) if not f.exists() and not f.is_symlink()]
+    made = missing_folders(out)
     prepare_output_dir(out)
     lock = lock_output_dir(out)
     try:

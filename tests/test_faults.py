@@ -210,6 +210,9 @@ def test_unreadable_files_and_homes_are_one_line_as_a_user(open_dir):
     proc = as_user(54321, ["--output_dir", str(open_dir / "o4"), *flags],
                    {"PATH": os.environ["PATH"]}, str(open_dir))  # no HOME, no passwd entry
     check_one_line(proc, "HOME", "STTRL_CACHE")
+    # an output folder under one this user cannot search
+    proc = as_user(NOBODY, ["--output_dir", str(home / "o5"), *flags], base, str(open_dir))
+    check_one_line(proc, "--output_dir", str(home), "Permission denied")
     assert time.time() - start < 120  # refused before the ~30 s conversion, not after it
 
 
