@@ -203,7 +203,6 @@ def test_unreadable_files_and_homes_are_one_line_as_a_user(open_dir):
     # the embedded model's cache under an unreadable HOME, and with no HOME at all
     home = open_dir / "home"
     home.mkdir(mode=0o700)
-    start = time.time()
     proc = as_user(NOBODY, ["--output_dir", str(open_dir / "o3"), *flags],
                    {**base, "HOME": str(home)}, str(open_dir))
     check_one_line(proc, "model cache", str(home), "STTRL_CACHE")
@@ -213,7 +212,7 @@ def test_unreadable_files_and_homes_are_one_line_as_a_user(open_dir):
     # an output folder under one this user cannot search
     proc = as_user(NOBODY, ["--output_dir", str(home / "o5"), *flags], base, str(open_dir))
     check_one_line(proc, "--output_dir", str(home), "Permission denied")
-    assert time.time() - start < 120  # refused before the ~30 s conversion, not after it
+    # (that these come before the ~30 s conversion: test_a_cache_that_is_a_file_is_refused_at_once)
 
 
 def test_a_yaml_file_that_is_not_utf8_is_one_line(capsys, tmp_path):
