@@ -301,8 +301,9 @@ def continuous_is_per_question(cfg: Config) -> str | None:
     return None
 
 
-CROSS_FIELD = (continuous_is_per_question, lora_has_no_separate_reference, controls_need_a_trained_label,
-               agreement_needs_grpo, gae_needs_the_scale_engine_and_ttrl, scale_engine_limits,
+CROSS_FIELD = (continuous_is_per_question, lora_has_no_separate_reference,
+               controls_need_a_trained_label, agreement_needs_grpo,
+               gae_needs_the_scale_engine_and_ttrl, scale_engine_limits,
                colocated_engines_fill_the_actor, trained_samples_are_voted)
 
 

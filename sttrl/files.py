@@ -179,7 +179,8 @@ def read_jsonl(path: Path, repair: bool = False, numbered: bool = False,
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as err:
-            raise UserError(f"cannot repair the last line of {path}: {err.strerror or err}") from None
+            raise UserError(f"cannot repair the last line of {path}: "
+                            f"{err.strerror or err}") from None
         if torn:
             print(f"sttrl: {path}: removed an incomplete last line ({len(fragment)} bytes, a write "
                   "cut off by a kill); its work is redone", file=sys.stderr)

@@ -63,7 +63,8 @@ def load_ttt(path) -> list[Example]:
         # JSON lines (one object per line) fail at the second object
         hint = ("; a TTT file is one JSON list of objects ([{...}, {...}]), not JSON lines"
                 if e.msg == "Extra data" else "")
-        raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}{hint}") from None
+        raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: "
+                        f"{e.msg}{hint}") from None
     except ValueError as e:
         raise UserError(f"{path}: invalid JSON: {e}") from None
     except RecursionError:
