@@ -209,8 +209,7 @@ RULES = {
     **dict.fromkeys(("top_p", "val_top_p", "confidence_keep"), Range(0, 1, lo_open=True)),
     **dict.fromkeys(("weight_decay", "kl_coef", "clip_eps", "grad_clip", "stop_clip_frac",
                      "stop_kl"), Range(0)),
-    # what the engines' generators accept, with room for dataset mode's per-step offsets
-    "seed": integers(0, 2**32 - 1),
+    "seed": integers(0, 2**32 - 1),  # what torch's generators take, with room for offsets
     "answer_form": Choice(ANSWER_FORMS),
     "reward": Choice(REWARDS),
     "min_majority_ratio": Range(0, 1),
