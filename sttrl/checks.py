@@ -64,6 +64,17 @@ class Choice:
         return f"--{name} must be {self.text or 'one of ' + ', '.join(self.values)}, got {value!r}"
 
 
+def cuda_index(device: str) -> bool:
+    """cuda:N, for the device Choice."""
+    return device.startswith("cuda:") and device[5:].isdigit()
+
+
+def module_names(name: str, value: str) -> str | None:
+    if all(n.strip().isidentifier() for n in value.split(",")):
+        return None
+    return f"--{name} must be comma-separated module names (q_proj,v_proj), got {value!r}"
+
+
 def type_problem(name: str, kind: type, value) -> str | None:
     if kind is bool and not isinstance(value, bool):
         return f"--{name} must be true or false, got {value!r}"

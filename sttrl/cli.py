@@ -11,11 +11,12 @@ import ast
 import dataclasses
 import inspect
 import json
+import re
 import sys
 from dataclasses import fields
 from pathlib import Path
 
-from sttrl.config import Config, field_kinds, validate
+from sttrl.config import Config, field_kinds, option_problem, validate
 from sttrl.errors import EngineError, UserError
 
 
@@ -32,13 +33,21 @@ def field_help() -> dict[str, str]:
 
 
 def load_yaml(path: str) -> dict:
+    """The options a --config file sets, each checked against its rule; every problem is one
+    line that names the file."""
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"--config {path} is a directory; give a YAML file of option: value")
     if not p.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}; fix its permissions") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -48,14 +57,33 @@ def load_yaml(path: str) -> dict:
     if isinstance(data.get("lora_target_modules"), list):  # a YAML list reads as the flag does
         data["lora_target_modules"] = ",".join(map(str, data["lora_target_modules"]))
     known = {f.name for f in fields(Config)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(map(str, data)) - known)
     if unknown:
         raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")
+    kinds = field_kinds()
+    for name, value in data.items():
+        if kinds[name] is float and isinstance(value, str):
+            # YAML 1.1 reads 1e-5 (no dot) as a string; it is the number it looks like
+            try:
+                data[name] = value = float(value)
+            except ValueError:
+                pass
+        problem = option_problem(name, value)
+        if problem:
+            raise UserError(f"{path}: {problem.replace(f'--{name}', name, 1)}")
     return data
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag gets one line saying what is allowed, not the whole usage."""
+
+    def __init__(self, *args, **kwargs):
+        # --n_vote must not quietly run as --n_votes
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+        # argparse reads -1e-5 as a flag (its pattern knows only -1 and -.5): as a number, it
+        # gets the flag's own message ("--lr must be > 0"), not "expected one argument"
+        self._negative_number_matcher = re.compile(
+            r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
     def error(self, message):
         self.exit(2, f"sttrl: error: {message} (see --help)\n")

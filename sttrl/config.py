@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from sttrl.algorithms import METHODS
-from sttrl.checks import Choice, Range, integers, type_problem
+from sttrl.checks import Choice, Range, cuda_index, integers, module_names, type_problem
 from sttrl.config_rules import CROSS_FIELD
 from sttrl.errors import UserError
 from sttrl.rewards import ANSWER_FORMS, REWARDS
@@ -36,7 +36,7 @@ class Config:
     data_dir: str | None = None
     """Where registry names resolve (default: $STTRL_DATA_DIR, else the repo's data/)."""
     num_questions: int | None = None
-    """How many questions from the start of the set (default: all; ARITH-TTT generates 5)."""
+    """How many questions from the start of the set (default: all; ARITH-TTT generates 5, at most 100,000)."""
     model: str = "SmolLM2-135M-Instruct"
     """Hugging Face id, local directory or local GGUF file (converted once, cached); the default is the embedded offline model."""
     prompt_family: str | None = None
@@ -167,7 +167,7 @@ class Config:
     max_new_tokens: int | None = None
     """Response length limit (default 3072 on GPU, 128 on CPU)."""
     seed: int = 0
-    """Seeds sampling; each question's seed derives from it and the question id."""
+    """Seeds sampling (0 to 2**32 - 1); each question's seed derives from it and the question id."""
     # where results go
     output_dir: str | None = None
     """Results folder (default runs/<dataset>_<model>_<method>[_continuous])."""
@@ -199,16 +199,6 @@ MAX_SAMPLES = 4096
 BIG = 1_000_000  # the bound of counts that have no natural one
 
 
-def cuda_index(device: str) -> bool:
-    return device.startswith("cuda:") and device[5:].isdigit()
-
-
-def module_names(name: str, value: str) -> str | None:
-    if all(n.strip().isidentifier() for n in value.split(",")):
-        return None
-    return f"--{name} must be comma-separated module names (q_proj,v_proj), got {value!r}"
-
-
 # Each field's allowed values: rule(name, value) -> why not, or None (a None value, "take the
 # default", is always allowed). Checks that involve two fields are CROSS_FIELD's (sttrl/config_rules.py).
 RULES = {
@@ -231,7 +221,8 @@ RULES = {
     **dict.fromkeys(("temperature", "val_temp"), Range(0, 10)),
     **dict.fromkeys(("top_p", "val_top_p", "confidence_keep"), Range(0, 1, lo_open=True)),
     **dict.fromkeys(("weight_decay", "kl_coef", "clip_eps", "grad_clip", "stop_clip_frac",
-                     "stop_kl", "max_step_kl", "max_kl", "seed"), Range(0)),
+                     "stop_kl", "max_step_kl", "max_kl"), Range(0)),
+    "seed": integers(0, 2**32 - 1),  # what torch's generators take, with room for offsets
     "kl_backtracks": integers(0, 100),
     "agreement_estimate": Choice(("heldout", "trained"), "heldout or trained"),
     "optimizer": Choice(("adamw", "sgd"), "adamw or sgd"),
@@ -261,21 +252,26 @@ def field_kinds() -> dict[str, type]:
                          if t is not type(None)) for f in fields(Config)}
 
 
+def option_problem(name: str, value) -> str | None:
+    """Why `value` is not allowed for the field `name` on its own (its type, then its rule)."""
+    if value is None:
+        return None
+    kind = field_kinds()[name]
+    problem = type_problem(name, kind, value)
+    if problem is None and name in RULES:
+        problem = RULES[name](name, float(value) if kind is float else value)
+    return problem
+
+
 def validate(cfg: Config) -> Config:
     """Check every field's type and RULES, then the CROSS_FIELD rules; the first problem is a
     one-line UserError. Numbers of float fields become floats."""
     for name, kind in field_kinds().items():
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        problem = type_problem(name, kind, value)
+        problem = option_problem(name, getattr(cfg, name))
         if problem:
             raise UserError(problem)
-        if kind is float:
-            setattr(cfg, name, value := float(value))
-        problem = RULES[name](name, value) if name in RULES else None
-        if problem:
-            raise UserError(problem)
+        if kind is float and getattr(cfg, name) is not None:
+            setattr(cfg, name, float(getattr(cfg, name)))
     for rule in CROSS_FIELD:
         problem = rule(cfg)
         if problem:

@@ -65,6 +65,14 @@ def trained_samples_are_voted(cfg) -> str | None:
     return None
 
 
-CROSS_FIELD = (lora_has_no_separate_reference, controls_need_a_trained_label,
-               agreement_needs_grpo, sgd_needs_the_local_engine, gae_needs_the_scale_engine_and_ttrl, scale_engine_limits,
+def continuous_is_per_question(cfg) -> str | None:
+    if cfg.continuous and cfg.mode == "dataset":
+        return ("--continuous applies to --mode question; --mode dataset already trains one "
+                "model over the whole set (drop --continuous)")
+    return None
+
+
+CROSS_FIELD = (continuous_is_per_question, lora_has_no_separate_reference,
+               controls_need_a_trained_label, agreement_needs_grpo, sgd_needs_the_local_engine,
+               gae_needs_the_scale_engine_and_ttrl, scale_engine_limits,
                colocated_engines_fill_the_actor, trained_samples_are_voted)

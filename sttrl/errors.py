@@ -10,3 +10,11 @@ class EngineError(Exception):
 
     Finished questions are already in results.jsonl, so re-running the same command resumes.
     """
+
+
+def brief(err: BaseException, limit: int = 120) -> str:
+    """An exception's first line, cut to `limit` characters, for a one-line message (torch's
+    and pickle's errors run to many lines and hundreds of characters)."""
+    lines = str(err).strip().splitlines()
+    text = lines[0].strip() if lines else type(err).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

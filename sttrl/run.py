@@ -4,28 +4,22 @@ parts each layer reads (sttrl/parts.py), build the engine from its part, check t
 it, hand over to the mode."""
 from __future__ import annotations
 
-import dataclasses
-import fcntl
 import hashlib
-import json
-import os
 from pathlib import Path
 
-from sttrl.config import NON_RESULT_FIELDS, Config, resolve
+from sttrl.config import Config, resolve
 from sttrl.data import encode_prompt, format_prompt, load_dataset
 from sttrl.engines.base import Engine
-from sttrl.errors import UserError
-from sttrl.files import write_json_atomic
+from sttrl.errors import UserError, brief
+# the folder's guards, also imported from here by callers of run.py
+from sttrl.outdir import (check_saved_config, config_sha, leave_no_trace,  # noqa: F401
+                          lock_output_dir, missing_folders, prepare_output_dir,
+                          remove_stale_temps, save_config, unlock_output_dir)
 from sttrl.parts import parts
 from sttrl.settings import EngineSettings
 from sttrl.types import Example
 
 ARITH_DEFAULT_QUESTIONS = 5
-LOCK_NAME = "run.lock"
-# Files written through files.write_atomic; a kill mid-write leaves `<name>.XXXX.tmp` beside
-# them (for checkpoint.pt as large as the model and its optimiser), removed on the next start.
-ATOMIC_FILES = ("checkpoint.pt", "config.json", "summary.json", "results.jsonl", "evals.jsonl",
-                "steps.jsonl")
 # No tokenizer makes fewer than one token per this many characters of real text, so a prompt
 # longer than this times the context is refused before it is tokenised.
 MAX_CHARS_PER_TOKEN = 32
@@ -55,125 +49,6 @@ def check_device(cfg: Config) -> None:
                         f"(cuda:0 to cuda:{count - 1})")
 
 
-# ---- the output folder -----------------------------------------------------------------------
-
-def prepare_output_dir(out: Path) -> None:
-    """Create the folder, or say in one line why it cannot be used."""
-    for folder in (out, *out.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                where = "is" if folder == out else f"is under {folder}, which is"
-                raise UserError(f"--output_dir {out} {where} a file, not a folder; "
-                                "pick another --output_dir")
-            break
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create --output_dir {out}: {err.strerror or err}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"--output_dir {out} is not writable by this user; "
-                        "pick another --output_dir or fix its permissions")
-
-
-def lock_output_dir(out: Path) -> int:
-    """Take the folder's lock for the life of this process; returns its file descriptor.
-
-    flock locks belong to the open file, so the OS drops the lock when the process dies, even by
-    SIGKILL: a lock file never goes stale. The file holds the holder's pid, for the message."""
-    path = out / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as err:
-        raise UserError(f"cannot create the lock file {path}: {err.strerror or err}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise UserError(f"{out} is in use by another run (pid {holder}); wait for it to finish, "
-                        "or use another --output_dir") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def unlock_output_dir(fd: int) -> None:
-    os.close(fd)  # closing the only descriptor releases the flock
-
-
-def remove_stale_temps(out: Path) -> None:
-    """Temporary files of atomic writes a kill interrupted (only ever ours: we hold the lock)."""
-    for name in ATOMIC_FILES:
-        for tmp in out.glob(f"{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
-# ---- the saved config ------------------------------------------------------------------------
-
-def read_saved_config(path: Path) -> dict | None:
-    if not (path.exists() or path.is_symlink()):
-        return None
-    fix = "fix it, or delete it to let this run's config replace it"
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: "
-                        f"{err.msg}); {fix}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text; {fix}") from None
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
-    if not isinstance(saved, dict):
-        raise UserError(f"{path} is not a JSON object of options; {fix}")
-    return saved
-
-
-def canonical_saved(saved: dict) -> dict:
-    """A config saved before names were canonicalised, spelt as they are now."""
-    from sttrl.data.datasets import canonical_dataset
-    from sttrl.engines.models import canonical_model
-
-    saved = dict(saved)
-    if saved.get("data_path") is None and isinstance(saved.get("dataset"), str):
-        try:
-            saved["dataset"] = canonical_dataset(saved["dataset"])
-        except UserError:
-            pass  # an unknown name stays as it was and compares as different
-    if isinstance(saved.get("model"), str):
-        saved["model"] = canonical_model(saved["model"])
-    return saved
-
-
-def check_saved_config(out: Path, config: dict, allow_change: bool, digest: str | None = None,
-                       allow_data_change: bool = False) -> None:
-    """Refuse to mix two different experiments' results in one folder. Only compares: the
-    config is saved by `save_config` once the engine has started, so a run that fails to start
-    (a wrong --model) leaves nothing that refuses the corrected command."""
-    path = out / "config.json"
-    saved = read_saved_config(path)
-    if saved is None:
-        return
-    saved_digest = saved.pop("data_sha256", None)
-    # an option added since the run started counts as unchanged if it has its default
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    saved = canonical_saved({**{k: v for k, v in defaults.items() if k not in saved}, **saved})
-    diff = sorted(k for k in set(saved) | set(config)
-                  if k not in NON_RESULT_FIELDS and saved.get(k) != config.get(k))
-    if diff and not allow_change:
-        raise UserError(f"{out} holds a run with a different config ({', '.join(diff)}); "
-                        "use another --output_dir or pass --allow_config_change")
-    if saved_digest and digest and saved_digest != digest and not allow_data_change:
-        source = config.get("data_path") or config.get("dataset")
-        raise UserError(f"{out} holds a run on different questions: {source} has changed since "
-                        "that run started (its sha256 differs); use another --output_dir, or "
-                        "pass --allow_data_change to resume on the edited data")
-
-
-def save_config(out: Path, config: dict, digest: str | None) -> None:
-    write_json_atomic(out / "config.json",
-                      {**config, **({"data_sha256": digest} if digest else {})})
-
-
 # ---- questions -------------------------------------------------------------------------------
 
 def load_all_examples(cfg: Config):
@@ -191,6 +66,16 @@ def load_examples(cfg: Config):
     return examples[:n] if n else examples
 
 
+def check_references(cfg: Config, examples: list[Example]) -> None:
+    """--reward oracle trains on the reference answers: every question needs one."""
+    missing = [ex.question.id for ex in examples if ex.answer is None]
+    if missing:
+        source = cfg.data_path or cfg.dataset
+        raise UserError(f"--reward oracle trains on the reference answers, and {source} has "
+                        f"none for {len(missing)} question(s) (first: {missing[0]!r}); use "
+                        "--reward vote, which needs no labels")
+
+
 def data_digest(cfg: Config, examples) -> str | None:
     """sha256 of the whole set's ids, prompts, sources, tasks and answers (not of the cut that
     --num_questions takes, which may change). None for ARITH-TTT: the config determines it."""
@@ -199,7 +84,7 @@ def data_digest(cfg: Config, examples) -> str | None:
     h = hashlib.sha256()
     for ex in examples:
         q = ex.question
-        for part in (q.id, q.prompt, q.source, q.task, ex.answer):
+        for part in (q.id, q.prompt, q.source, q.task, ex.answer or ""):
             h.update(part.encode("utf-8"))
             h.update(b"\0")
     return h.hexdigest()
@@ -266,11 +151,12 @@ def check_dataset_checkpoint(path: Path) -> None:
 
     try:
         state = torch.load(path, weights_only=False, map_location="cpu", mmap=True)
-        if not isinstance(state, dict) or not {"engine", "step", "evals"} <= set(state):
+        if not isinstance(state, dict) or not {"engine", "step", "evals"} <= set(state) or \
+                not isinstance(state["engine"], dict) or \
+                not {"model", "adapter"} & set(state["engine"]):
             raise ValueError("not an STTRL dataset-mode checkpoint")
     except Exception as err:  # RuntimeError (bad zip), pickle errors, EOFError, OSError...
-        text = str(err).strip().splitlines()
-        raise UserError(f"{path} cannot be read ({text[0] if text else type(err).__name__}); "
+        raise UserError(f"{path} cannot be read ({brief(err)}); "
                         "delete it, steps.jsonl and evals.jsonl to start over") from None
 
 
@@ -308,11 +194,15 @@ def run(cfg: Config) -> dict:
     cfg = resolve(cfg, on_gpu(cfg))
     check_device(cfg)
     out = Path(cfg.output_dir)
+    made = missing_folders(out)
     prepare_output_dir(out)
     lock = lock_output_dir(out)
     try:
         remove_stale_temps(out)
         return run_locked(cfg, out, family_chosen=chosen)
+    except BaseException:
+        leave_no_trace(out, made)
+        raise
     finally:
         unlock_output_dir(lock)
 
@@ -326,6 +216,8 @@ def run_locked(cfg: Config, out: Path, family_chosen: bool) -> dict:
     run_parts = parts(cfg)
     config = run_parts.record
     check_saved_config(out, config, cfg.allow_config_change, digest, cfg.allow_data_change)
+    if cfg.reward == "oracle":
+        check_references(cfg, examples)
 
     def start() -> Engine:
         """The engine, once it has loaded and every prompt fits it; only then is the config
@@ -333,7 +225,7 @@ def run_locked(cfg: Config, out: Path, family_chosen: bool) -> dict:
         engine = build_engine(cfg.engine, run_parts.engine, cfg.model)
         try:
             longest = check_prompts(engine, examples, cfg.prompt_family, cfg.max_new_tokens)
-            check_sample_memory(engine, max(cfg.n_votes, cfg.n_eval), longest,
+            check_sample_memory(engine, run_parts.engine.max_sample_rows, longest,
                                 cfg.max_new_tokens)
             save_config(out, config, digest)
         except BaseException:
@@ -350,6 +242,7 @@ def run_locked(cfg: Config, out: Path, family_chosen: bool) -> dict:
         finally:
             engine.close()
     from sttrl.modes.question import run_questions
-    summary = run_questions(run_parts, examples, start)
+    summary = run_questions(run_parts, examples, start,
+                            {ex.question.id for ex in everything}, config_sha(config, digest))
     save_config(out, config, digest)  # again: with nothing left to run, no engine saved it
     return summary

@@ -30,8 +30,8 @@ class Example:
 
     question: Question
     """The part the methods see."""
-    answer: str
-    """The reference answer."""
+    answer: str | None
+    """The reference answer (None: the file gives none, so pass@1 cannot be measured)."""
 
 
 @dataclass
@@ -144,8 +144,10 @@ class Adaptation:
 
 NUMBER = (int, float)
 # What a resumed run and the summary read from a results line, and the JSON types each must have.
-REQUIRED = {"id": (str, int), "pass@1_before": NUMBER, "pass@1_after": NUMBER,
-            "maj@N_before": (bool, *NUMBER), "label_correct": (bool, *NUMBER),
+# The metrics are null for a question without a reference answer (a label-free data set).
+MEASURED = NUMBER + (type(None),)
+REQUIRED = {"id": (str, int), "pass@1_before": MEASURED, "pass@1_after": MEASURED,
+            "maj@N_before": (bool, *MEASURED), "label_correct": (bool, *MEASURED),
             "reward_accuracy": NUMBER + (type(None),), "skipped": (bool,), "seconds": (dict,)}
 
 
@@ -179,14 +181,14 @@ class QuestionResult:
     """The before-evaluation's answers (cut to 200 characters)."""
     answers_after: list
     """The after-evaluation's answers."""
-    pass1_before: float
-    """pass@1 before the update (written as "pass@1_before")."""
-    pass1_after: float
-    """pass@1 after it ("pass@1_after")."""
-    majN_before: float
+    pass1_before: float | None
+    """pass@1 before the update (written as "pass@1_before"); None without a reference."""
+    pass1_after: float | None
+    """pass@1 after it ("pass@1_after"); None without a reference."""
+    majN_before: float | None
     """1 if the vote before the update elected the reference ("maj@N_before")."""
-    label_correct: float
-    """1 if the pseudo-label is correct."""
+    label_correct: float | None
+    """1 if the pseudo-label is correct; None without a reference."""
     reward_accuracy: float | None
     """Share of trained samples whose reward equals the reference's."""
     seconds: dict
@@ -195,6 +197,8 @@ class QuestionResult:
     """Method-specific numbers (MEMO: the marginal's entropy); not written when None."""
     diverged: bool = False
     """A training statistic was NaN or infinite; written only when true."""
+    config_sha: str | None = None
+    """Which config produced the line (config_history.jsonl); None in lines from before it."""
 
     def to_json(self) -> dict:
         out = {"index": self.index, "reward": self.reward, "id": self.id,
@@ -208,6 +212,8 @@ class QuestionResult:
             out["extra"] = self.extra
         if self.diverged:
             out["diverged"] = True
+        if self.config_sha is not None:
+            out["config_sha"] = self.config_sha
         out["seconds"] = self.seconds
         return out
 
@@ -241,4 +247,5 @@ class QuestionResult:
                    answers_after=r.get("answers_after", []), pass1_before=r["pass@1_before"],
                    pass1_after=r["pass@1_after"], majN_before=r["maj@N_before"],
                    label_correct=r["label_correct"], reward_accuracy=r["reward_accuracy"],
-                   seconds=r["seconds"], extra=r.get("extra"), diverged=bool(r.get("diverged")))
+                   seconds=r["seconds"], extra=r.get("extra"), diverged=bool(r.get("diverged")),
+                   config_sha=r.get("config_sha") if isinstance(r.get("config_sha"), str) else None)

@@ -60,7 +60,8 @@ def test_yaml_config_is_overridden_by_flags(tmp_path):
 @pytest.mark.parametrize("text,expected", [
     ("lr: [1\n", "invalid YAML at line"),
     ("learning_rate: 1\n", "unknown option(s) learning_rate"),
-    ("n_votes: many\n", "--n_votes must be an integer"),
+    # the file, not the flag: the value came from c.yaml (issue #22)
+    ("n_votes: many\n", "c.yaml: n_votes must be an integer"),
 ])
 def test_bad_yaml_is_a_clear_error(tmp_path, capsys, text, expected):
     path = tmp_path / "c.yaml"

@@ -75,10 +75,8 @@ def test_nan_is_rejected(tmp_path):
     ([], "the list is empty"),
     (["just text"], "row 0 is a JSON string; each row must be an object"),
     ([row(0), {"answer": "1", "source": "s", "id": 5}], "row 1 has no 'prompt'"),
-    ([{"prompt": "p", "source": "s", "id": 5}], "row 0 has no 'answer'"),
     ([{"prompt": "p", "answer": "1", "id": 5}], "row 0 has no 'source'"),
     ([{"prompt": "p", "answer": "1", "source": "s"}], "row 0 has no 'id'"),
-    ([row(0, answer=None)], "row 0 has no 'answer'"),
     ([row(0, prompt="  ")], "row 0: 'prompt' must be a non-empty string, got an empty string"),
     ([row(0, prompt=12)], "row 0: 'prompt' must be a non-empty string, got a JSON number"),
     ([row(0, prompt=["a"])], "'prompt' must be a non-empty string, got a JSON list"),
@@ -94,6 +92,14 @@ def test_row_errors(tmp_path, content, message):
     with pytest.raises(UserError, match=re.escape(message)) as err:
         load_ttt(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_row_without_an_answer_is_label_free_not_refused(tmp_path):
+    # the method needs no labels: such rows load with no reference (pass@1 is not measured)
+    for rows in ([{"prompt": "p", "source": "s", "id": 5}], [row(0, answer=None), row(1)]):
+        examples = load_ttt(write(tmp_path, rows))
+        assert examples[0].answer is None and examples[0].question.prompt
+    assert examples[1].answer is not None
 
 
 def test_missing_file_and_size_bound(tmp_path, monkeypatch):

@@ -96,6 +96,8 @@ def test_continuous_keeps_weights_and_reset_restores_them(tiny_model, tmp_path):
     Path(solo).write_text(json.dumps(rows))
     run(tiny_config(tiny_model, solo, tmp_path / "alone"))
     both = lines(tmp_path / "reset")[2], lines(tmp_path / "alone")[0]
+    # config_sha names each run's own config (its data file differs), so it differs
+    assert both[0].pop("config_sha") != both[1].pop("config_sha")
     assert without_timings([both[0]])[0] | {"index": 0} == without_timings([both[1]])[0]
     assert not (tmp_path / "reset" / "checkpoint.pt").exists()
 

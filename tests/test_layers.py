@@ -14,7 +14,7 @@ LAYERS = [
     ("sttrl.config", "sttrl.config_rules", "sttrl.parts"),  # the run's options, and their split into the parts
     ("sttrl.reporting",),  # results files, summaries, the report
     ("sttrl.modes",),  # the per-question and dataset loops
-    ("sttrl.run", "sttrl.cli", "sttrl.serve"),  # one run; the command line; the server
+    ("sttrl.run", "sttrl.cli", "sttrl.outdir", "sttrl.serve"),  # one run, its folder; the command line; the server
 ]
 
 

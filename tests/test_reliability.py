@@ -258,7 +258,7 @@ def test_sampling_that_cannot_fit_in_memory_is_refused_before_sampling(tiny_mode
 
     monkeypatch.setattr(run_module, "available_memory", lambda device: 1000)
     data = write_questions(tmp_path / "q.json", n=1)
-    with pytest.raises(UserError, match="sampling 8 answers.*GiB free on cpu; lower --n_votes"):
+    with pytest.raises(UserError, match="sampling 12 answers.*GiB free on cpu; lower --n_votes"):
         run(tiny_config(tiny_model, data, tmp_path / "out"))
     assert not (tmp_path / "out" / "results.jsonl").exists()
 

@@ -1,7 +1,8 @@
 """Test sets: the TTT file format, the registry of named sets, and the built-in ARITH-TTT.
 
-A TTT file is a JSON list of objects with the fields `prompt`, `answer`, `source` and `id`
-(all required). The reference answer lives only in `Example.answer`; `Question`, the part
+A TTT file is a JSON list of objects with the fields `prompt`, `source` and `id` (required)
+and `answer` (the reference; optional: a label-free set trains as well, and its pass@1 is not
+measured). The reference answer lives only in `Example.answer`; `Question`, the part
 that training code sees, has no answer field (both records are in sttrl/types.py).
 """
 from __future__ import annotations
@@ -39,6 +40,9 @@ def load_ttt(path) -> list[Example]:
     contains "gpqa" means "gpqa" and anything else means "math".
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; give a TTT JSON file (a list of "
+                        "prompt/answer/source/id objects)")
     if not path.is_file():
         raise UserError(f"{path}: no such file; give a TTT JSON file (a list of prompt/answer/source/id objects)")
     size = path.stat().st_size
@@ -48,12 +52,19 @@ def load_ttt(path) -> list[Example]:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a leading BOM (some Windows editors) is fine
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}); TTT files must be UTF-8 JSON") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}; fix its permissions or copy "
+                        "it somewhere readable") from None
     try:
         # keeping numbers as text is what lets answers round-trip faithfully
         rows = json.loads(text, parse_int=_NumberText, parse_float=_NumberText,
                           parse_constant=_bad_constant)
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        # JSON lines (one object per line) fail at the second object
+        hint = ("; a TTT file is one JSON list of objects ([{...}, {...}]), not JSON lines"
+                if e.msg == "Extra data" else "")
+        raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: "
+                        f"{e.msg}{hint}") from None
     except ValueError as e:
         raise UserError(f"{path}: invalid JSON: {e}") from None
     except RecursionError:
@@ -88,9 +99,10 @@ def _parse_row(row, i: int, path: Path) -> Example:
     where = f"{path}: row {i}"
     if not isinstance(row, dict):
         raise UserError(f"{where} is a JSON {_kind(row)}; each row must be an object with prompt, answer, source, id")
-    for key in ("prompt", "answer", "source", "id"):
+    for key in ("prompt", "source", "id"):
         if key not in row or row[key] is None:
-            raise UserError(f"{where} has no {key!r}; each row needs prompt, answer, source and id")
+            raise UserError(f"{where} has no {key!r}; each row needs prompt, source and id "
+                            "(and answer, to measure pass@1)")
 
     prompt = row["prompt"]
     if type(prompt) is not str or not prompt.strip():
@@ -98,11 +110,12 @@ def _parse_row(row, i: int, path: Path) -> Example:
     source = row["source"]
     if type(source) is not str or not source.strip():
         raise UserError(f"{where}: 'source' must be a non-empty string, got {_describe(source)}")
-    answer = _scalar_text(row["answer"], "answer", where)
+    answer = None if row.get("answer") is None else _scalar_text(row["answer"], "answer", where)
     qid = _scalar_text(row["id"], "id", where)
 
     named = f"{where} (id {qid!r})"
-    for key, value in (("prompt", prompt), ("source", source), ("answer", answer), ("id", qid)):
+    for key, value in (("prompt", prompt), ("source", source), ("answer", answer or ""),
+                       ("id", qid)):
         bad = _lone_surrogate(value)
         if bad is not None:
             raise UserError(f"{named}: {key!r} holds a lone surrogate (\\u{ord(value[bad]):04x} at "
@@ -207,7 +220,8 @@ def make_arith(n: int = 100, seed: int = 0, level: int = 1) -> list[Example]:
     Subtraction never goes below zero, so every answer is a non-negative integer.
     """
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_ARITH_N:
-        raise UserError(f"arith_n must be an integer from 1 to {MAX_ARITH_N}, got {n!r}")
+        raise UserError(f"--num_questions for ARITH-TTT must be an integer from 1 to "
+                        f"{MAX_ARITH_N:,} (the questions it generates), got {n!r}")
     if level not in (1, 2, 3):
         raise UserError(f"ARITH-TTT level must be 1, 2 or 3, got {level!r}")
     rng = random.Random(seed)  # a private generator: global random state stays untouched

@@ -24,8 +24,38 @@ EMBEDDED_ALIASES = {"smollm2", "smollm2-135m-instruct", "huggingfacetb/smollm2-1
 
 
 def cache_dir() -> Path:
-    """Where converted models live: $STTRL_CACHE, else ~/.cache/sttrl."""
-    return Path(os.environ.get("STTRL_CACHE", Path.home() / ".cache" / "sttrl"))
+    """Where converted models live: $STTRL_CACHE, else ~/.cache/sttrl (an empty STTRL_CACHE
+    counts as unset: it would mean the current directory)."""
+    if os.environ.get("STTRL_CACHE"):
+        return Path(os.environ["STTRL_CACHE"])
+    try:
+        return Path.home() / ".cache" / "sttrl"
+    except RuntimeError:  # no HOME and no password entry for this user
+        raise UserError("cannot find a home directory for the model cache (HOME is unset); set "
+                        "HOME, or STTRL_CACHE to a writable folder") from None
+
+
+CONVERTED_BYTES = 600 * 2**20  # the converted SmolLM2-135M is 517 MB (fp32 safetensors)
+
+
+def check_cache(folder: Path) -> None:
+    """The converted model can be written to `folder` (created if missing), checked before
+    the ~30 s conversion: one line naming the folder and what to do."""
+    fix = "point STTRL_CACHE at a writable folder with 1 GB free"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+        free = shutil.disk_usage(folder).free
+    except FileExistsError:
+        raise UserError(f"the model cache {folder} is a file, not a folder; {fix}") from None
+    except OSError as err:
+        raise UserError(f"cannot use the model cache {folder}: {err.strerror or err}; "
+                        f"{fix}") from None
+    if free < CONVERTED_BYTES:
+        raise UserError(f"the model cache {folder} has {free / 2**20:.0f} MB free, and the "
+                        f"converted model needs {CONVERTED_BYTES // 2**20} MB; free space there "
+                        f"or {fix}")
 
 
 def find_embedded_gguf() -> Path:
@@ -64,8 +94,14 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     tmp.chmod(0o755)
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    except OSError as err:  # a full disk, mostly: the cache keeps nothing half-written
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write the converted model to {out.parent}: "
+                        f"{err.strerror or err}; free space there or point STTRL_CACHE at a "
+                        "writable folder with 1 GB free") from None
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -94,7 +130,12 @@ def resolve_model(name: str | None) -> str:
     """
     if is_embedded(name):
         out = cache_dir() / "SmolLM2-135M-Instruct"
-        if not (out / "config.json").exists():
+        try:
+            converted = (out / "config.json").is_file()
+        except OSError:  # an unreadable cache or HOME: check_cache says which
+            converted = False
+        if not converted:
+            check_cache(out.parent)
             convert_gguf(find_embedded_gguf(), out)
         return str(out)
     if os.path.isdir(os.path.expanduser(name)):

@@ -32,9 +32,11 @@ import torch
 from sttrl.algorithms.grpo import group_advantages, grpo_loss
 from sttrl.data import format_prompt
 from sttrl.engines.base import Engine
-from sttrl.files import append_jsonl, read_jsonl, rewrite_jsonl, write_atomic, write_json_atomic
+from sttrl.files import (append_jsonl, read_jsonl, rewrite_jsonl, write_json_atomic,
+                         write_torch_atomic)
 from sttrl.modes.evaluate import evaluate_set
 from sttrl.modes.logger import RunLogger
+from sttrl.reporting.results import NO_REFERENCES
 from sttrl.rewards.label import pseudo_label, train_rewards
 from sttrl.rewards.oracle import OracleReward
 from sttrl.settings import RunParts
@@ -104,6 +106,13 @@ def train_step(engine: Engine, questions: list[Question], prompts: list[str], pa
     return {"groups_trained": kept, "updates": updates}
 
 
+def step_problem(record) -> str | None:
+    """Why a steps.jsonl line is not one this mode wrote, or None."""
+    if not isinstance(record, dict) or type(record.get("step")) is not int:
+        return "not an object with an integer 'step'"
+    return None
+
+
 def batch_scalars(stats: dict) -> dict[str, float]:
     """What the logger records of one rollout batch: the groups trained and each update
     statistic's mean over the batch's optimiser steps."""
@@ -133,7 +142,7 @@ def run_dataset(parts: RunParts, examples: list[Example], engine: Engine) -> dic
         start, evals = state["step"], state["evals"]
     rewrite_jsonl(evals_path, evals)
     if steps_path.exists():  # drop steps taken after the checkpoint: they are redone
-        kept = read_jsonl(steps_path)
+        kept = read_jsonl(steps_path, repair=True, problem=step_problem, kind="step record")
         rewrite_jsonl(steps_path, [r for r in kept if r["step"] <= start])
     with RunLogger(loop, parts.record, total, start, "batches", "batch") as log:
         if not evals:
@@ -161,14 +170,16 @@ def run_dataset(parts: RunParts, examples: list[Example], engine: Engine) -> dic
                 evals.append({"step": step + 1,
                               "pass@1": evaluate_set(engine, examples, prompts, sampling, form)})
                 state = {"engine": engine.state_dict(), "step": step + 1, "evals": evals}
-                write_atomic(ckpt, lambda tmp: torch.save(state, tmp))
+                write_torch_atomic(ckpt, state)
                 rewrite_jsonl(evals_path, evals)
-                scalars["pass@1"] = evals[-1]["pass@1"]
-            log.log(scalars, step + 1,
+                if evals[-1]["pass@1"] is not None:
+                    scalars["pass@1"] = evals[-1]["pass@1"]
+            log.log(scalars, step + 1, NO_REFERENCES if evals[0]["pass@1"] is None else
                     f"pass@1 {evals[0]['pass@1']:.3f} -> {evals[-1]['pass@1']:.3f}")
     summary = {"mode": "dataset", "reward": parts.vote.reward, "questions": len(examples),
                "steps": total, "optimizer_steps": total_slots,
                "pass@1_before": evals[0]["pass@1"], "pass@1_after": evals[-1]["pass@1"],
+               **({"pass@1_note": NO_REFERENCES} if evals[0]["pass@1"] is None else {}),
                "evals": evals, "wall_seconds": time.perf_counter() - began,
                "config": parts.record}
     write_json_atomic(out / "summary.json", summary)

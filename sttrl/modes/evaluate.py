@@ -23,6 +23,9 @@ def question_metrics(example: Example, before: list, after: list, adapted: Adapt
     answers before and after the update, and maj@N, label and reward accuracy of the vote."""
     reference, task = example.answer, example.question.task
     n_train = len(adapted.rewards)
+    if reference is None:  # label-free data: the answers and the vote are kept, nothing graded
+        return dict.fromkeys(("pass1_before", "pass1_after", "majN_before", "label_correct",
+                              "reward_accuracy"))
     return {
         "pass1_before": pass_at_1(before, reference, task, form=form),
         "pass1_after": pass_at_1(after, reference, task, form=form),
@@ -34,16 +37,19 @@ def question_metrics(example: Example, before: list, after: list, adapted: Adapt
 
 
 def evaluate_set(engine: Engine, examples: list[Example], prompts: list[str],
-                 sampling: SamplingSettings, form: str) -> float:
-    """Mean pass@1 over the set: n_eval samples per question at val_temp / val_top_p, each
-    question from its own evaluation seed (the per-question mode's)."""
+                 sampling: SamplingSettings, form: str) -> float | None:
+    """Mean pass@1 over the set's questions that have a reference (None: none has): n_eval
+    samples per question at val_temp / val_top_p, each question from its own evaluation seed
+    (the per-question mode's)."""
     scores = []
     for ex, prompt in zip(examples, prompts):
+        if ex.answer is None:
+            continue
         answers = sample_answers(engine, prompt, ex.question.task, sampling.n_eval,
                                  sampling.val_temp, sampling.val_top_p, sampling.max_new_tokens,
                                  question_seed(sampling.seed, ex.question.id) + 1)
         scores.append(pass_at_1(answers, ex.answer, ex.question.task, form=form))
-    return sum(scores) / len(scores)
+    return sum(scores) / len(scores) if scores else None
 
 
 # ---- the metrics of one question's samples --------------------------------------------------

@@ -13,12 +13,12 @@ from pathlib import Path
 from sttrl.algorithms import METHODS
 from sttrl.data import format_prompt
 from sttrl.engines.base import Engine
-from sttrl.errors import UserError
-from sttrl.files import has_non_finite, write_atomic, write_json_atomic
+from sttrl.errors import UserError, brief
+from sttrl.files import has_non_finite, write_json_atomic, write_torch_atomic
 from sttrl.modes.common import Timer, generate_shared, question_seed, sample_answers
 from sttrl.modes.evaluate import question_metrics
 from sttrl.modes.logger import RunLogger
-from sttrl.reporting.results import ResultsFile, summarize
+from sttrl.reporting.results import NO_REFERENCES, ResultsFile, summarize
 from sttrl.rewards import extract_answer
 from sttrl.rewards.oracle import OracleReward
 from sttrl.settings import RunParts
@@ -88,13 +88,17 @@ def run_question(engine: Engine, example: Example, index: int, parts: RunParts) 
         seconds=dict(timer.seconds))
 
 
-def run_questions(parts: RunParts, examples: list[Example], engine_factory) -> dict:
+def run_questions(parts: RunParts, examples: list[Example], engine_factory,
+                  known_ids: set[str] | None = None, config_sha: str | None = None) -> dict:
     """Run (or resume) the per-question experiment; returns the summary also written to disk.
 
-    `engine_factory()` builds the engine, only when a question is left to run."""
+    `engine_factory()` builds the engine, only when a question is left to run. `known_ids`: the
+    whole data set's ids (default: the examples'); a results line of any other is refused.
+    `config_sha`: written into each results line (run.config_sha)."""
     loop = parts.loop
     out = Path(loop.output_dir)
     results = ResultsFile(out)
+    results.check_ids(known_ids or {ex.question.id for ex in examples})
     checkpoint = out / "checkpoint.pt"
     use_checkpoint = False
     if loop.continuous:
@@ -109,27 +113,34 @@ def run_questions(parts: RunParts, examples: list[Example], engine_factory) -> d
             with RunLogger(loop, parts.record, len(examples), len(done), "questions", "q") as log:
                 for i, ex in todo:
                     record = run_question(engine, ex, i, parts)
+                    record.config_sha = config_sha
                     if not loop.continuous:
                         start = time.perf_counter()
                         engine.reset()
                         record.seconds["reset"] = time.perf_counter() - start
                     record.seconds["total"] = sum(record.seconds.values())
                     if loop.continuous:
-                        save_checkpoint(engine, checkpoint, record)
+                        save_checkpoint(engine, checkpoint, record, len(results.records) + 1)
                     results.append(record)
                     s = summarize(results.records, parts.record)
                     write_json_atomic(out / "summary.json", s)
                     line = record.to_json()
-                    scalars = {k: float(line[k]) for k in SCALARS}
+                    scalars = {k: float(line[k]) for k in SCALARS if line[k] is not None}
                     scalars.update({f"seconds/{k}": v for k, v in record.seconds.items()})
-                    log.log(scalars, len(results.records),
-                            f"pass@1 {s['pass@1_before']:.3f} -> {s['pass@1_after']:.3f}, "
-                            f"maj@N {s['maj@N_before']:.3f}")
+                    log.log(scalars, len(results.records), status(s))
         finally:
             engine.close()
     summary = summarize(results.records, parts.record)
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def status(summary: dict) -> str:
+    """The progress bar's line: the run's pass@1 so far, or why there is none."""
+    if summary["pass@1_before"] is None:
+        return NO_REFERENCES
+    return (f"pass@1 {summary['pass@1_before']:.3f} -> {summary['pass@1_after']:.3f}, "
+            f"maj@N {summary['maj@N_before']:.3f}")
 
 
 # ---- continuous-mode checkpoints -----------------------------------------------------------
@@ -142,11 +153,11 @@ def run_questions(parts: RunParts, examples: list[Example], engine_factory) -> d
 START_OVER = "delete results.jsonl and checkpoint.pt to start over"
 
 
-def save_checkpoint(engine: Engine, path: Path, record: QuestionResult) -> None:
-    import torch
-
-    state = {"engine": engine.state_dict(), "record": record.to_json()}
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
+def save_checkpoint(engine: Engine, path: Path, record: QuestionResult, lines: int) -> None:
+    """The weights after `record`'s question, saved with that line and the number of results
+    lines once it is appended (`lines`), so a resume can tell a results file that lost lines."""
+    state = {"engine": engine.state_dict(), "record": record.to_json(), "lines": lines}
+    write_torch_atomic(path, state)
 
 
 def read_checkpoint(path: Path, map_location=None) -> dict:
@@ -155,18 +166,22 @@ def read_checkpoint(path: Path, map_location=None) -> dict:
 
     try:
         state = torch.load(path, weights_only=False, map_location=map_location)
-        if not isinstance(state, dict) or "engine" not in state:
-            raise ValueError("not an STTRL checkpoint")
+        weights = state.get("engine") if isinstance(state, dict) else None
+        if not isinstance(weights, dict) or not {"model", "adapter"} & set(weights):
+            raise ValueError("not an STTRL checkpoint: no model weights")
     except Exception as err:  # torch raises RuntimeError, pickle errors, EOFError, OSError...
-        text = str(err).strip().splitlines()
-        raise UserError(f"{path} cannot be read ({text[0] if text else type(err).__name__}); "
+        raise UserError(f"{path} cannot be read ({brief(err)}); "
                         f"pass --allow_missing_checkpoint to continue from the initial weights, "
                         f"or {START_OVER}") from None
     return state
 
 
 def load_checkpoint(engine: Engine, path: Path) -> None:
-    engine.load_state_dict(read_checkpoint(path)["engine"])
+    try:
+        engine.load_state_dict(read_checkpoint(path)["engine"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:  # another model's weights
+        raise UserError(f"{path} does not fit this run's model ({brief(err)}); {START_OVER}, "
+                        "or resume with the --model it was saved with") from None
 
 
 def recover_pending(results: ResultsFile, path: Path, allow_missing: bool = False) -> bool:
@@ -185,7 +200,18 @@ def recover_pending(results: ResultsFile, path: Path, allow_missing: bool = Fals
             return False
         raise
     record = state.get("record")
-    if isinstance(record, dict) and "id" in record and str(record["id"]) not in results.done_ids():
+    pending = isinstance(record, dict) and "id" in record and \
+        str(record["id"]) not in results.done_ids()
+    lines = state.get("lines")
+    # the checkpoint came with its line: the file holds it, or a kill left it only here
+    if isinstance(lines, int) and len(results.records) + pending != lines:
+        have = len(results.records) + pending
+        why = ("the weights have already learnt from questions that the results file lost"
+               if have < lines else "the checkpoint is older than the results")
+        raise UserError(f"{path} was saved after {lines} finished question(s), but "
+                        f"{results.path} accounts for {have}: {why}; restore the matching "
+                        f"files, or {START_OVER}")
+    if pending:
         problem = QuestionResult.problem(record)
         if problem:
             raise UserError(f"{path} holds a question's line that is not a results record "

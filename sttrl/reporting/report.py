@@ -93,7 +93,9 @@ def build_table(runs: list[Run], allow_mixed_models: bool = False) -> Table:
             notes.append(f"{dataset}: the runs disagree on base pass@1: {listed}. The base row "
                          f"shows {chosen.row}'s; each gain is over its own run's before-number.")
     for run in runs:
-        if run.after is None:
+        if run.after is None and run.note:
+            notes.append(f"{run.dir}: {run.note} (its data set has no reference answers).")
+        elif run.after is None:
             notes.append(f"{run.dir}: no questions finished yet, so no pass@1.")
     return Table(datasets, rows, cells, base, models, notes, vsbase.versus_all(runs))
 
@@ -113,7 +115,7 @@ def cell_text(table: Table, row: str, dataset: str) -> str:
             return f"not recorded ({run.row}'s summary has no maj@N)"
         return f"{fmt(run.maj)} ({vsbase.maj_name(run)})"
     value = run.before if row == BASE else run.after
-    text = fmt(value) if value is not None else "no results"
+    text = fmt(value) if value is not None else run.note or "no results"
     if row != BASE and run.gain is not None:
         text += f" ({fmt_gain(run.gain)}{ci_text(run.gain_ci)})"
     if len(table.counts(dataset)) > 1:  # the column mixes question counts: say which per cell

@@ -53,6 +53,7 @@ class Run:
     gain_ci: tuple[float, float] | None = None  # paired bootstrap 95% interval of the gain
     maj: float | None = None  # maj@N before adaptation; None: not recorded (a dataset-level run)
     config: dict = field(default_factory=dict)  # the resolved config (+ data_sha256 if saved)
+    note: str | None = None  # why pass@1 was not measured (a label-free data set), if it was not
 
     @property
     def untouched_before(self) -> bool:
@@ -91,14 +92,26 @@ def read_text(path: Path) -> str:
 
 
 def read_results(path: Path) -> list[dict]:
-    """results.jsonl, read-only. A torn last line (a run killed mid-write) is left out, as the
-    question mode does on resume; any other bad line is an error naming it."""
-    records = read_jsonl(path)
-    for i, rec in enumerate(records, start=1):
-        if not isinstance(rec, dict) or not all(is_number(rec.get(k)) for k in
-                                                ("pass@1_before", "pass@1_after")):
-            raise UserError(f"{path} record {i}: expected an object with numeric pass@1_before "
-                            "and pass@1_after")
+    """results.jsonl's graded records, read-only. A torn last line (a run killed mid-write) is
+    left out, as the question mode does on resume; any other bad line, and a question's second
+    line, is an error naming it. A question without a reference (pass@1 null) has no numbers
+    to report and is left out."""
+    records, seen = [], {}
+    for number, rec in read_jsonl(path, numbered=True):
+        measured = isinstance(rec, dict) and all(is_number(rec.get(k)) for k in
+                                                 ("pass@1_before", "pass@1_after"))
+        unmeasured = isinstance(rec, dict) and rec.get("pass@1_before") is None \
+            and rec.get("pass@1_after") is None
+        if not (measured or unmeasured):
+            raise UserError(f"{path} line {number}: expected an object with numeric "
+                            "pass@1_before and pass@1_after")
+        key = str(rec.get("id"))
+        if "id" in rec and key in seen:
+            raise UserError(f"{path} line {number} repeats question {rec['id']!r} of line "
+                            f"{seen[key]}; remove one of the two lines")
+        seen[key] = number
+        if measured:
+            records.append(rec)
     return records
 
 
@@ -187,4 +200,6 @@ def load_run(run_dir: str) -> Run:
                before=summary.get("pass@1_before"), after=summary.get("pass@1_after"),
                maj=summary.get("maj@N_before"),
                questions=questions if type(questions) is int else None,
+               note=summary.get("pass@1_note") if isinstance(summary.get("pass@1_note"), str)
+               else None,
                per_question=not row.startswith("TTRL"))

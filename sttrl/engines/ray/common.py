@@ -21,6 +21,21 @@ from sttrl.settings import EngineSettings
 
 PROMPT_ROOM = 4096  # tokens of prompt vLLM must have room for beyond max_new_tokens
 
+# FutureWarnings the installed stack prints from inside the actors on every successful run
+# (vLLM's dispatcher probes torch.distributed.reduce_op; DeepSpeed's ZeRO-3 gathers call
+# all_gather_into_tensor): deprecations in other projects' code that the user can do nothing
+# about. Exactly these are silenced, each by its message; every other warning still shows.
+KNOWN_WARNINGS = (r"`torch\.distributed\.reduce_op` is deprecated",
+                  r"`torch\.distributed\.all_gather_into_tensor` is deprecated")
+
+
+def quiet_known_warnings() -> None:
+    """Silence KNOWN_WARNINGS in this process (an actor calls it first thing)."""
+    import warnings
+
+    for message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+
 
 @dataclass(frozen=True)
 class RaySnapshot:

@@ -8,7 +8,7 @@ import os
 import time
 
 from sttrl.engines.ray.adapter_sync import AdapterReceiver
-from sttrl.engines.ray.common import ActorSettings, on_gpu, placement_info
+from sttrl.engines.ray.common import ActorSettings, on_gpu, placement_info, quiet_known_warnings
 from sttrl.engines.ray.weight_sync import WeightReceiver
 
 CPU_KV_CACHE_BYTES = 512 * 2**20  # vLLM's KV cache on CPU; its own default sizes it from all RAM
@@ -28,6 +28,7 @@ class RolloutActor(WeightReceiver, AdapterReceiver):
     """One vLLM engine, running in this actor's process (no engine-core subprocess)."""
 
     def __init__(self, index: int, bundles: list[int], settings: ActorSettings):
+        quiet_known_warnings()
         self.index, self.bundles, self.settings = index, bundles, settings
         self.llm = None
 

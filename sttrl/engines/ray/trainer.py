@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
-from sttrl.engines.ray.common import ActorSettings, on_gpu, placement_info
+from sttrl.engines.ray.common import ActorSettings, on_gpu, placement_info, quiet_known_warnings
 from sttrl.engines.ray.weight_sync import WeightSender
 from sttrl.engines.ray.zero import ZeroRank, ds_config
 
@@ -122,6 +122,7 @@ class ReferenceActor:
     """The frozen initial model on its own bundle (--separate_ref_gpu): scores, never trains."""
 
     def __init__(self, bundle: int, settings: ActorSettings):
+        quiet_known_warnings()
         self.bundle, self.settings = bundle, settings
         self.model = None
 

@@ -15,7 +15,7 @@ import os
 import socket
 import time
 
-from sttrl.engines.ray.common import ActorSettings, on_gpu, placement_info
+from sttrl.engines.ray.common import ActorSettings, on_gpu, placement_info, quiet_known_warnings
 from sttrl.engines.ray.weight_sync import gathered, tied_output_embedding, weight_groups
 
 # ZeRO-3 keeps parameters below this many elements whole on every rank (DeepSpeed's default is
@@ -54,6 +54,7 @@ class ZeroRank:
     role = "actor"  # as placement_info reports it
 
     def __init__(self, rank: int, world: int, bundle: int, settings: ActorSettings):
+        quiet_known_warnings()
         self.rank, self.world, self.bundle, self.settings = rank, world, bundle, settings
         self.engine = None
         self.snapshots: dict = {}  # key -> optimiser state dict: "initial" and at most one more
