@@ -195,6 +195,10 @@ class QuestionResult:
     """Method-specific numbers (MEMO: the marginal's entropy); not written when None."""
     diverged: bool = False
     """A training statistic was NaN or infinite; written only when true."""
+    guard: dict | None = None
+    """Continuous mode's collapse guard after this question (modes/carry.py): its readings, the
+    signals that tripped, where it rolled back to, whether the state was kept as the last good
+    one; not written when None."""
 
     def to_json(self) -> dict:
         out = {"index": self.index, "reward": self.reward, "id": self.id,
@@ -208,6 +212,8 @@ class QuestionResult:
             out["extra"] = self.extra
         if self.diverged:
             out["diverged"] = True
+        if self.guard is not None:
+            out["guard"] = self.guard
         out["seconds"] = self.seconds
         return out
 
@@ -241,4 +247,5 @@ class QuestionResult:
                    answers_after=r.get("answers_after", []), pass1_before=r["pass@1_before"],
                    pass1_after=r["pass@1_after"], majN_before=r["maj@N_before"],
                    label_correct=r["label_correct"], reward_accuracy=r["reward_accuracy"],
-                   seconds=r["seconds"], extra=r.get("extra"), diverged=bool(r.get("diverged")))
+                   seconds=r["seconds"], extra=r.get("extra"), diverged=bool(r.get("diverged")),
+                   guard=r.get("guard"))

@@ -55,6 +55,9 @@ def summarize(records: list[QuestionResult], config: dict) -> dict:
         **gain_summary([r.pass1_before for r in records], [r.pass1_after for r in records]),
         "updates_skipped": sum(bool(r.skipped) for r in records),
         "questions_diverged": sum(bool(r.diverged) for r in records),
+        # continuous mode's collapse guard: how often it rolled the weights back
+        **({"guard_trips": sum(bool((r.guard or {}).get("tripped")) for r in records)}
+           if config.get("continuous") and config.get("collapse_guard") else {}),
         "wall_seconds": sum(r.seconds["total"] for r in records),
         "seconds_per_question": mean(r.seconds["total"] for r in records),
         "config": config,

@@ -45,6 +45,7 @@ import tempfile
 
 from sttrl.data.prompts import encode_prompt
 from sttrl.engines.ray.adapter_sync import AdapterSync
+from sttrl.engines.ray.anchor import RayContinuousOps
 from sttrl.engines.ray.common import ActorSettings, RaySnapshot, wait
 from sttrl.engines.ray.measured import train_measured
 from sttrl.engines.ray.critic import gae_targets
@@ -61,7 +62,7 @@ NO_HIDDEN_STATES = ("--adaptation_method slot needs --engine local: the scale en
                     "vLLM, which does not expose the hidden states entering the LM head")
 
 
-class RayEngine(ActorScoring):
+class RayEngine(ActorScoring, RayContinuousOps):
     """Generate with vLLM, train with DeepSpeed ZeRO-3, all placed by Ray (see module docstring)."""
 
     def __init__(self, settings: EngineSettings, model_path: str):
