@@ -37,10 +37,12 @@ def main() -> None:
     for ex in examples:
         ids = engine.encode(format_prompt(ex.question, engine.tokenizer, cfg.prompt_family))
         hidden = engine.prompt_hidden(ids)  # [P, d]
-        base = torch.log_softmax(engine.head_logits(hidden[-1]).float(), -1)
+        with torch.no_grad():
+            base = torch.log_softmax(engine.head_logits(hidden[-1]).float(), -1)  # [V]
         for lr in args.lrs:
             delta, _ = fit_delta(engine, ids, lr, args.steps)
-            moved = torch.log_softmax(engine.head_logits(hidden[-1] + delta).float(), -1)
+            with torch.no_grad():
+                moved = torch.log_softmax(engine.head_logits(hidden[-1] + delta).float(), -1)
             rows[lr]["kl"].append(float((moved.exp() * (moved - base)).sum()))
             rows[lr]["top1_changed"].append(float(moved.argmax() != base.argmax()))
             rows[lr]["delta_over_hidden"].append(float(delta.norm() / hidden[-1].norm()))
