@@ -135,7 +135,17 @@ class Config:
     memo_variants: int = 2
     """Prompt phrasings pooled into MEMO's marginal (adaptation_method=memo; 1 to 4)."""
     continuous: bool = False
-    """Carry adapted weights and optimiser to the next question instead of resetting."""
+    """Carry adapted weights to the next question instead of resetting (the options below say how)."""
+    carry_optimizer: bool = False
+    """--continuous: carry the optimiser's moments and step count to the next question too (default: emptied at every question, as a reset empties them)."""
+    label_model: str | None = None
+    """--continuous: whose samples vote the pseudo-label: current (the adapted policy) or base (the initial model: LoRA's adapter off, else the frozen reference); trained samples come from the current policy either way (default: base for ttrl and ttft on the local engine, else current)."""
+    anchor_rho: float = 1.0
+    """--continuous: after each question pull the weights toward the initial ones, theta0 + rho (theta - theta0) (1: off, 0: a reset)."""
+    collapse_guard: bool = True
+    """--continuous: watch label-free signals over the last questions (one answer winning on different questions, few distinct answers, unanswered samples, KL to the base) and roll back when one trips."""
+    guard_rollback: str = "last_good"
+    """--collapse_guard: roll back to the weights after the last question that passed a full window (last_good: one more copy of the weights) or to the initial ones (base)."""
     n_votes: int | None = None
     """Samples drawn for the vote (default 64 on GPU, 16 on CPU)."""
     n_train: int | None = None
@@ -145,7 +155,7 @@ class Config:
     steps_per_question: int | None = None
     """Optimiser steps per question (default 3; 5 for slot); 0 never updates, so before and after are both the untouched model: a base-model run for `sttrl report`."""
     lr: float | None = None
-    """Learning rate (default 1e-5 for ttrl and memo, 1e-4 for ttft, 0.1 for slot; x10, uncalibrated, with --lora_rank except slot)."""
+    """Learning rate (default 1e-5 for ttrl and memo, 1e-4 for ttft, for slot 0.1 x min(1, hidden width / 1536): 0.0375 on the embedded model; x10, uncalibrated, with --lora_rank except slot)."""
     weight_decay: float | None = None
     """AdamW weight decay (default 0.0 per question, 0.01 with mode=dataset, as TTRL)."""
     clip_eps: float = 0.2
@@ -231,6 +241,9 @@ RULES = {
     **dict.fromkeys(("min_majority_ratio", "min_vote_margin"), Range(0, 1)),
     "stop_agreement": Range(0, 1, lo_text="0 (off)"),
     "memo_variants": Range(1, 4),
+    "label_model": Choice(("current", "base"), "current or base"),
+    "anchor_rho": Range(0, 1),
+    "guard_rollback": Choice(("last_good", "base"), "last_good or base"),
     "energy_tau": Range(0, lo_open=True),
     **dict.fromkeys(("vllm_num_engines", "actor_num_gpus"), integers(1, 1024)),
     "vllm_tensor_parallel_size": integers(1, 64),
@@ -329,6 +342,9 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
                           ("max_kl", trust.get("max_kl", 0.0))):
         if getattr(cfg, name) is None:
             setattr(cfg, name, study.get(name, general))
+    if cfg.label_model is None:  # in reset mode the current model is the base at vote time
+        cfg.label_model = ("base" if cfg.continuous and cfg.engine == "local" and cfg.mode ==
+                           "question" and cfg.adaptation_method in ("ttrl", "ttft") else "current")
     if cfg.prompt_family is None:
         from sttrl.data.prompts import model_family
         cfg.prompt_family = model_family(cfg.model)
@@ -337,6 +353,10 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
     if cfg.lr is None:
         cfg.lr = (DATASET_LR if cfg.mode == "dataset" else
                   method.continuous_lr if cfg.continuous else study.get("lr", method.lr))
+        if cfg.adaptation_method == "slot":  # scaled to the model's width (algorithms/slot.py)
+            from sttrl.algorithms.slot import default_lr
+            from sttrl.engines.models import hidden_width
+            cfg.lr = default_lr(cfg.lr, hidden_width(cfg.model))
         if cfg.lora_rank and method.trains_weights:
             cfg.lr *= LORA_LR_FACTOR
     if cfg.output_dir is None:

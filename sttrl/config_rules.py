@@ -72,7 +72,17 @@ def continuous_is_per_question(cfg) -> str | None:
     return None
 
 
+def base_labels_need_the_local_engine(cfg) -> str | None:
+    if cfg.label_model == "base" and cfg.engine != "local":
+        return "--label_model base needs --engine local (vLLM samples only the adapted weights)"
+    if cfg.label_model == "base" and cfg.adaptation_method not in ("ttrl", "ttft"):
+        return (f"--label_model base applies to --adaptation_method ttrl or ttft, got "
+                f"{cfg.adaptation_method!r}")
+    return None
+
+
 CROSS_FIELD = (continuous_is_per_question, lora_has_no_separate_reference,
                controls_need_a_trained_label, agreement_needs_grpo, sgd_needs_the_local_engine,
                gae_needs_the_scale_engine_and_ttrl, scale_engine_limits,
-               colocated_engines_fill_the_actor, trained_samples_are_voted)
+               colocated_engines_fill_the_actor, trained_samples_are_voted,
+               base_labels_need_the_local_engine)

@@ -125,6 +125,8 @@ class VoteSettings:
     """strict or symbolic: decides vote clusters, rewards and grading alike."""
     reward: str
     """vote, oracle or random."""
+    label_model: str
+    """Whose samples vote the pseudo-label: current (the policy) or base (the initial model)."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,14 @@ class LoopSettings:
     """The results folder."""
     continuous: bool
     """Carry the adapted model to the next question instead of resetting."""
+    carry_optimizer: bool
+    """Continuous: keep the optimiser's moments between questions (else emptied each time)."""
+    anchor_rho: float
+    """Continuous: after each question theta <- theta0 + rho (theta - theta0) (1: off)."""
+    collapse_guard: bool
+    """Continuous: roll back when the label-free collapse signals trip (modes/guard.py)."""
+    guard_rollback: str
+    """Continuous: what the guard rolls back to: last_good or base."""
     allow_missing_checkpoint: bool
     """Resume a continuous run whose checkpoint is gone, from the initial weights."""
     episodes: int

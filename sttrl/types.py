@@ -199,6 +199,10 @@ class QuestionResult:
     """A training statistic was NaN or infinite; written only when true."""
     config_sha: str | None = None
     """Which config produced the line (config_history.jsonl); None in lines from before it."""
+    guard: dict | None = None
+    """Continuous mode's collapse guard after this question (modes/carry.py): its readings, the
+    signals that tripped, where it rolled back to, whether the state was kept as the last good
+    one; not written when None."""
 
     def to_json(self) -> dict:
         out = {"index": self.index, "reward": self.reward, "id": self.id,
@@ -214,6 +218,8 @@ class QuestionResult:
             out["diverged"] = True
         if self.config_sha is not None:
             out["config_sha"] = self.config_sha
+        if self.guard is not None:
+            out["guard"] = self.guard
         out["seconds"] = self.seconds
         return out
 
@@ -249,3 +255,4 @@ class QuestionResult:
                    label_correct=r["label_correct"], reward_accuracy=r["reward_accuracy"],
                    seconds=r["seconds"], extra=r.get("extra"), diverged=bool(r.get("diverged")),
                    config_sha=r.get("config_sha") if isinstance(r.get("config_sha"), str) else None)
+                   guard=r.get("guard"))

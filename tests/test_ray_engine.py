@@ -172,6 +172,39 @@ class TestAgainstTheLocalEngine:
         eng.reset()
         local.reset()
 
+    def test_continuous_operations_match_the_local_engine(self, engines):
+        """Continuous mode between questions: reset_optimizer keeps every rank's weights and
+        empties Adam (the next step equals the local engine's after its own reset_optimizer);
+        pull_back on every rank's shard equals the local pull-back, rho 0 gives the initial
+        weights bit for bit, and vLLM follows each."""
+        from sttrl.algorithms.grpo import group_advantages, grpo_loss
+        from sttrl.types import TrainBatch
+
+        eng, local = engines
+        pid = eng.encode(PROMPT)
+        samples = eng.generate(PROMPT, 5, 1.0, 1.0, 10, seed=9)
+        batch = TrainBatch.shared(pid, [s.token_ids for s in samples],
+                                  group_advantages([1.0, 0, 1, 0, 1]))
+        fixed = samples[0].token_ids
+        initial = eng.state_dict()["model"]
+        eng.train(batch, grpo_loss, KL, steps=2)
+        local.train(batch, grpo_loss, KL, steps=2)
+        eng.reset_optimizer()
+        local.reset_optimizer()
+        got = eng.train(batch, grpo_loss, KL, steps=1)
+        want = local.train(batch, grpo_loss, KL, steps=1)
+        for k in want[0]:
+            assert got[0][k] == pytest.approx(want[0][k], rel=1e-4, abs=1e-6), k
+        for rho in (0.5, 0.0):
+            eng.pull_back(rho)
+            local.pull_back(rho)
+            weights, mine = eng.state_dict()["model"], local.model.state_dict()
+            assert max((weights[k] - mine[k]).abs().max().item() for k in mine) < WEIGHT_TOL
+            assert eng.check_weights(pid, fixed) < LOGPROB_TOL
+        assert all(weights[k].equal(initial[k]) for k in initial)
+        eng.reset()
+        local.reset()
+
     def test_snapshots_and_checkpoints_round_trip(self, engines):
         from sttrl.algorithms.grpo import group_advantages, grpo_loss
         from sttrl.types import TrainBatch

@@ -15,6 +15,17 @@ from sttrl.types import Adaptation
 
 WEIGHT_DECAY = 1e-8
 ADAM_EPS = 1e-5
+# The paper's lr (0.1) was set for its models, the narrowest 1,536 wide (Qwen2.5-Math-1.5B).
+# Each AdamW step moves every coordinate of the delta by about lr, so a narrower model takes a
+# proportionally smaller default: at 0.1 the 576-wide embedded model stopped answering
+# (docs/RESULTS.md, "SLOT's lr on the embedded model").
+PAPER_WIDTH = 1536
+
+
+def default_lr(paper_lr: float, width: int | None) -> float:
+    """SLOT's default lr for a model of hidden width `width`: the paper's at 1,536 and wider,
+    scaled down in proportion below (the paper's when the width is not known)."""
+    return paper_lr * min(1.0, width / PAPER_WIDTH) if width else paper_lr
 
 
 class HiddenDelta:

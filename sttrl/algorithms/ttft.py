@@ -19,11 +19,13 @@ def sft_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask):
 
 
 def adapt(engine, question, prompt: str, sampling: SamplingSettings, vote: VoteSettings,
-          update: UpdateSettings, seed: int, timer, oracle=None, votes=None) -> Adaptation:
+          update: UpdateSettings, seed: int, timer, oracle=None, votes=None,
+          label_votes=None) -> Adaptation:
     # --reward random: a random subset of the same size as the agreeing samples
     samples, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, sampling,
                                                               vote, seed, timer, oracle,
-                                                              exact=True, votes=votes)
+                                                              exact=True, votes=votes,
+                                                              label_votes=label_votes)
     keep = [s.token_ids for s, r in zip(samples, rewards) if r > 0]
     reason = None if keep else ("no answer could be extracted from any sample" if label is None
                                 else "no trained sample agrees with the vote")

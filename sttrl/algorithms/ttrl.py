@@ -10,6 +10,7 @@ from __future__ import annotations
 from sttrl.algorithms.grpo import (agreement_estimate, group_advantages, grpo_loss,
                                   heldout_agreement)
 from sttrl.rewards.label import pseudo_label, skip_reason, train_rewards, weak_vote
+from sttrl.rewards.reward import ttrl_rewards
 from sttrl.settings import SamplingSettings, UpdateSettings, VoteSettings
 from sttrl.types import Adaptation, SampleGroup, TrainBatch, TrustRegion
 
@@ -21,10 +22,12 @@ def vote_group(sampling: SamplingSettings, seed: int) -> SampleGroup:
 
 def sample_and_vote(engine, question, prompt: str, sampling: SamplingSettings,
                     vote: VoteSettings, seed: int, timer, oracle=None, exact: bool = False,
-                    votes=None):
+                    votes=None, label_votes=None):
     """Steps 1-2 of every method: sample n_votes (or take `votes`, the samples of
     vote_group(sampling, seed) that the mode drew), vote, reward the first n_train
-    (rewards.label.train_rewards).
+    (rewards.label.train_rewards). With `label_votes` (--label_model base: the same group
+    drawn from the initial model) those samples vote instead, and the policy's own samples
+    are rewarded against their label.
 
     Returns (samples, answers, label, vote stats, rewards of the first n_train).
     """
@@ -35,6 +38,8 @@ def sample_and_vote(engine, question, prompt: str, sampling: SamplingSettings,
                                       sampling.top_p, sampling.max_new_tokens, seed)
     with timer("vote"):
         answers, label, stats = pseudo_label(samples, question.task, vote)
+        if label_votes is not None:
+            _, label, stats = pseudo_label(label_votes, question.task, vote)
         rewards = train_rewards(answers[:sampling.n_train], label, question.task, vote, seed,
                                 oracle, exact)
     return samples, answers, label, stats, rewards
@@ -100,11 +105,16 @@ def with_agreement(history: list[dict], agree: list[bool]) -> list[dict]:
 
 
 def adapt(engine, question, prompt: str, sampling: SamplingSettings, vote: VoteSettings,
-          update: UpdateSettings, seed: int, timer, oracle=None, votes=None) -> Adaptation:
+          update: UpdateSettings, seed: int, timer, oracle=None, votes=None,
+          label_votes=None) -> Adaptation:
     """One question's test-time update; returns what happened, for the results line."""
     samples, answers, label, stats, rewards = sample_and_vote(engine, question, prompt, sampling,
                                                               vote, seed, timer, oracle,
-                                                              votes=votes)
+                                                              votes=votes, label_votes=label_votes)
+    # which of the policy's samples agree with the label (the vote's clusters are the base
+    # model's samples' when it voted)
+    agree = ([c == stats.winner for c in stats.sample_cluster] if label_votes is None else
+             [r > 0 for r in ttrl_rewards(answers, label, question.task, form=vote.answer_form)])
     train = samples[:sampling.n_train]
     weak = weak_vote(stats, update.min_majority_ratio, vote.reward, update.min_vote_margin)
     reason = skip_reason(label, rewards, weak)
@@ -116,8 +126,7 @@ def adapt(engine, question, prompt: str, sampling: SamplingSettings, vote: VoteS
         # after each step their importance weights say how often the policy now agrees.
         held_out = samples[n_train:] if not gae and update.agreement_estimate == "heldout" \
             else []
-        probe_agree = [stats.sample_cluster[i] == stats.winner
-                       for i in range(n_train, n_train + len(held_out))]
+        probe_agree = agree[n_train:n_train + len(held_out)]
         # with gae the engine's critic turns the rewards into per-token advantages itself
         batch = TrainBatch.shared(engine.encode(prompt), [s.token_ids for s in train],
                                   group_advantages(rewards), rewards if gae else None,
@@ -129,6 +138,5 @@ def adapt(engine, question, prompt: str, sampling: SamplingSettings, vote: VoteS
                                     **({"agreement": True} if update.stop_agreement else {})},
                                    update.steps, stop=budget(update, probe_agree),
                                    trust=None if gae else trust_region(update))
-        history = with_agreement(history, [c == stats.winner for c in
-                                           stats.sample_cluster[:n_train + len(held_out)]])
+        history = with_agreement(history, agree[:n_train + len(held_out)])
     return Adaptation(answers, label, stats, rewards, reason, history)

@@ -7,7 +7,7 @@ the modes cannot tell them apart. Records come from `sttrl.types`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, ContextManager, Protocol
 
 from sttrl.settings import EngineSettings
 from sttrl.types import Sample, SampleGroup, TrainBatch, TrustRegion
@@ -85,6 +85,30 @@ class Engine(Protocol):
 
     def reset(self) -> None:
         """Back to the initial weights, an empty optimiser state and no head hook."""
+
+    @property
+    def pristine(self) -> bool:
+        """True while the weights are the initial ones (so the policy is the base model)."""
+
+    def reset_optimizer(self) -> None:
+        """Empty the optimiser's state (moments and step count), keeping the weights: continuous
+        mode's default between questions."""
+
+    def pull_back(self, rho: float) -> None:
+        """theta <- theta0 + rho (theta - theta0) for every trained weight, theta0 the initial
+        ones (rho 0: the initial weights exactly; 1: nothing changes). The optimiser state stays."""
+
+    def base_policy(self) -> ContextManager:
+        """A context inside which generate and generate_groups sample from the initial model (no
+        adapter, no head hook), whatever the weights are now (--label_model base; the scale
+        engine refuses with a UserError)."""
+
+    def snapshot(self) -> Any:
+        """A copy of the weights, optimiser state and head hook that `restore` returns to (the
+        scale engine keeps only the newest one besides the initial one)."""
+
+    def restore(self, state: Any) -> None:
+        """Back to a `snapshot()`."""
 
     def state_dict(self) -> dict:
         """Everything a continuous run's checkpoint needs to resume this engine."""

@@ -11,6 +11,7 @@ import torch
 
 from sttrl.data.prompts import encode_prompt
 from sttrl.engines import lora
+from sttrl.engines.anchor import ContinuousOps
 from sttrl.engines.decoding import decode
 from sttrl.engines.models import enable_gradient_checkpointing, load_model, sampling_bytes
 from sttrl.engines.sequences import (PASS_COST_TOKENS, SHARE_MIN_TOKENS,
@@ -51,7 +52,7 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float):
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-class LocalEngine:
+class LocalEngine(ContinuousOps):
     """Generate, train and reset one Hugging Face causal LM in this process."""
 
     def __init__(self, settings: EngineSettings, model_path: str):
@@ -100,6 +101,7 @@ class LocalEngine:
         # gradient checkpointing needs cache-free forwards, so it pads every row instead.
         self.share_prompt = not self.gradient_checkpointing
         self.ref_model = None  # built on first need from the initial weights (not with LoRA)
+        self._sampler = None  # (model, device) that generate samples from instead (base_policy)
         self.initial = self.snapshot()
         self.pristine = True  # True while the weights equal the initial ones
         self.policy_version = 0  # changes whenever what generate samples from may have changed
@@ -184,9 +186,10 @@ class LocalEngine:
         if self.device == "cpu" and self.generation_threads:
             torch.set_num_threads(self.generation_threads)
         try:
+            model, device = self._sampler or (self.model, self.device)
             with self._autocast():  # one region: the weights are cast to bf16 once per call
-                return decode(self.model, self.tokenizer, self.encode(prompt), groups,
-                              max_new_tokens, self.stop_ids, self.device)
+                return decode(model, self.tokenizer, self.encode(prompt), groups,
+                              max_new_tokens, self.stop_ids, device)
         finally:
             torch.set_num_threads(threads)
 
@@ -243,14 +246,18 @@ class LocalEngine:
                                       temperature=batch.temperature)
             finally:
                 self._head_hook_on = True
+        return self.score(batch.prompts, batch.responses, model=self.reference_model(),
+                          temperature=batch.temperature)
+
+    def reference_model(self):
+        """The frozen initial model (full weights only), loaded on first need."""
         if self.ref_model is None:
             # The initial weights are the ones on disk; loading them again is simpler than
             # deep-copying a model that carries this engine's hooks.
             self.ref_model, _ = load_model(self.model_path, self.dtype, self.ref_device,
                                            self.trust_remote_code)
             self.ref_model.eval().requires_grad_(False)
-        return self.score(batch.prompts, batch.responses, model=self.ref_model,
-                          temperature=batch.temperature)
+        return self.ref_model
 
     def train(self, batch: TrainBatch, loss_fn, loss_kwargs: dict, steps: int,
               mini_batches: list[list[int]] | None = None,

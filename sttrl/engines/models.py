@@ -324,3 +324,31 @@ def enable_gradient_checkpointing(model) -> None:
 def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+EMBEDDED_HIDDEN = 576  # SmolLM2-135M's hidden width, known before its first conversion
+
+
+def hidden_width(name: str) -> int | None:
+    """The model's hidden width from its config.json, read without loading anything or asking
+    the hub: the embedded model's, a local directory's or a cached hub snapshot's; None when
+    not known here (slot's default lr then stays the paper's)."""
+    import json
+
+    if is_embedded(name):
+        return EMBEDDED_HIDDEN
+    path = Path(os.path.expanduser(name)) / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            cached = try_to_load_from_cache(name, "config.json")
+        except Exception:  # noqa: BLE001 - not a hub id, no cache: unknown
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        width = json.loads(path.read_text()).get("hidden_size")
+    except (OSError, ValueError):
+        return None
+    return width if isinstance(width, int) and width > 0 else None

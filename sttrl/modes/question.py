@@ -15,6 +15,7 @@ from sttrl.data import format_prompt
 from sttrl.engines.base import Engine
 from sttrl.errors import UserError, brief
 from sttrl.files import has_non_finite, write_json_atomic, write_torch_atomic
+from sttrl.modes.carry import Carry
 from sttrl.modes.common import Timer, generate_shared, question_seed, sample_answers
 from sttrl.modes.evaluate import question_metrics
 from sttrl.modes.logger import RunLogger
@@ -58,11 +59,18 @@ def run_question(engine: Engine, example: Example, index: int, parts: RunParts) 
     else:
         with timer("eval"):
             before = sample_answers(engine, *eval_args, seed + 1)
+    label_votes = {}
+    if vote.label_model == "base" and not engine.pristine:
+        # --label_model base: the same group from the initial model votes the label; the
+        # trained samples stay the current policy's (`votes`)
+        with timer("generate"), engine.base_policy():
+            label_votes["label_votes"] = engine.generate_groups(
+                prompt, [method.votes(sampling, seed)], sampling.max_new_tokens)[0]
     version = engine.policy_version
     # --reward oracle is the one path on which the reference reaches a method: named, and marked
     oracle = OracleReward.of(example, vote.answer_form) if vote.reward == "oracle" else None
     adapted = method.adapt(engine, q, prompt, sampling, vote, update, seed, timer, oracle,
-                           votes=votes)
+                           votes=votes, **label_votes)
     if engine.policy_version == version:
         # Nothing the samples come from changed (a skipped update): the same seed would draw
         # the same samples again, so the before-evaluation is the after-evaluation.
@@ -75,7 +83,8 @@ def run_question(engine: Engine, example: Example, index: int, parts: RunParts) 
         index=index, id=q.id, reward=vote.reward, pseudo_label=adapted.label,
         vote={"majority_ratio": stats.majority_ratio, "answered_ratio": stats.answered_ratio,
               "margin": stats.margin, "n_voting": stats.n_voting,
-              "n_none": stats.n_none, "clusters": stats.cluster_counts},
+              "n_none": stats.n_none, "clusters": stats.cluster_counts,
+              **({"from": "base"} if label_votes else {})},
         rewards={"n": len(rewards), "positive": sum(r > 0 for r in rewards),
                  "mean": sum(rewards) / len(rewards) if rewards else 0.0},
         skipped=adapted.skip_reason is not None, skip_reason=adapted.skip_reason,
@@ -110,14 +119,18 @@ def run_questions(parts: RunParts, examples: list[Example], engine_factory,
         try:
             if use_checkpoint:
                 load_checkpoint(engine, checkpoint)
+            carry = Carry(engine, loop, results.records) if loop.continuous else None
             with RunLogger(loop, parts.record, len(examples), len(done), "questions", "q") as log:
                 for i, ex in todo:
                     record = run_question(engine, ex, i, parts)
                     record.config_sha = config_sha
-                    if not loop.continuous:
-                        start = time.perf_counter()
+                    start = time.perf_counter()
+                    if carry is None:
                         engine.reset()
                         record.seconds["reset"] = time.perf_counter() - start
+                    else:  # the guard, the pull-back, the optimiser (modes/carry.py)
+                        carry.after(record)
+                        record.seconds["carry"] = time.perf_counter() - start
                     record.seconds["total"] = sum(record.seconds.values())
                     if loop.continuous:
                         save_checkpoint(engine, checkpoint, record, len(results.records) + 1)
@@ -127,7 +140,11 @@ def run_questions(parts: RunParts, examples: list[Example], engine_factory,
                     line = record.to_json()
                     scalars = {k: float(line[k]) for k in SCALARS if line[k] is not None}
                     scalars.update({f"seconds/{k}": v for k, v in record.seconds.items()})
-                    log.log(scalars, len(results.records), status(s))
+                    trips = s.get("guard_trips", 0)
+                    if record.guard is not None:
+                        scalars["guard_tripped"] = float(bool(record.guard["tripped"]))
+                    log.log(scalars, len(results.records),
+                            status(s) + (f", guard rolled back {trips}x" if trips else ""))
         finally:
             engine.close()
     summary = summarize(results.records, parts.record)

@@ -96,6 +96,9 @@ def summarize(records: list[QuestionResult], config: dict) -> dict:
         "updates_skipped": sum(bool(r.skipped) for r in records),
         "questions_diverged": sum(bool(r.diverged) for r in records),
         **mixed_configs(records),
+        # continuous mode's collapse guard: how often it rolled the weights back
+        **({"guard_trips": sum(bool((r.guard or {}).get("tripped")) for r in records)}
+           if config.get("continuous") and config.get("collapse_guard") else {}),
         "wall_seconds": sum(r.seconds["total"] for r in records),
         "seconds_per_question": mean(r.seconds["total"] for r in records),
         "config": config,

@@ -45,6 +45,7 @@ import tempfile
 
 from sttrl.data.prompts import encode_prompt
 from sttrl.engines.ray.adapter_sync import AdapterSync
+from sttrl.engines.ray.anchor import RayContinuousOps
 from sttrl.engines.ray.common import ActorSettings, RaySnapshot, wait
 from sttrl.engines.ray.measured import train_measured
 from sttrl.engines.ray.critic import gae_targets
@@ -61,7 +62,7 @@ NO_HIDDEN_STATES = ("--adaptation_method slot needs --engine local: the scale en
                     "vLLM, which does not expose the hidden states entering the LM head")
 
 
-class RayEngine(ActorScoring):
+class RayEngine(ActorScoring, RayContinuousOps):
     """Generate with vLLM, train with DeepSpeed ZeRO-3, all placed by Ray (see module docstring)."""
 
     def __init__(self, settings: EngineSettings, model_path: str):
@@ -81,7 +82,7 @@ class RayEngine(ActorScoring):
         hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=settings.trust_remote_code)
         try:
             generation = GenerationConfig.from_pretrained(model_path)
-        except OSError:
+        except OSError:  # no generation_config.json: the model config's token ids
             generation = GenerationConfig.from_model_config(hf_config)
         self.stop_ids = stop_token_ids(generation, self.tokenizer)
         # the engine's settings with what every actor derives from the model
@@ -93,8 +94,7 @@ class RayEngine(ActorScoring):
         self.held: RaySnapshot | None = None  # the one snapshot besides the initial one
         self._keys = itertools.count(1)
         self._labels: dict[str, str] = {}
-        self._own_ray, self._ray_tmp, self.pg, self.actors = False, None, None, None
-        self.closed = False
+        self._own_ray, self._ray_tmp, self.pg, self.actors, self.closed = False, None, None, None, False
         try:
             self._start_ray()
             self.layout = plan_layout(settings)

@@ -212,6 +212,23 @@ class ZeroRank:
         then = self.snapshots[key]["fp32_flat_groups"]
         return float(sum(((a.float() - b.float()) ** 2).sum() for a, b in zip(now, then)))
 
+    def reset_optimizer(self) -> None:
+        """Adam's moments and step counts as the initial snapshot holds them (empty), this rank's
+        fp32 partition as it is now: the reset's load, keeping the weights."""
+        flat = "fp32_flat_groups"
+        now = self.engine.optimizer.state_dict()[flat]
+        self._load_optimizer({**{k: v for k, v in self.snapshots["initial"].items() if k != flat},
+                              flat: [p.detach().clone() for p in now]})
+
+    def pull_back(self, rho: float) -> None:
+        """This rank's fp32 partition to initial + rho (now - initial), its moments kept: every
+        rank pulls its own shard back against its own initial shard."""
+        flat = "fp32_flat_groups"
+        state = self.engine.optimizer.state_dict()
+        start = self.snapshots["initial"][flat]
+        self._load_optimizer({**{k: v for k, v in state.items() if k != flat},
+                              flat: [b + rho * (a.detach() - b) for a, b in zip(state[flat], start)]})
+
     def snapshot_keys(self) -> list[str]:
         """The snapshots this rank holds (what the tests count)."""
         return list(self.snapshots)
