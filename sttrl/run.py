@@ -4,6 +4,7 @@ parts each layer reads (sttrl/parts.py), build the engine from its part, check t
 it, hand over to the mode."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 

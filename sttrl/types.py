@@ -254,5 +254,5 @@ class QuestionResult:
                    pass1_after=r["pass@1_after"], majN_before=r["maj@N_before"],
                    label_correct=r["label_correct"], reward_accuracy=r["reward_accuracy"],
                    seconds=r["seconds"], extra=r.get("extra"), diverged=bool(r.get("diverged")),
-                   config_sha=r.get("config_sha") if isinstance(r.get("config_sha"), str) else None)
+                   config_sha=r.get("config_sha") if isinstance(r.get("config_sha"), str) else None,
                    guard=r.get("guard"))

@@ -29,7 +29,7 @@ def canonical(value):
     if isinstance(value, float):
         return float(f"{value:.6g}")
     if isinstance(value, dict):
-        return {k: canonical(v) for k, v in value.items() if k not in ("seconds", "wall_seconds")}
+        return {k: canonical(v) for k, v in value.items() if k not in ("seconds", "wall_seconds", "config_sha")}
     if isinstance(value, list):
         return [canonical(v) for v in value]
     return value
