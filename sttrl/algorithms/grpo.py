@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import torch
 
+# verl's `low_var_kl` clamps each token's k3 to [-10, 10] in the loss; k3 >= 0, so only the top
+# bound acts, and it ends the KL gradient of a token whose policy has run far from the reference.
+KL_CLAMP = 10.0
+
 
 def group_advantages(rewards: list[float], eps: float = 1e-6) -> list[float]:
     """(r - mean) / (std + eps) over the group, with the sample (unbiased, n - 1) std as TRL,
@@ -29,7 +33,8 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 
 def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask,
-              clip_eps: float = 0.2, kl_coef: float = 0.0, agreement: bool = False):
+              clip_eps: float = 0.2, kl_coef: float = 0.0, agreement: bool = False,
+              kl_clamp: float = KL_CLAMP):
     """Clipped-ratio policy gradient plus k3 KL to the reference, summed over response tokens.
 
     logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B] (one per response,
@@ -45,7 +50,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask,
     per_token = torch.maximum(unclipped, clipped)  # pessimistic bound, as in PPO
     stats = {"clip_frac": float(((clipped > unclipped) * mask).sum())}
     if kl_coef > 0 and ref_logprobs is not None:
-        kl = kl_k3(logprobs, ref_logprobs)
+        kl = kl_k3(logprobs, ref_logprobs).clamp(-kl_clamp, kl_clamp)  # verl's low_var_kl
         per_token = per_token + kl_coef * kl
         stats["kl"] = float((kl.detach() * mask).sum())
     if agreement and advantages.dim() == 1:
