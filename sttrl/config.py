@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from sttrl.algorithms import METHODS
 from sttrl.checks import Choice, Range, integers, type_problem
+from sttrl.config_rules import CROSS_FIELD
 from sttrl.errors import UserError
 from sttrl.rewards import ANSWER_FORMS, REWARDS
+from sttrl.rewards.vote import CONFIDENCE_MEASURES
 
 ENGINES = ("local", "ray")
 VOTING_FUNCTIONS = ("majority", "energy", "confidence")
@@ -96,11 +99,13 @@ class Config:
     prompts_per_step: int = 8
     """mode=dataset: questions per rollout batch (sampled, voted and rewarded together)."""
     mini_batch_prompts: int = 1
-    """mode=dataset: questions per optimiser step within a rollout batch (TTRL's verl recipe: 1, so 8 steps per batch of 8); the steps share the batch's old log-probs."""
+    """mode=dataset: questions' worth of samples per optimiser step within a rollout batch (TTRL's verl recipe: 1, so 8 steps per batch of 8); the steps share the batch's old log-probs."""
+    balance_ranks: int | None = None
+    """mode=dataset: the data-parallel shares verl balances a rollout batch's samples over by token count before cutting mini-batches, so a step mixes questions (default: TTRL's 8 GPUs, or gcd(8, mini_batch_prompts x n_train) where 8 does not divide it); 1: step k holds questions k*m..k*m+m-1."""
     eval_every: int = 5
     """mode=dataset: evaluate mean pass@1 every this many steps (and before and after)."""
     warmup_ratio: float = 0.03
-    """mode=dataset: share of optimiser steps with linear lr warm-up from 0 before the cosine decay."""
+    """mode=dataset: share of rollout batches (verl steps the lr once per batch) with linear lr warm-up from 0 before the cosine decay."""
     adaptation_method: str = "ttrl"
     """ttrl (per-question GRPO), ttft, slot or memo."""
     voting_function: str = "majority"
@@ -109,6 +114,8 @@ class Config:
     """Temperature of the softmax over negative energies (voting_function=energy)."""
     confidence_keep: float = 1.0
     """Share of most-confident traces that vote (voting_function=confidence)."""
+    confidence_measure: str = "mean"
+    """DeepConf's trace confidence (voting_function=confidence): mean over all tokens, tail (last 2048 tokens), bottom10 (mean of the lowest 10% of 2048-token sliding windows) or lowest_group (the lowest window); all equal the mean under 2048 tokens."""
     answer_form: str = "strict"
     """strict (against a plain-number reference only a plain number counts: "9 - 4" is not 5) or symbolic (math-verify's equivalence); decides votes, rewards and grading alike."""
     reward: str = "vote"
@@ -139,6 +146,8 @@ class Config:
     """AdamW weight decay (default 0.0 per question, 0.01 with mode=dataset, as TTRL)."""
     clip_eps: float = 0.2
     """PPO/GRPO ratio clip."""
+    dual_clip: float | None = None
+    """Dual-clip PPO: a negative-advantage token's loss is capped at -A x this (> 1; 0: off; default 3 with mode=dataset, as verl's clip_ratio_c, else off)."""
     kl_coef: float = 0.001
     """Weight of the k3 KL penalty to the frozen initial model (0 turns it off)."""
     grad_clip: float = 1.0
@@ -196,16 +205,23 @@ def module_names(name: str, value: str) -> str | None:
     return f"--{name} must be comma-separated module names (q_proj,v_proj), got {value!r}"
 
 
+def off_or_above_one(name: str, value: float) -> str | None:
+    return None if value == 0 or value > 1 else f"--{name} must be 0 (off) or above 1, got {value}"
+
+
 # Each field's allowed values: rule(name, value) -> why not, or None (a None value, "take the
 # default", is always allowed). Checks that involve two fields are CROSS_FIELD's, below.
 RULES = {
     "mode": Choice(("question", "dataset"), "question or dataset"),
+    "dual_clip": off_or_above_one,
     **dict.fromkeys(("episodes", "prompts_per_step", "mini_batch_prompts", "eval_every",
+                     "balance_ranks",
                      "num_questions", "max_new_tokens", "micro_batch_size"), integers(1, BIG)),
     "warmup_ratio": Range(0, 1, hi_open=True),
     "engine": Choice(ENGINES),
     "adaptation_method": Choice(tuple(METHODS)),
     "voting_function": Choice(VOTING_FUNCTIONS),
+    "confidence_measure": Choice(CONFIDENCE_MEASURES),
     "device": Choice(("auto", "cpu", "cuda"), f"one of {DEVICES_HELP}", also=cuda_index),
     "generation_threads": integers(0, 1024),
     **dict.fromkeys(("n_votes", "n_train", "n_eval"), integers(1, MAX_SAMPLES)),
@@ -245,68 +261,6 @@ def field_kinds() -> dict[str, type]:
                          if t is not type(None)) for f in fields(Config)}
 
 
-# ---- the rules that involve two or more fields ---------------------------------------------
-
-def lora_has_no_separate_reference(cfg: Config) -> str | None:
-    if cfg.lora_rank and cfg.separate_ref_gpu:
-        return ("--separate_ref_gpu has no use with --lora_rank: the reference is the base model "
-                "with the adapter switched off")
-    return None
-
-
-def controls_need_a_trained_label(cfg: Config) -> str | None:
-    if cfg.reward != "vote" and cfg.adaptation_method not in ("ttrl", "ttft"):
-        return (f"--reward {cfg.reward} applies to --adaptation_method ttrl or ttft (and --mode "
-                f"dataset), got {cfg.adaptation_method!r}")
-    return None
-
-
-def agreement_needs_grpo(cfg: Config) -> str | None:
-    if cfg.stop_agreement and cfg.advantage_estimator != "grpo":
-        return "--stop_agreement needs --advantage_estimator grpo (one advantage per response)"
-    return None
-
-
-def gae_needs_the_scale_engine_and_ttrl(cfg: Config) -> str | None:
-    if cfg.advantage_estimator != "gae":
-        return None
-    if cfg.engine != "ray":
-        return "--advantage_estimator gae needs --engine ray (the local engine has no critic)"
-    if cfg.adaptation_method != "ttrl":
-        return ("--advantage_estimator gae applies to --adaptation_method ttrl only, got "
-                f"{cfg.adaptation_method!r}")
-    return None
-
-
-def scale_engine_limits(cfg: Config) -> str | None:
-    if cfg.engine == "ray" and cfg.lora_rank > 512:
-        return ("--engine ray serves adapters of --lora_rank up to 512 (vLLM's largest "
-                f"max_lora_rank), got {cfg.lora_rank}")
-    if cfg.engine == "ray" and cfg.adaptation_method == "slot":
-        return "--adaptation_method slot needs --engine local (it edits the local model's hidden states)"
-    return None
-
-
-def colocated_engines_fill_the_actor(cfg: Config) -> str | None:
-    if cfg.colocate and cfg.vllm_num_engines is not None and cfg.actor_num_gpus is not None:
-        vllm_gpus = cfg.vllm_num_engines * cfg.vllm_tensor_parallel_size
-        if vllm_gpus != cfg.actor_num_gpus:
-            return (f"--colocate needs vllm_num_engines x vllm_tensor_parallel_size ({vllm_gpus}) "
-                    f"to equal --actor_num_gpus ({cfg.actor_num_gpus})")
-    return None
-
-
-def trained_samples_are_voted(cfg: Config) -> str | None:
-    if cfg.n_votes is not None and cfg.n_train is not None and cfg.n_train > cfg.n_votes:
-        return f"--n_train ({cfg.n_train}) must not exceed --n_votes ({cfg.n_votes})"
-    return None
-
-
-CROSS_FIELD = (lora_has_no_separate_reference, controls_need_a_trained_label,
-               agreement_needs_grpo, gae_needs_the_scale_engine_and_ttrl, scale_engine_limits,
-               colocated_engines_fill_the_actor, trained_samples_are_voted)
-
-
 def validate(cfg: Config) -> Config:
     """Check every field's type and RULES, then the CROSS_FIELD rules; the first problem is a
     one-line UserError. Numbers of float fields become floats."""
@@ -343,6 +297,8 @@ def canonical_names(cfg: Config) -> Config:
 
 DATASET_LR = 5e-7  # the TTRL paper's peak learning rate for dataset-level training
 DATASET_WEIGHT_DECAY = 0.01  # TTRL's verl recipe
+DATASET_RANKS = 8  # TTRL's scripts: trainer.n_gpus_per_node=8, one data-parallel rank each
+DATASET_DUAL_CLIP = 3.0  # verl's clip_ratio_c, which its policy loss always applies
 # Default lr with --lora_rank: this times the full fine-tuning default. LoRA needs a larger lr
 # (Schulman et al., "LoRA Without Regret", 2025, found ~10x); uncalibrated for STTRL.
 LORA_LR_FACTOR = 10.0
@@ -378,6 +334,10 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
     if cfg.prompt_family is None:
         from sttrl.data.prompts import model_family
         cfg.prompt_family = model_family(cfg.model)
+    if cfg.balance_ranks is None:
+        cfg.balance_ranks = math.gcd(DATASET_RANKS, cfg.mini_batch_prompts * cfg.n_train)
+    if cfg.dual_clip is None:
+        cfg.dual_clip = DATASET_DUAL_CLIP if cfg.mode == "dataset" else 0.0
     if cfg.weight_decay is None:
         cfg.weight_decay = DATASET_WEIGHT_DECAY if cfg.mode == "dataset" else 0.0
     if cfg.lr is None:

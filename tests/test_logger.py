@@ -67,7 +67,7 @@ def test_both_modes_log_every_unit_to_the_bar_tensorboard_and_wandb(tiny_model, 
     assert [step for _, step in wandb_run.logged] == [1, 2]
     assert all(key in scalars for scalars, _ in wandb_run.logged)
     if mode == "dataset":
-        assert all("groups_trained" in scalars for scalars, _ in wandb_run.logged)
+        assert all("groups_with_signal" in scalars for scalars, _ in wandb_run.logged)
     bar = capsys.readouterr().err
     assert ("questions" if mode == "question" else "batches") in bar and "2/2" in bar
 
