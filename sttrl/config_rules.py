@@ -3,10 +3,9 @@ why it is not allowed (one line), or None. `sttrl.config.validate` runs them in 
 order after every field's own rule."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from sttrl.config import Config
+Config = Any  # sttrl.config.Config, which imports this module: a real import would be a cycle
 
 
 def lora_has_no_separate_reference(cfg: Config) -> str | None:
