@@ -234,6 +234,13 @@ def test_dataset_mode_pairs_each_questions_before_and_after(tiny_model, tmp_path
     for folder in ("ds", "reset"):
         loaded = load_run(str(tmp_path / folder))
         assert loaded.gain_ci is not None and loaded.per_question and loaded.untouched_before
+    from sttrl.reporting.report import main as report
+
+    assert report([str(tmp_path / "ds"), str(tmp_path / "reset"), "--out", str(tmp_path / "r")]) == 0
+    rows = (tmp_path / "r" / "table.csv").read_text().splitlines()
+    ttrl = next(r for r in rows if r.startswith("TTRL,")).split(",")
+    sttrl = next(r for r in rows if r.startswith("STTRL (reset),")).split(",")
+    assert ttrl[4] and ttrl[5] and sttrl[4] and sttrl[5]  # gain_ci95_lo, gain_ci95_hi
 
 
 # ---- item 8: LoRA dropout and the old log-probs --------------------------------------------------
