@@ -405,3 +405,38 @@ def test_configs_and_launchers_carry_ttrls_recipe(model, monkeypatch):
         assert cfg.episodes == episodes and cfg.mode == "dataset"
         for key, value in RECIPE.items():
             assert getattr(cfg, key) == value, (model, name, key)
+
+
+def test_a_dataset_runs_records_are_a_paired_base_for_a_continuous_run(tmp_path):
+    """The report's continuous-vs-base comparison pairs a continuous run question by question
+    with a dataset run's before-evaluation (its results.jsonl), with an interval; no maj@N."""
+    from sttrl.modes.dataset import question_lines
+    from sttrl.reporting.runs import load_run
+    from sttrl.reporting.stats import paired_bootstrap_ci
+    from sttrl.reporting.vsbase import compare
+    from sttrl.types import Example, Question
+
+    config = {"dataset": "ARITH-TTT", "data_path": None, "model": "m", "prompt_family": "smollm",
+              "answer_form": "strict", "n_eval": 4, "val_temp": 0.6, "val_top_p": 0.95,
+              "max_new_tokens": 128, "seed": 0, "adaptation_method": "ttrl", "n_votes": 16}
+    examples = [Example(Question(f"q{i}", "p", "toy", "math"), "1") for i in range(4)]
+    before = [0.0, 0.25, 0.5, 0.25]
+    lines = question_lines(examples, {"scores": before, "answers": [[]] * 4},
+                           {"scores": [0.5] * 4, "answers": [[]] * 4})
+    ds, cont = tmp_path / "ds", tmp_path / "cont"
+    for folder, mode, records, extra in (
+            (ds, "dataset", lines, {}),
+            (cont, "question", [{"id": f"q{i}", "pass@1_before": 0.9, "pass@1_after": a,
+                                 "maj@N_before": 1.0} for i, a in enumerate([0.25, 0.5, 1, 1])],
+             {"continuous": True, "steps_per_question": 3})):
+        folder.mkdir()
+        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (folder / "summary.json").write_text(json.dumps(
+            {"questions": 4, "pass@1_before": 0.5, "pass@1_after": 0.5,
+             "config": {**config, "mode": mode, **extra}}))
+    runs = [load_run(str(ds)), load_run(str(cont))]
+    vs = compare(runs[1], runs)
+    assert vs.base is runs[0] and vs.questions == 4
+    assert vs.base_pass == pytest.approx(sum(before) / 4)
+    assert vs.pass_ci == paired_bootstrap_ci(before, [0.25, 0.5, 1, 1])
+    assert vs.base_maj is None  # no vote precedes dataset mode's training
