@@ -217,12 +217,12 @@ def test_dataset_mode_takes_one_step_per_mini_batch(tiny_model, tmp_path):
     from sttrl.modes.schedule import lr_at
 
     data = write_rows(tmp_path / "q.json", 5)
-    summary = run(dataset_config(tiny_model, data, tmp_path / "out"))
+    summary = run(dataset_config(tiny_model, data, tmp_path / "out", warmup_ratio=0.5))
     assert summary["config"]["weight_decay"] == 0.01 and summary["config"]["mini_batch_prompts"] == 1
     steps = [json.loads(x) for x in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2, 3, 4]  # 5 questions: 2 full batches an episode
-    for b, s in enumerate(steps):
-        assert [u["lr"] for u in s["updates"]] == pytest.approx([lr_at(b, 4, 1e-3, 0.2)] * 2)
+    for b, s in enumerate(steps):  # int(0.5 x 4) = 2 warm-up batches
+        assert [u["lr"] for u in s["updates"]] == pytest.approx([lr_at(b, 4, 1e-3, 0.5)] * 2)
         assert all(1 <= u["questions"] <= 2 for u in s["updates"])
     assert steps[0]["updates"][0]["lr"] == 0.0
     assert resolve(Config(), on_gpu=False).weight_decay == 0.0
