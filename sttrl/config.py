@@ -115,7 +115,7 @@ class Config:
     confidence_keep: float = 1.0
     """Share of most-confident traces that vote (voting_function=confidence)."""
     confidence_measure: str = "mean"
-    """DeepConf's trace confidence (voting_function=confidence): mean over all tokens, tail (last 2048 tokens), bottom10 (mean of the lowest 10% of 2048-token sliding windows) or lowest_group (the lowest window); all equal the mean under 2048 tokens."""
+    """DeepConf's trace confidence (voting_function=confidence): mean over all tokens, tail (last 2048 tokens), bottom10 (mean of the lowest tenth of the 2048-token sliding windows) or lowest_group (the lowest window); all equal the mean under 2048 tokens."""
     answer_form: str = "strict"
     """strict (against a plain-number reference only a plain number counts: "9 - 4" is not 5) or symbolic (math-verify's equivalence); decides votes, rewards and grading alike."""
     reward: str = "vote"
