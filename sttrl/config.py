@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,6 +19,7 @@ from sttrl.checks import Choice, Range, cuda_index, integers, module_names, type
 from sttrl.config_rules import CROSS_FIELD
 from sttrl.errors import UserError
 from sttrl.rewards import ANSWER_FORMS, REWARDS
+from sttrl.rewards.vote import CONFIDENCE_MEASURES
 
 ENGINES = ("local", "ray")
 VOTING_FUNCTIONS = ("majority", "energy", "confidence")
@@ -97,11 +99,13 @@ class Config:
     prompts_per_step: int = 8
     """mode=dataset: questions per rollout batch (sampled, voted and rewarded together)."""
     mini_batch_prompts: int = 1
-    """mode=dataset: questions per optimiser step within a rollout batch (TTRL's verl recipe: 1, so 8 steps per batch of 8); the steps share the batch's old log-probs."""
+    """mode=dataset: questions' worth of samples per optimiser step within a rollout batch (TTRL's verl recipe: 1, so 8 steps per batch of 8); the steps share the batch's old log-probs."""
+    balance_ranks: int | None = None
+    """mode=dataset: the data-parallel shares verl balances a rollout batch's samples over by token count before cutting mini-batches, so a step mixes questions (default: TTRL's 8 GPUs, or gcd(8, mini_batch_prompts x n_train) where 8 does not divide it); 1: step k holds questions k*m..k*m+m-1."""
     eval_every: int = 5
     """mode=dataset: evaluate mean pass@1 every this many steps (and before and after)."""
     warmup_ratio: float = 0.03
-    """mode=dataset: share of optimiser steps with linear lr warm-up from 0 before the cosine decay."""
+    """mode=dataset: share of rollout batches (verl steps the lr once per batch) with linear lr warm-up from 0 before the cosine decay."""
     adaptation_method: str = "ttrl"
     """ttrl (per-question GRPO), ttft, slot or memo."""
     voting_function: str = "majority"
@@ -110,6 +114,8 @@ class Config:
     """Temperature of the softmax over negative energies (voting_function=energy)."""
     confidence_keep: float = 1.0
     """Share of most-confident traces that vote (voting_function=confidence)."""
+    confidence_measure: str = "mean"
+    """DeepConf's trace confidence (voting_function=confidence): mean over all tokens, tail (last 2048 tokens), bottom10 (mean of the lowest tenth of the 2048-token sliding windows) or lowest_group (the lowest window); all equal the mean under 2048 tokens."""
     answer_form: str = "strict"
     """strict (against a plain-number reference only a plain number counts: "9 - 4" is not 5) or symbolic (math-verify's equivalence); decides votes, rewards and grading alike."""
     reward: str = "vote"
@@ -160,6 +166,8 @@ class Config:
     """AdamW weight decay (default 0.0 per question, 0.01 with mode=dataset, as TTRL)."""
     clip_eps: float = 0.2
     """PPO/GRPO ratio clip."""
+    dual_clip: float | None = None
+    """Dual-clip PPO: a negative-advantage token's loss is capped at -A x this (> 1; 0: off; default 3 with mode=dataset, as verl's clip_ratio_c, else off)."""
     kl_coef: float = 0.001
     """Weight of the k3 KL penalty to the frozen initial model (0 turns it off)."""
     grad_clip: float = 1.0
@@ -209,16 +217,23 @@ MAX_SAMPLES = 4096
 BIG = 1_000_000  # the bound of counts that have no natural one
 
 
+def off_or_above_one(name: str, value: float) -> str | None:
+    return None if value == 0 or value > 1 else f"--{name} must be 0 (off) or above 1, got {value}"
+
+
 # Each field's allowed values: rule(name, value) -> why not, or None (a None value, "take the
 # default", is always allowed). Checks that involve two fields are CROSS_FIELD's (sttrl/config_rules.py).
 RULES = {
     "mode": Choice(("question", "dataset"), "question or dataset"),
+    "dual_clip": off_or_above_one,
     **dict.fromkeys(("episodes", "prompts_per_step", "mini_batch_prompts", "eval_every",
+                     "balance_ranks",
                      "num_questions", "max_new_tokens", "micro_batch_size"), integers(1, BIG)),
     "warmup_ratio": Range(0, 1, hi_open=True),
     "engine": Choice(ENGINES),
     "adaptation_method": Choice(tuple(METHODS)),
     "voting_function": Choice(VOTING_FUNCTIONS),
+    "confidence_measure": Choice(CONFIDENCE_MEASURES),
     "device": Choice(("auto", "cpu", "cuda"), f"one of {DEVICES_HELP}", also=cuda_index),
     "generation_threads": integers(0, 1024),
     **dict.fromkeys(("n_votes", "n_train", "n_eval"), integers(1, MAX_SAMPLES)),
@@ -306,6 +321,8 @@ def canonical_names(cfg: Config) -> Config:
 
 DATASET_LR = 5e-7  # the TTRL paper's peak learning rate for dataset-level training
 DATASET_WEIGHT_DECAY = 0.01  # TTRL's verl recipe
+DATASET_RANKS = 8  # TTRL's scripts: trainer.n_gpus_per_node=8, one data-parallel rank each
+DATASET_DUAL_CLIP = 3.0  # verl's clip_ratio_c, which its policy loss always applies
 # Default lr with --lora_rank: this times the full fine-tuning default. LoRA needs a larger lr
 # (Schulman et al., "LoRA Without Regret", 2025, found ~10x); uncalibrated for STTRL.
 LORA_LR_FACTOR = 10.0
@@ -348,6 +365,10 @@ def resolve(cfg: Config, on_gpu: bool) -> Config:
     if cfg.prompt_family is None:
         from sttrl.data.prompts import model_family
         cfg.prompt_family = model_family(cfg.model)
+    if cfg.balance_ranks is None:
+        cfg.balance_ranks = math.gcd(DATASET_RANKS, cfg.mini_batch_prompts * cfg.n_train)
+    if cfg.dual_clip is None:
+        cfg.dual_clip = DATASET_DUAL_CLIP if cfg.mode == "dataset" else 0.0
     if cfg.weight_decay is None:
         cfg.weight_decay = DATASET_WEIGHT_DECAY if cfg.mode == "dataset" else 0.0
     if cfg.lr is None:

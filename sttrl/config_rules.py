@@ -81,8 +81,30 @@ def base_labels_need_the_local_engine(cfg) -> str | None:
     return None
 
 
+def dataset_batches_split_evenly(cfg) -> str | None:
+    """verl's own checks: a rollout batch cuts into whole mini-batches, and a mini-batch's
+    samples into equal slices of every data-parallel share."""
+    if cfg.mode != "dataset":
+        return None
+    if cfg.prompts_per_step % cfg.mini_batch_prompts:
+        return (f"--prompts_per_step ({cfg.prompts_per_step}) must be a multiple of "
+                f"--mini_batch_prompts ({cfg.mini_batch_prompts})")
+    rows = cfg.mini_batch_prompts * (cfg.n_train or 0)
+    if cfg.balance_ranks is not None and rows and rows % cfg.balance_ranks:
+        return (f"--mini_batch_prompts x --n_train ({rows}) must be a multiple of "
+                f"--balance_ranks ({cfg.balance_ranks})")
+    return None
+
+
+def dual_clip_is_dataset_modes(cfg) -> str | None:
+    if cfg.dual_clip and cfg.mode != "dataset":
+        return "--dual_clip applies to --mode dataset (the per-question update does not take it)"
+    return None
+
+
 CROSS_FIELD = (continuous_is_per_question, lora_has_no_separate_reference,
                controls_need_a_trained_label, agreement_needs_grpo, sgd_needs_the_local_engine,
                gae_needs_the_scale_engine_and_ttrl, scale_engine_limits,
                colocated_engines_fill_the_actor, trained_samples_are_voted,
-               base_labels_need_the_local_engine)
+               base_labels_need_the_local_engine, dataset_batches_split_evenly,
+               dual_clip_is_dataset_modes)

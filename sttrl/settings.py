@@ -121,6 +121,8 @@ class VoteSettings:
     """Temperature of the softmax over negative energies (energy)."""
     confidence_keep: float
     """Share of the most confident traces that vote (confidence)."""
+    confidence_measure: str
+    """DeepConf's trace confidence: mean, tail, bottom10 or lowest_group (confidence)."""
     answer_form: str
     """strict or symbolic: decides vote clusters, rewards and grading alike."""
     reward: str
@@ -141,6 +143,8 @@ class UpdateSettings:
     """Learning rate: SLOT's delta, and the peak of dataset mode's schedule."""
     clip_eps: float
     """PPO/GRPO ratio clip."""
+    dual_clip: float
+    """Dual-clip PPO's cap on a negative-advantage token's loss, -A x this (0: off)."""
     kl_coef: float
     """Weight of the k3 KL penalty to the frozen initial model."""
     advantage_estimator: str
@@ -168,9 +172,12 @@ class UpdateSettings:
     kl_backtracks: int
     """Trust region: how many smaller retries a step gets before the update ends."""
     mini_batch_prompts: int
-    """Dataset mode: questions per optimiser step within a rollout batch."""
+    """Dataset mode: questions' worth of samples per optimiser step within a rollout batch."""
+    balance_ranks: int
+    """Dataset mode: the token-balanced shares each optimiser step takes a slice of (verl's
+    data-parallel ranks)."""
     warmup_ratio: float
-    """Dataset mode: share of optimiser steps with linear lr warm-up before the cosine decay."""
+    """Dataset mode: share of rollout batches with linear lr warm-up before the cosine decay."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ LAYERS = [
     ("sttrl.data", "sttrl.rewards"),  # questions and prompts; answers, grading, votes, rewards
     ("sttrl.algorithms",),  # the methods: rewards -> update, and the registry
     ("sttrl.engines",),  # local and scale engines: generate, train, reset (given their settings)
-    ("sttrl.config", "sttrl.config_rules", "sttrl.parts"),  # the run's options, and their split into the parts
+    ("sttrl.config", "sttrl.config_rules", "sttrl.parts"),  # the options, their rules, the parts
     ("sttrl.reporting",),  # results files, summaries, the report
     ("sttrl.modes",),  # the per-question and dataset loops
     ("sttrl.run", "sttrl.cli", "sttrl.outdir", "sttrl.serve"),  # one run, its folder; the command line; the server

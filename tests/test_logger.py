@@ -67,7 +67,7 @@ def test_both_modes_log_every_unit_to_the_bar_tensorboard_and_wandb(tiny_model, 
     assert [step for _, step in wandb_run.logged] == [1, 2]
     assert all(key in scalars for scalars, _ in wandb_run.logged)
     if mode == "dataset":
-        assert all("groups_trained" in scalars for scalars, _ in wandb_run.logged)
+        assert all("groups_with_signal" in scalars for scalars, _ in wandb_run.logged)
     bar = capsys.readouterr().err
     assert ("questions" if mode == "question" else "batches") in bar and "2/2" in bar
 
@@ -79,5 +79,6 @@ def test_a_missing_logging_package_is_one_line_in_both_modes(tiny_model, tmp_pat
                                                              mode, flag, package):
     monkeypatch.setitem(sys.modules, package, None)  # as if not installed: import fails
     data = write_questions(tmp_path / "q.json", n=1)
+    batch = {"prompts_per_step": 1} if mode == "dataset" else {}  # one full rollout batch
     with pytest.raises(UserError, match=f"--{flag} needs the {flag} package"):
-        run(tiny_config(tiny_model, data, tmp_path / "out", mode=mode, **{flag: True}))
+        run(tiny_config(tiny_model, data, tmp_path / "out", mode=mode, **batch, **{flag: True}))

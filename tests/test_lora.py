@@ -157,7 +157,7 @@ def test_methods_run_with_lora(tiny_model, tmp_path, method):
 
 
 def test_dataset_mode_checkpoints_the_adapter(tiny_model, tmp_path):
-    data = write_questions(tmp_path / "q.json", n=3)
+    data = write_questions(tmp_path / "q.json", n=4)  # 2 full rollout batches of 2
     out = tmp_path / "out"
     summary = run(Config(model=tiny_model, data_path=data, output_dir=str(out), device="cpu",
                          mode="dataset", prompts_per_step=2, eval_every=1, n_votes=8, n_train=4,

@@ -91,16 +91,16 @@ def test_every_method_runs_and_reports_the_same_metrics(tiny_model, tmp_path, me
 
 
 def test_dataset_level_ttrl_runs_an_episode_and_evaluates(tiny_model, tmp_path):
-    from sttrl.modes.dataset import lr_at
+    from sttrl.modes.schedule import lr_at
 
     rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1), "source": "toy", "id": i}
-            for i in range(5)]
+            for i in range(6)]
     (tmp_path / "q.json").write_text(json.dumps(rows))
     out = tmp_path / "out"
     cfg = Config(model=tiny_model, data_path=str(tmp_path / "q.json"), output_dir=str(out),
                  device="cpu", mode="dataset", episodes=2, prompts_per_step=2, eval_every=2,
                  n_votes=8, n_train=4, n_eval=2, max_new_tokens=6, temperature=1.0, lr=1e-3,
-                 progress=False)
+                 balance_ranks=2, progress=False)
     summary = run(cfg)
     assert summary["mode"] == "dataset" and summary["steps"] == 6
     evals = [json.loads(x) for x in (out / "evals.jsonl").read_text().splitlines()]
@@ -109,7 +109,7 @@ def test_dataset_level_ttrl_runs_an_episode_and_evaluates(tiny_model, tmp_path):
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
     assert summary["pass@1_before"] == evals[0]["pass@1"]
     assert summary["pass@1_after"] == evals[-1]["pass@1"]
-    # warm-up from 0 (3 steps) then cosine decay
+    # warm-up from 0 (int(0.03 x 100) = 3 batches) then cosine decay
     lrs = [lr_at(i, 100, 1.0, 0.03) for i in range(100)]
     assert lrs[0] == 0.0 < lrs[2] < lrs[3] == 1.0 and lrs[49] > 0.5 > lrs[52] and lrs[-1] < 0.01
 
@@ -147,14 +147,15 @@ def test_slot_continuous_first_loss_is_the_loss_at_the_current_delta(tiny_model)
 
 
 def test_lr_warmup_starts_from_zero():
-    """verl's linear warm-up: lr = peak * step / warm, so the first optimiser step has lr 0."""
-    from sttrl.modes.dataset import lr_at
+    """verl's linear warm-up: lr = peak * batch / warm, so the first rollout batch has lr 0."""
+    from sttrl.modes.schedule import lr_at
 
     assert lr_at(0, 100, 1.0, 0.1) == 0.0
     assert lr_at(5, 100, 1.0, 0.1) == pytest.approx(0.5)
     assert lr_at(10, 100, 1.0, 0.1) == pytest.approx(1.0)  # warm-up done: the cosine's start
     assert lr_at(55, 100, 1.0, 0.1) == pytest.approx(0.5)
     assert lr_at(0, 100, 1.0, 0.0) == 1.0  # no warm-up: the cosine from the peak
+    assert lr_at(0, 30, 1.0, 0.03) == 1.0  # int(0.9) = 0 warm-up batches, as verl counts them
 
 
 def test_mini_batches_share_the_old_logprobs_of_the_policy_that_sampled(tiny_model):
@@ -196,7 +197,7 @@ def dataset_config(tiny_model, data, out, **kw):
     base = dict(model=tiny_model, data_path=data, output_dir=str(out), device="cpu",
                 mode="dataset", episodes=2, prompts_per_step=2, eval_every=2, n_votes=8,
                 n_train=4, n_eval=2, max_new_tokens=6, temperature=1.0, lr=1e-3,
-                warmup_ratio=0.2, progress=False)
+                warmup_ratio=0.2, balance_ranks=2, progress=False)
     base.update(kw)
     return Config(**base)
 
@@ -209,25 +210,21 @@ def write_rows(path, n):
 
 
 def test_dataset_mode_takes_one_step_per_mini_batch(tiny_model, tmp_path):
-    """Rollout batches of 2 prompts, mini-batches of 1: up to 2 optimiser steps per batch, the
-    schedule counting optimiser steps (first lr 0), weight decay 0.01 unless set."""
+    """Rollout batches of 2 prompts, mini-batches of 1 prompt's worth of samples: 2 optimiser
+    steps per batch, every one taken (zero-variance groups included), each at its batch's lr
+    (first lr 0); the partial batch dropped; weight decay 0.01 unless set."""
     from sttrl.config import resolve
-    from sttrl.modes.dataset import lr_at
+    from sttrl.modes.schedule import lr_at
 
     data = write_rows(tmp_path / "q.json", 5)
-    summary = run(dataset_config(tiny_model, data, tmp_path / "out"))
+    summary = run(dataset_config(tiny_model, data, tmp_path / "out", warmup_ratio=0.5))
     assert summary["config"]["weight_decay"] == 0.01 and summary["config"]["mini_batch_prompts"] == 1
     steps = [json.loads(x) for x in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]  # one line per rollout batch
-    # 5 questions in batches of 2, 1: per episode 2 + 2 + 1 = 5 optimiser-step slots, 10 in all
-    total = 10
-    assert [s["first_optimizer_step"] for s in steps] == [0, 2, 4, 5, 7, 9]
-    for s in steps:
-        for u in s["updates"]:
-            assert u["lr"] == pytest.approx(lr_at(u["optimizer_step"], total, 1e-3, 0.2))
-            assert u["prompts"] == 1
-        assert len(s["updates"]) == s["groups_trained"]
-    assert sum(len(s["updates"]) for s in steps) > 0
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]  # 5 questions: 2 full batches an episode
+    for b, s in enumerate(steps):  # int(0.5 x 4) = 2 warm-up batches
+        assert [u["lr"] for u in s["updates"]] == pytest.approx([lr_at(b, 4, 1e-3, 0.5)] * 2)
+        assert all(1 <= u["questions"] <= 2 for u in s["updates"])
+    assert steps[0]["updates"][0]["lr"] == 0.0
     assert resolve(Config(), on_gpu=False).weight_decay == 0.0
     assert resolve(Config(mode="dataset", weight_decay=0.0), on_gpu=False).weight_decay == 0.0
 

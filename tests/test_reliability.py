@@ -82,8 +82,9 @@ def test_a_run_holds_the_lock_while_it_works(tiny_model, tmp_path, monkeypatch, 
         return build(*args)
 
     monkeypatch.setattr(run_module, "build_engine", build_and_try_the_lock)
+    batch = {"prompts_per_step": 1} if mode == "dataset" else {}  # one full rollout batch
     run(tiny_config(tiny_model, data, out, mode=mode, n_votes=4, n_train=4, n_eval=2,
-                    max_new_tokens=4, steps_per_question=1))
+                    max_new_tokens=4, steps_per_question=1, **batch))
     assert seen == [True]
     unlock_output_dir(lock_output_dir(out))  # and released it at the end
 

@@ -10,6 +10,10 @@ import math
 
 import torch
 
+# verl's `low_var_kl` clamps each token's k3 to [-10, 10] in the loss; k3 >= 0, so only the top
+# bound acts, and it ends the KL gradient of a token whose policy has run far from the reference.
+KL_CLAMP = 10.0
+
 
 def group_advantages(rewards: list[float], eps: float = 1e-6) -> list[float]:
     """(r - mean) / (std + eps) over the group, with the sample (unbiased, n - 1) std as TRL,
@@ -31,8 +35,14 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 
 def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask,
-              clip_eps: float = 0.2, kl_coef: float = 0.0, agreement: bool = False):
+              clip_eps: float = 0.2, kl_coef: float = 0.0, agreement: bool = False,
+              dual_clip: float = 0.0, kl_clamp: float = KL_CLAMP):
     """Clipped-ratio policy gradient plus k3 KL to the reference, summed over response tokens.
+
+    The KL term is k3 clamped to [-kl_clamp, kl_clamp] per token (verl's `low_var_kl`);
+    `dual_clip` c > 1 caps a negative-advantage token's loss at -A * c (dual-clip PPO, Ye et
+    al. 2020, verl's `clip_ratio_c`), so a ratio far above 1 cannot push its token down without
+    bound; 0 leaves it off.
 
     logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B] (one per response,
     GRPO) or [B, T] (one per token, PPO with GAE: sttrl/algorithms/gae.py).
@@ -46,8 +56,12 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask,
     clipped = -adv * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
     per_token = torch.maximum(unclipped, clipped)  # pessimistic bound, as in PPO
     stats = {"clip_frac": float(((clipped > unclipped) * mask).sum())}
+    if dual_clip > 0:
+        capped = torch.minimum(per_token, -adv * dual_clip)
+        stats["clip_frac_lower"] = float(((capped < per_token) * (adv < 0) * mask).sum())
+        per_token = torch.where(adv < 0, capped, per_token)
     if kl_coef > 0 and ref_logprobs is not None:
-        kl = kl_k3(logprobs, ref_logprobs)
+        kl = kl_k3(logprobs, ref_logprobs).clamp(-kl_clamp, kl_clamp)
         per_token = per_token + kl_coef * kl
         stats["kl"] = float((kl.detach() * mask).sum())
     if agreement and advantages.dim() == 1:

@@ -61,7 +61,8 @@ def adapt(engine, question, prompt: str, sampling: SamplingSettings, vote: VoteS
     with timer("vote"):
         answers = [extract_answer(s.text, question.task) for s in samples]
         weights = voting_weights(vote.voting_function, samples, tau=vote.energy_tau,
-                                 keep_frac=vote.confidence_keep, answers=answers)
+                                 keep_frac=vote.confidence_keep, answers=answers,
+                                 measure=vote.confidence_measure)
         label, stats = elect(answers, weights, question.task, form=form)
         memo_rewards, entropy = marginal_rewards(answers, question.task, form)
         # train on an equal share of each phrasing's samples

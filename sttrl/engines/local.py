@@ -315,10 +315,12 @@ class LocalEngine(ContinuousOps):
         if lrs is not None and len(lrs) != len(schedule):
             raise ValueError(f"{len(lrs)} learning rates for {len(schedule)} optimiser steps")
         # old[(plan, micro)]: the first step fills its own from its forward; every other
-        # mini-batch's is scored now, before any step, with the same micro-batches
+        # mini-batch's is scored now, before any step, with the same micro-batches. With LoRA
+        # dropout the first's too: its forward drops, the policy that sampled did not.
         old: dict = {}
+        first = 0 if self.lora_dropout else 1
         with torch.no_grad():
-            for p, (micro, _) in enumerate(plans[1:], start=1):
+            for p, (micro, _) in enumerate(plans[first:], start=first):
                 for j, (rows, responses, _, _) in enumerate(micro):
                     old[p, j] = self._logprobs(self.model, batch.prompts[rows[0]], responses,
                                                batch.temperature)

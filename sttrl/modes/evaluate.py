@@ -37,19 +37,19 @@ def question_metrics(example: Example, before: list, after: list, adapted: Adapt
 
 
 def evaluate_set(engine: Engine, examples: list[Example], prompts: list[str],
-                 sampling: SamplingSettings, form: str) -> float | None:
-    """Mean pass@1 over the set's questions that have a reference (None: none has): n_eval
-    samples per question at val_temp / val_top_p, each question from its own evaluation seed
-    (the per-question mode's)."""
-    scores = []
+                 sampling: SamplingSettings, form: str) -> tuple[list, list[list]]:
+    """Each question's pass@1 (None where its data row has no reference) and answers: n_eval
+    samples at val_temp / val_top_p, from the question's own evaluation seed (the per-question
+    mode's, so the untouched model draws the same samples in both modes)."""
+    scores, all_answers = [], []
     for ex, prompt in zip(examples, prompts):
-        if ex.answer is None:
-            continue
         answers = sample_answers(engine, prompt, ex.question.task, sampling.n_eval,
                                  sampling.val_temp, sampling.val_top_p, sampling.max_new_tokens,
                                  question_seed(sampling.seed, ex.question.id) + 1)
-        scores.append(pass_at_1(answers, ex.answer, ex.question.task, form=form))
-    return sum(scores) / len(scores) if scores else None
+        scores.append(None if ex.answer is None
+                      else pass_at_1(answers, ex.answer, ex.question.task, form=form))
+        all_answers.append([a if a is None else a[:200] for a in answers])
+    return scores, all_answers
 
 
 # ---- the metrics of one question's samples --------------------------------------------------

@@ -49,7 +49,7 @@ class Run:
     before: float | None  # the run's own pass@1 before adaptation, on its own questions
     after: float | None
     questions: int | None  # None: the summary does not say
-    per_question: bool  # False for a dataset-level TTRL run, which has no per-question records
+    per_question: bool  # False for a dataset-level run from before its per-question records
     gain_ci: tuple[float, float] | None = None  # paired bootstrap 95% interval of the gain
     maj: float | None = None  # maj@N before adaptation; None: not recorded (a dataset-level run)
     config: dict = field(default_factory=dict)  # the resolved config (+ data_sha256 if saved)
@@ -117,7 +117,8 @@ def read_results(path: Path) -> list[dict]:
 
 def gain_interval(run_dir: Path, summary: dict) -> tuple[float, float] | None:
     """The gain's 95% interval: from the run's per-question records when it has them (so old
-    runs get one too), else from summary.json, else None (a dataset-level run has neither)."""
+    runs get one too), else from summary.json, else None (an old dataset-level run has
+    neither)."""
     path = run_dir / "results.jsonl"
     if path.is_file():
         records = read_results(path)
@@ -202,4 +203,6 @@ def load_run(run_dir: str) -> Run:
                questions=questions if type(questions) is int else None,
                note=summary.get("pass@1_note") if isinstance(summary.get("pass@1_note"), str)
                else None,
-               per_question=not row.startswith("TTRL"))
+               # a dataset-level run pairs each question's first and last evaluation in its
+               # results.jsonl (runs written before that have none)
+               per_question=not row.startswith("TTRL") or (path / "results.jsonl").is_file())

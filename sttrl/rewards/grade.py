@@ -148,6 +148,7 @@ def _normalize(s: str) -> str:
     s = _TEXT.sub(r"\1", s)
     s = _LEFT_RIGHT.sub("", s)
     s = _LATEX_THOUSANDS.sub(",", s)
+    s = s.replace("{,}", ",")  # LaTeX's thousands separator: "1{,}000" is 1,000
     s = _SPACING.sub("", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     for junk in _DROPPED:

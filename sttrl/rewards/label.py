@@ -15,7 +15,8 @@ def pseudo_label(samples, task: str, settings: VoteSettings):
     """Extract every sample's answer and vote: (answers, label or None, vote stats)."""
     answers = [extract_answer(s.text, task) for s in samples]
     weights = voting_weights(settings.voting_function, samples, tau=settings.energy_tau,
-                             keep_frac=settings.confidence_keep, answers=answers)
+                             keep_frac=settings.confidence_keep, answers=answers,
+                             measure=settings.confidence_measure)
     label, stats = vote(answers, weights, task, form=settings.answer_form)
     return answers, label, stats
 

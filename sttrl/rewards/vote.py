@@ -9,6 +9,8 @@ from sttrl.rewards.extract import check_task
 from sttrl.rewards.grade import check_form, grade
 
 WEIGHTINGS = ("majority", "energy", "confidence")
+CONFIDENCE_MEASURES = ("mean", "tail", "bottom10", "lowest_group")  # DeepConf's trace measures
+DEEPCONF_WINDOW = 2048  # DeepConf's tail length and sliding-window (group) size, in tokens
 
 
 @dataclass
@@ -117,12 +119,14 @@ def vote(answers: list[str | None], weights: list[float] | None = None,
 
 
 def voting_weights(name: str, samples: list, tau: float = 1.0, keep_frac: float = 1.0,
-                   answers: list[str | None] | None = None) -> list[float]:
+                   answers: list[str | None] | None = None,
+                   measure: str = "mean") -> list[float]:
     """One non-negative weight per sample (sttrl.engines.base.Sample).
 
     majority:   w_i = 1
     energy:     E_i = -mean_t logsumexp_t,  w = softmax(-E / tau)   (lower energy, more weight)
-    confidence: C_i = mean_t(-topk_logprob_mean_t) (DeepConf; higher = more confident), w_i = C_i;
+    confidence: C_i = DeepConf's trace confidence over the token confidences -topk_logprob_mean_t
+                (`measure`: mean, tail, bottom10 or lowest_group; trace_confidence), w_i = C_i;
                 keep_frac < 1 keeps only the ceil(keep_frac * n) most confident samples (ties: earlier
                 sample first) and gives the rest weight 0. With `answers` (one extracted answer per
                 sample), the filter runs among the answered samples, as DeepConf does: n is the
@@ -150,7 +154,7 @@ def voting_weights(name: str, samples: list, tau: float = 1.0, keep_frac: float 
         total = sum(exps)
         return [e / total if total > 0 else 0.0 for e in exps]
 
-    conf = [_mean([-v for v in s.topk_logprob_mean]) for s in samples]
+    conf = [trace_confidence([-v for v in s.topk_logprob_mean], measure) for s in samples]
     weights = [0.0 if c is None else max(c, 0.0) for c in conf]
     if keep_frac < 1:
         answered = [True] * len(samples) if answers is None else [a is not None for a in answers]
@@ -160,6 +164,29 @@ def voting_weights(name: str, samples: list, tau: float = 1.0, keep_frac: float 
         kept = set(ranked[:keep])
         weights = [w if i in kept else 0.0 for i, w in enumerate(weights)]
     return weights
+
+
+def trace_confidence(confs: list[float], measure: str = "mean") -> float | None:
+    """DeepConf's confidence of one trace from its token confidences (Fu et al. 2025,
+    facebookresearch/deepconf): `mean` over all tokens; `tail`, the mean of the last
+    DEEPCONF_WINDOW tokens; over the means of every window of DEEPCONF_WINDOW consecutive
+    tokens, `lowest_group` the smallest and `bottom10` the mean of the lowest 10% (at least
+    one). A trace shorter than the window has the mean for all four. None: no tokens."""
+    if measure not in CONFIDENCE_MEASURES:
+        raise UserError(f"unknown confidence measure {measure!r}; allowed: "
+                        f"{', '.join(CONFIDENCE_MEASURES)}")
+    w = DEEPCONF_WINDOW
+    if measure == "mean" or len(confs) < w:
+        return _mean(confs)
+    if measure == "tail":
+        return _mean(confs[-w:])
+    sums = [math.fsum(confs[:w])]
+    for i in range(w, len(confs)):  # slide by one token: add the new, drop the oldest
+        sums.append(sums[-1] + confs[i] - confs[i - w])
+    means = sorted(x / w for x in sums)
+    if measure == "lowest_group":
+        return means[0] if math.isfinite(means[0]) else None
+    return _mean(means[:max(1, int(len(means) * 0.1))])
 
 
 def _mean(values: list[float]) -> float | None:

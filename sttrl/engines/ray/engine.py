@@ -258,7 +258,7 @@ class RayEngine(ActorScoring, RayContinuousOps):
             per_token["advantages"], per_token["returns"], per_token["old_values"] = gae_targets(
                 batch, self.critic_values, self.settings.gamma, self.settings.lambd)
         stepwise = len(groups) > 1 or (steps > 1 and (lrs is not None or stop is not None))
-        if stepwise:  # each step is its own call: fix every row's old log-probs before the first
+        if stepwise or self.settings.lora_dropout:  # old log-probs before any step, no dropout
             per_token["old"] = self.logprobs_on_actor(batch.prompts, batch.responses,
                                                       batch.temperature)
         self.untouched = False
