@@ -366,7 +366,8 @@ def test_the_largest_seed_runs_with_lora_and_in_dataset_mode(tiny_model, tmp_pat
     data = write_questions(tmp_path / "q.json", n=1)
     top = 2**32 - 1
     run(tiny_config(tiny_model, data, tmp_path / "lora", seed=top, lora_rank=2, **SMALL))
-    run(tiny_config(tiny_model, data, tmp_path / "ds", seed=top, mode="dataset", **SMALL))
+    run(tiny_config(tiny_model, data, tmp_path / "ds", seed=top, mode="dataset", prompts_per_step=1,
+                    mini_batch_prompts=1, **SMALL))
 
 
 def test_an_empty_sttrl_cache_means_unset(monkeypatch, tmp_path):

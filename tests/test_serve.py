@@ -146,7 +146,7 @@ def test_majority_answer_agrees_with_the_answers(server):
     url, _ = server
     out = client(url).chat.completions.create(
         model="tiny", messages=QUESTION, max_tokens=4,
-        extra_body={"sttrl": {"steps": 0, "answer": "majority"}})
+        extra_body={"sttrl": {"steps": 0, "answer_mode": "majority"}})
     facts = out.model_extra["sttrl"]
     assert facts["skipped"] and facts["skip_reason"] == "steps is 0" and facts["steps"] == 0
     assert facts["answers_from_votes"]  # nothing changed the model: its votes are its answers
@@ -159,7 +159,7 @@ def test_majority_answer_agrees_with_the_answers(server):
 def test_plain_completions_and_one_sample(server):
     url, _ = server
     out = client(url).completions.create(model="tiny", prompt="2 + 3 =", max_tokens=5, n=3,
-                                         extra_body={"sttrl": {"answer": "sample", "steps": 1}})
+                                         extra_body={"sttrl": {"answer_mode": "sample", "steps": 1}})
     assert out.object == "text_completion" and len(out.choices) == 3
     assert out.model_extra["sttrl"]["answer_mode"] == "sample"
     assert out.usage.completion_tokens <= 15

@@ -117,19 +117,19 @@ def run_job(engine, job: Job, parts: RunParts, timer: Timer) -> Outcome:
     temperature = sampling.val_temp if job.temperature is None else job.temperature
     top_p = sampling.val_top_p if job.top_p is None else job.top_p
     unchanged = engine.policy_version == version
-    reuse = (job.answer == "majority" and unchanged and votes is not None
+    reuse = (job.answer_mode == "majority" and unchanged and votes is not None
              and job.temperature is None and job.top_p is None and len(votes) >= job.n)
     if reuse:
         # nothing changed the model, so the votes already are its answers: no second draw
         samples = votes
     else:
-        count = job.n if job.answer == "sample" else max(sampling.n_eval, job.n)
+        count = job.n if job.answer_mode == "sample" else max(sampling.n_eval, job.n)
         with timer("answer"):
             samples = engine.generate(job.prompt, count, temperature, top_p, job.max_tokens,
                                       seed + 1)
     with timer("vote"):
         order, answers, label, agreement = majority_first(samples, job.task, parts)
-    chosen = [samples[i] for i in (order if job.answer == "majority" else range(len(samples)))]
+    chosen = [samples[i] for i in (order if job.answer_mode == "majority" else range(len(samples)))]
     chosen = chosen[:job.n]
     stats = adapted.vote
     facts = {
@@ -142,7 +142,7 @@ def run_job(engine, job: Job, parts: RunParts, timer: Timer) -> Outcome:
         "steps": len(adapted.train),
         "skipped": adapted.skip_reason is not None or job.steps == 0,
         "skip_reason": adapted.skip_reason or ("steps is 0" if job.steps == 0 else None),
-        "answer_mode": job.answer,
+        "answer_mode": job.answer_mode,
         "answer": label,
         "answer_agreement": agreement,
         "answers_from_votes": reuse,

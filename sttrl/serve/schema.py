@@ -63,7 +63,7 @@ class Options(BaseModel):
     """Optimiser steps (at most the server's --steps_per_question; 0: answer with the base)."""
     min_majority_ratio: float | None = Field(None, ge=0, le=1)
     """No update below this vote share (the server's --min_majority_ratio by default)."""
-    answer: Literal["majority", "sample"] = "majority"
+    answer_mode: Literal["majority", "sample"] = "majority"
     """majority: a sample whose answer is the majority of the adapted model's answers;
     sample: plain samples of the adapted model."""
     task: Literal["math", "gpqa"] = "math"
@@ -125,7 +125,7 @@ class Job:
     n_train: int
     steps: int
     min_majority_ratio: float
-    answer: str
+    answer_mode: str
     task: str
 
 
@@ -179,7 +179,7 @@ def to_job(req: Common, prompt: str, limits: Limits, job_id: str) -> Job:
         steps=bounded("steps_per_question", o.steps, limits.steps, limits.steps, "sttrl.steps"),
         min_majority_ratio=(limits.min_majority_ratio if o.min_majority_ratio is None
                             else o.min_majority_ratio),
-        answer=o.answer, task=o.task)
+        answer_mode=o.answer_mode, task=o.task)
 
 
 def completion_prompt(req: CompletionRequest) -> str:
