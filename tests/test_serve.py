@@ -94,8 +94,9 @@ def server(tiny):
     """The everyday server: small sample counts, a key, two sessions."""
     proc, url = start(tiny, "--n_votes", "8", "--n_train", "6", "--n_eval", "4",
                       "--max_new_tokens", "8", "--steps_per_question", "2", "--lr", "5e-3",
-                      "--temperature", "1.0", "--min_majority_ratio", "0", "--stop_agreement",
-                      "0", "--api_key", KEY, "--max_queue", "8", "--max_sessions", "2")
+                      "--temperature", "1.0", "--min_majority_ratio", "0", "--min_vote_margin",
+                      "0", "--stop_agreement", "0", "--api_key", KEY, "--max_queue", "8",
+                      "--max_sessions", "2")
     try:
         yield url, probe(url)
     finally:
@@ -108,8 +109,10 @@ def busy_server(tiny):
     and which trains every weight (--lora_rank 0: the reset restores them all)."""
     proc, url = start(tiny, "--lora_rank", "0", "--n_votes", "64", "--n_train", "32", "--n_eval", "4",
                       "--max_new_tokens", "300", "--steps_per_question", "50", "--lr", "5e-3",
-                      "--temperature", "1.0", "--min_majority_ratio", "0", "--stop_agreement",
-                      "0", "--max_queue", "1")
+                      "--temperature", "1.0", "--min_majority_ratio", "0", "--min_vote_margin",
+                      "0", "--stop_agreement", "0", "--max_queue", "1",
+                      # every step taken (no trust region to end the update early): a long request
+                      "--max_step_kl", "0", "--max_kl", "0")
     try:
         yield url, probe(url)
     finally:

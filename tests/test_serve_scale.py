@@ -32,7 +32,7 @@ def scale_server(tiny_vllm_model, tmp_path_factory):
         [sys.executable, "main.py", "serve", "--model", str(link), "--engine", "ray",
          "--ray_num_cpus", "2", "--n_votes", "8", "--n_train", "6", "--n_eval", "4",
          "--max_new_tokens", "8", "--steps_per_question", "2", "--lr", "5e-3",
-         "--temperature", "1.0", "--min_majority_ratio", "0", "--stop_agreement", "0",
+         "--temperature", "1.0", "--min_majority_ratio", "0", "--min_vote_margin", "0", "--stop_agreement", "0",
          "--sync_timeout", "1200", "--port", "0", "--test_probe"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines, url, deadline = [], None, time.time() + START_S

@@ -49,13 +49,15 @@ class Watched:
         self.check()
         return self._engine.generate_groups(*args, **kwargs)
 
-    def train(self, batch, loss_fn, loss_kwargs, steps, mini_batches=None, lrs=None, stop=None):
+    def train(self, batch, loss_fn, loss_kwargs, steps, mini_batches=None, lrs=None, stop=None,
+              trust=None):
         self.check()
 
         def halt(stats: dict) -> bool:
             return self._cancelled.is_set() or (stop is not None and stop(stats))
 
-        history = self._engine.train(batch, loss_fn, loss_kwargs, steps, mini_batches, lrs, halt)
+        history = self._engine.train(batch, loss_fn, loss_kwargs, steps, mini_batches, lrs, halt,
+                                     trust)
         self.check()
         return history
 
