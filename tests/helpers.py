@@ -8,6 +8,7 @@ import importlib.util
 import inspect
 import json
 import os
+import re
 import signal
 import string
 import subprocess
@@ -219,3 +220,26 @@ def check_live_engine(engine) -> None:
     except UserError:  # the scale engine refuses hooks, but never their removal
         raise AssertionError("removing a head hook that is not there must work") from None
     assert engine.head_hook is None
+
+
+# ---- the CLI's one-line errors ------------------------------------------------------------
+
+def one_line_error(capsys, argv) -> str:
+    """Run the CLI in-process; assert exit 2 with one line on stderr; return that line."""
+    from sttrl.cli import main as cli_main
+
+    try:
+        code = cli_main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    # transformers' own bar while it loads the model is not part of the error
+    err = re.sub(r"(\rLoading weights[^\r\n]*)+\n", "", capsys.readouterr().err)
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def tiny_argv(model, data, out, *extra):
+    return ["--model", model, "--data_path", data, "--output_dir", str(out), "--device", "cpu",
+            "--n_votes", "4", "--n_train", "4", "--n_eval", "2", "--max_new_tokens", "4",
+            "--steps_per_question", "1", "--progress", "false", *extra]

@@ -5,7 +5,6 @@ import dataclasses
 import errno
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,26 +19,8 @@ from sttrl.cli import main, parse_config
 from sttrl.errors import UserError
 from sttrl.run import run
 
-from helpers import REPO, lines, make_tiny_model, tiny_config, write_questions
-
-
-def one_line_error(capsys, argv) -> str:
-    """Run the CLI in-process; assert exit 2 with one line on stderr; return that line."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    # transformers' own bar while it loads the model is not part of the error
-    err = re.sub(r"(\rLoading weights[^\r\n]*)+\n", "", capsys.readouterr().err)
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
-
-
-def tiny_argv(model, data, out, *extra):
-    return ["--model", model, "--data_path", data, "--output_dir", str(out), "--device", "cpu",
-            "--n_votes", "4", "--n_train", "4", "--n_eval", "2", "--max_new_tokens", "4",
-            "--steps_per_question", "1", "--progress", "false", *extra]
+from helpers import (REPO, lines, make_tiny_model, one_line_error, tiny_argv, tiny_config,
+                     write_questions)
 
 
 SMALL = dict(n_votes=4, n_train=4, n_eval=2, max_new_tokens=4, steps_per_question=1)

@@ -13,30 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sttrl.cli import main
 from sttrl.config import Config, resolve
 from sttrl.errors import UserError
 from sttrl.run import check_saved_config, lock_output_dir, run, unlock_output_dir
 
-from helpers import REPO, lines, tiny_config, write_questions
-
-
-def one_line_error(capsys, argv) -> str:
-    """Run the CLI in-process; assert exit 2 with one line on stderr; return that line."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
-
-
-def tiny_argv(model, data, out, *extra):
-    return ["--model", model, "--data_path", data, "--output_dir", str(out), "--device", "cpu",
-            "--n_votes", "4", "--n_train", "4", "--n_eval", "2", "--max_new_tokens", "4",
-            "--steps_per_question", "1", "--progress", "false", *extra]
+from helpers import REPO, lines, one_line_error, tiny_config, write_questions
 
 
 # ---- 1. one run per folder -------------------------------------------------------------------
