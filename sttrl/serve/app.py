@@ -157,6 +157,14 @@ def make_app(worker: Worker, served: Served, tokenizer, metrics: Metrics,
             metrics.count("bad_request")
             raise
 
+    def counted(build, *args):
+        """A request's prompt; a bad one is counted before its 400 goes out."""
+        try:
+            return build(*args)
+        except BadRequest:
+            metrics.count("bad_request")
+            raise
+
     def usage(out: Outcome) -> dict:
         return {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                 "total_tokens": out.prompt_tokens + out.completion_tokens}
@@ -164,12 +172,7 @@ def make_app(worker: Worker, served: Served, tokenizer, metrics: Metrics,
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = await checked(request, ChatRequest)
-        try:
-            prompt = chat_prompt(tokenizer, req.messages)
-        except BadRequest:
-            metrics.count("bad_request")
-            raise
-        job = job_of(req, prompt)
+        job = job_of(req, counted(chat_prompt, tokenizer, req.messages))
         out = await submit(request, job)
         return {"id": f"chatcmpl-{job.id}", "object": "chat.completion",
                 "created": int(time.time()), "model": served.name,
@@ -181,12 +184,7 @@ def make_app(worker: Worker, served: Served, tokenizer, metrics: Metrics,
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = await checked(request, CompletionRequest)
-        try:
-            prompt = completion_prompt(req)
-        except BadRequest:
-            metrics.count("bad_request")
-            raise
-        job = job_of(req, prompt)
+        job = job_of(req, counted(completion_prompt, req))
         out = await submit(request, job)
         return {"id": f"cmpl-{job.id}", "object": "text_completion",
                 "created": int(time.time()), "model": served.name,
